@@ -1,0 +1,290 @@
+"""Command line: argument parsing and rendering only; the work lives in the modules it calls."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from buildctl import __version__, host
+from buildctl.errors import EXIT_INTERRUPTED, BadInput, BuildctlError
+
+EPILOG_BUILD = """\
+examples:
+  buildctl build                                  build the bundled kernel project
+  buildctl build --source ~/src/proj --mem-budget 28G --report build.json
+  buildctl build --source . --low-ram -- -DCMAKE_BUILD_TYPE=Release
+
+how memory is governed:
+  Every compile and link asks buildctl for admission. A job starts only when the predicted
+  peak RSS of the running jobs plus its own fits the budget and a CPU slot is free. Predictions
+  come from measured peaks of earlier builds (`buildctl profile show`); unknown jobs get a
+  conservative prior (--prior-rss). If host memory runs low anyway, admission pauses; if it gets
+  critical the youngest job is killed and re-run later, so the kernel OOM killer never picks.
+
+exit codes: 0 built, 1 build failed, 2 bad input, 130 interrupted.
+"""
+
+
+def _size(text: str) -> int:
+    try:
+        return host.parse_size(text)
+    except BadInput as exc:
+        raise argparse.ArgumentTypeError(f"{exc.what} ({exc.fix})") from None
+
+
+def _duration(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600}
+    try:
+        if text and text[-1] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"cannot read duration {text!r}; write e.g. 90s, 10m, 1h") from None
+
+
+def add_governor_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("memory and scheduling")
+    g.add_argument("--mem-budget", type=_size, metavar="SIZE",
+                   help="memory the build may use, e.g. 28G, 512M, 1.5GiB "
+                        "(default: min(RAM, cgroup limit) minus a reserve)")
+    g.add_argument("--low-ram", action="store_true",
+                   help="trade speed for memory: tighter budget and memory-saving build settings")
+    g.add_argument("-j", "--jobs", type=int, metavar="N",
+                   help="CPU slots: jobs running at once at most (default: cores)")
+    g.add_argument("--prior-rss", type=_size, metavar="SIZE",
+                   help="predicted peak for jobs never measured before (default 1 GiB compile, "
+                        "1.5 GiB link)")
+    g.add_argument("--profiles", type=Path, metavar="DB",
+                   help="profile database (default ~/.cache/buildctl/profiles.sqlite or "
+                        "$BUILDCTL_PROFILE_DB)")
+    g.add_argument("--low-water", type=_size, metavar="SIZE",
+                   help="pause admission when host available memory falls below this")
+    g.add_argument("--critical", type=_size, metavar="SIZE",
+                   help="kill and re-queue the youngest job below this host available memory")
+    g.add_argument("--hang-after", type=_duration, default=600.0, metavar="DURATION",
+                   help="a job with no CPU, I/O or process change for this long is stalled "
+                        "(default 10m; a busy silent compile is never stalled)")
+    g.add_argument("--retries", type=int, default=1, metavar="N",
+                   help="re-runs of a job killed as stalled or crashed (default 1)")
+    o = parser.add_argument_group("output")
+    o.add_argument("--report", type=Path, metavar="FILE", help="write the JSON build report here")
+    o.add_argument("--plain", action="store_true", default=None,
+                   help="plain line log instead of the live view (automatic when not a terminal)")
+
+
+def resolve_budget(args: argparse.Namespace) -> tuple[int, int]:
+    info = host.probe()
+    budget = args.mem_budget or host.default_budget(
+        info.total_ram_bytes, info.cgroup_limit_bytes, low_ram=args.low_ram
+    )
+    if budget < 64 * 1024**2:
+        raise BadInput(
+            f"memory budget {host.format_size(budget)} is too small to run a compiler",
+            "pass --mem-budget of at least 64M (a C++ compile needs ~100 MB and up)",
+        )
+    slots = args.jobs or info.cores
+    if slots < 1:
+        raise BadInput(f"--jobs {slots} is not a number of CPU slots", "pass --jobs 1 or more")
+    return budget, slots
+
+
+def session_options(args: argparse.Namespace, build_dir: Path, title: str, source: str):
+    from buildctl.govern.session import SessionOptions
+
+    budget, slots = resolve_budget(args)
+    return SessionOptions(
+        build_dir=build_dir,
+        budget_bytes=budget,
+        slots=slots,
+        report_path=args.report,
+        profile_db=args.profiles,
+        prior_bytes=args.prior_rss,
+        plain=args.plain,
+        title=title,
+        low_water_bytes=args.low_water,
+        critical_bytes=args.critical,
+        hang_after_s=args.hang_after,
+        retries=args.retries,
+        command=sys.argv,
+        source_dir=source,
+    )
+
+
+def cmd_build(args: argparse.Namespace, console: Console) -> int:
+    from buildctl.build import BuildRequest, governed_build, ninja_width
+    from buildctl.kernels import bundled_build_settings
+
+    cmake_args = list(args.cmake_args)
+    if cmake_args[:1] == ["--"]:
+        cmake_args = cmake_args[1:]
+    extra: dict[str, str] = {}
+    if args.source is None:
+        source, extra, default_build = bundled_build_settings(args.preset, args.low_ram)
+        build_dir = args.build_dir or default_build
+    else:
+        source = args.source.resolve()
+        if not source.is_dir():
+            raise BadInput(f"--source {args.source} is not a directory",
+                           "pass the top directory of a CMake project")
+        build_dir = args.build_dir or (source / "build-buildctl")
+    opts = session_options(args, build_dir, f"buildctl build {source.name}", str(source))
+    req = BuildRequest(
+        source_dir=source,
+        build_dir=build_dir.resolve(),
+        budget_bytes=opts.budget_bytes,
+        slots=opts.slots,
+        ninja_width=args.ninja_width or ninja_width(opts.slots),
+        cmake_args=cmake_args,
+        extra_defines=extra,
+        targets=args.target or [],
+    )
+    console.print(
+        f"[bold]buildctl[/bold] {__version__}: budget {host.format_size(opts.budget_bytes)}, "
+        f"{opts.slots} CPU slots, build dir {req.build_dir}",
+        highlight=False,
+    )
+    rc, session = governed_build(req, opts)
+    return _summarize(console, session, rc, args.report)
+
+
+def _summarize(console: Console, session, rc: int, report_path: Path | None) -> int:
+    rep = session.report
+    console.print(
+        f"buildctl: {rep.status} in {rep.wall_s:.1f}s; {len(rep.jobs)} jobs; peak total RSS "
+        f"{host.format_size(rep.peak_total_rss_bytes)} of budget "
+        f"{host.format_size(rep.budget_bytes)}"
+        + (f"; report {report_path}" if report_path else ""),
+        highlight=False,
+    )
+    if session.interrupted:
+        console.print("buildctl: interrupted; finished objects are kept, rerun to continue")
+        return EXIT_INTERRUPTED
+    if rc != 0:
+        failed = [j.output for j in rep.jobs if j.status in ("failed", "hung", "crashed")]
+        console.print(
+            f"error: the build failed{(' at ' + ', '.join(failed[:5])) if failed else ''}\n"
+            "  fix: read the compiler output above"
+            + (f"; details in {report_path}" if report_path else "; add --report FILE for details"),
+            highlight=False,
+        )
+        return 1
+    return 0
+
+
+def cmd_profile(args: argparse.Namespace, console: Console) -> int:
+    from buildctl.govern.profiles import ProfileDB, summarize_by_target
+
+    db = ProfileDB(args.profiles)
+    try:
+        if args.profile_cmd == "show":
+            entries = db.latest()
+            if args.filter:
+                entries = [e for e in entries if args.filter in e.output]
+            if not entries:
+                console.print(f"no profiles in {db.path} yet; run `buildctl build` once")
+                return 0
+            table = Table(title=f"expected peak memory per target ({db.path})")
+            for col in ("target", "jobs", "max peak", "link peak", "CPU s", "heaviest job"):
+                table.add_column(col, justify="right" if col in ("jobs", "max peak", "link peak", "CPU s") else "left")
+            for s in summarize_by_target(entries):
+                table.add_row(s.target, str(s.jobs), host.format_size(s.max_peak_bytes),
+                              host.format_size(s.link_peak_bytes) if s.link_peak_bytes else "-",
+                              f"{s.total_cpu_s:.1f}", s.heaviest_output)
+            console.print(table)
+            if args.jobs_detail:
+                jt = Table(title="per job (latest run)")
+                for col in ("output", "kind", "peak", "wall s", "compiler"):
+                    jt.add_column(col)
+                for e in entries:
+                    jt.add_row(e.output, e.kind, host.format_size(e.peak_rss_bytes),
+                               f"{e.wall_s:.1f}", e.compiler)
+                console.print(jt)
+        elif args.profile_cmd == "export":
+            text = db.export_json()
+            if args.file is None or str(args.file) == "-":
+                sys.stdout.write(text + "\n")
+            else:
+                from buildctl.report import write_text_atomic
+
+                write_text_atomic(args.file, text + "\n")
+                console.print(f"exported {len(db.latest())} job profiles to {args.file}")
+        elif args.profile_cmd == "import":
+            try:
+                text = Path(args.file).read_text()
+            except OSError as exc:
+                raise BadInput(f"cannot read {args.file}: {exc.strerror}",
+                               "pass a file written by `buildctl profile export`") from None
+            count = db.import_json(text, str(args.file))
+            console.print(f"imported {count} job profiles into {db.path}")
+    finally:
+        db.close()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="buildctl",
+        description="Memory-governed builds of native GPU-kernel PyTorch extensions: every "
+        "compile and link is admitted against a memory budget, measured, and reported.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Start with `buildctl build` (the bundled kernel project) or "
+        "`buildctl build --source DIR`. `buildctl COMMAND --help` explains each command.",
+    )
+    parser.add_argument("--version", action="version", version=f"buildctl {__version__}")
+    sub = parser.add_subparsers(dest="cmd", metavar="COMMAND")
+
+    b = sub.add_parser("build", help="configure and build a CMake project under a memory budget",
+                       description="Configure a CMake project with Ninja and buildctl's launchers, "
+                       "then build it with every job admitted against the memory budget.",
+                       epilog=EPILOG_BUILD, formatter_class=argparse.RawDescriptionHelpFormatter)
+    b.add_argument("--source", type=Path, metavar="DIR",
+                   help="CMake project to build (default: the bundled pagedattn kernel project)")
+    b.add_argument("--build-dir", type=Path, metavar="DIR",
+                   help="build directory (default: DIR/build-buildctl, or _build/pagedattn-PRESET)")
+    b.add_argument("--preset", default="default", metavar="NAME",
+                   help="kernel config preset of the bundled project: tiny, default, full")
+    b.add_argument("--target", action="append", metavar="NAME", help="build only this ninja target")
+    b.add_argument("--ninja-width", type=int, metavar="N",
+                   help="jobs ninja may start at once; buildctl admits them (default max(4xslots,16))")
+    add_governor_args(b)
+    b.add_argument("cmake_args", nargs=argparse.REMAINDER,
+                   help="after --: extra arguments for cmake, e.g. -- -DFOO=1")
+    b.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("profile", help="show, export or import measured peak-RSS profiles")
+    p.add_argument("--profiles", type=Path, metavar="DB", help="profile database path")
+    psub = p.add_subparsers(dest="profile_cmd", metavar="ACTION", required=True)
+    show = psub.add_parser("show", help="expected peak memory per target")
+    show.add_argument("--jobs", dest="jobs_detail", action="store_true", help="also list every job")
+    show.add_argument("--filter", metavar="TEXT", help="only outputs containing TEXT")
+    exp = psub.add_parser("export", help="write profiles as JSON (for profiles/ or CI)")
+    exp.add_argument("file", nargs="?", type=Path, help="output file (default: stdout)")
+    imp = psub.add_parser("import", help="merge a JSON export into the database")
+    imp.add_argument("file", type=Path)
+    p.set_defaults(func=cmd_profile)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    console = Console()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args, console) or 0)
+    except BuildctlError as exc:
+        Console(stderr=True).print(exc.render(), highlight=False, markup=False)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        Console(stderr=True).print("buildctl: interrupted")
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The governed build: scheduler (policy), launcher, governor, monitor, profiles, session."""

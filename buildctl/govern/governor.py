@@ -1,0 +1,617 @@
+"""The governor: admission server for launchers, sampler of every running job's process tree,
+and the OOM guard. It runs an asyncio loop in a background thread of the buildctl process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import struct
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from buildctl import host
+from buildctl.govern import scheduler
+from buildctl.govern.diagnostics import save_crash_repro, save_stall_bundle
+from buildctl.govern.monitor import TreeSample, Verdict, VerdictPolicy, sample_tree, verdict
+from buildctl.govern.profiles import Prediction, ProfileDB, ProfileEntry, target_of
+from buildctl.report import BuildReport, Event, JobRecord
+
+MiB = 1024**2
+CRASH_SIGNALS = {signal.SIGSEGV, signal.SIGFPE, signal.SIGILL, signal.SIGABRT, signal.SIGBUS}
+ICE_MARKERS = ("internal compiler error", "Internal Compiler Error", "Please submit a full bug report")
+
+
+@dataclass
+class GovernorOptions:
+    socket_path: Path
+    budget_bytes: int
+    slots: int
+    build_dir: Path
+    sample_interval_s: float = 0.25
+    low_water_bytes: int | None = None  # pause admission below this host available memory
+    critical_bytes: int | None = None  # kill the youngest job below this
+    psi_full_pause: float = 10.0  # PSI memory `full` avg10 (%) that pauses admission
+    hang_after_s: float = 600.0
+    retries: int = 1
+    spin_factor: float = 5.0  # a job running longer than this x its longest record is spinning
+    max_bypass_s: float = 60.0
+    repro_dir: Path | None = None
+
+
+def default_watermarks(total_ram: int) -> tuple[int, int]:
+    """Low-water: 5% of RAM, between 256 MiB and 1 GiB; critical: half of that."""
+    low = int(min(max(total_ram * 0.05, 256 * MiB), 1024 * MiB))
+    return low, low // 2
+
+
+@dataclass
+class Job:
+    id: int
+    output: str
+    kind: str
+    argv: list[str]
+    cwd: str
+    launcher_pid: int
+    compiler: str
+    prediction: Prediction
+    enqueued_at: float
+    queued_at_first: float
+    attempts: int = 1
+    state: str = "waiting"  # waiting | running | done
+    exclusive: bool = False
+    child_pid: int | None = None
+    started_at: float = 0.0
+    current_rss: int = 0
+    peak_rss: int = 0
+    cpu_s: float = 0.0
+    samples: deque[TreeSample] = field(default_factory=lambda: deque(maxlen=4096))
+    kill_reason: str | None = None
+    verdict: Verdict | None = None
+    go: asyncio.Event = field(default_factory=asyncio.Event)
+    record: JobRecord | None = None
+
+
+@dataclass(frozen=True)
+class RunningView:
+    output: str
+    rss: int
+    predicted: int
+    elapsed_s: float
+    verdict: str
+    evidence: str
+    exclusive: bool
+    attempts: int
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    t: float
+    budget: int
+    slots: int
+    running: tuple[RunningView, ...]
+    waiting: int
+    finished: int
+    failed: int
+    reserved: int
+    live_rss: int
+    peak_total_rss: int
+    host_available: int
+    paused: str
+    wait_reason: str
+
+
+class Governor:
+    def __init__(self, options: GovernorOptions, profiles: ProfileDB) -> None:
+        self.opts = options
+        self.profiles = profiles
+        total = psutil.virtual_memory().total
+        low, critical = default_watermarks(total)
+        self.low_water = options.low_water_bytes if options.low_water_bytes is not None else low
+        self.critical = options.critical_bytes if options.critical_bytes is not None else critical
+        self.t0 = time.monotonic()
+        self.jobs: dict[int, Job] = {}
+        self._next_id = 1
+        self.finished: list[JobRecord] = []
+        self.events: list[Event] = []
+        self.event_listeners: list[Callable[[Event], None]] = []
+        self.peak_total_rss = 0
+        self.host_min_available = psutil.virtual_memory().available
+        self.samples: list[tuple[float, int, int]] = []
+        self.paused = ""
+        self.wait_reason = ""
+        self._last_guard_kill = -1e9
+        self._last_report_sample = -1e9
+        self._compiler_ids: dict[tuple[str, float], str] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._stopping = False
+        self._ready = threading.Event()
+        self._lock = threading.Lock()  # guards what the UI thread reads
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._thread_main, name="governor", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("governor did not start")
+
+    def _thread_main(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._loop.run_until_complete(self._serve())
+
+    async def _serve(self) -> None:
+        path = self.opts.socket_path
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        old_umask = os.umask(0o177)  # the socket is born 0600
+        try:
+            self._server = await asyncio.start_unix_server(self._handle, path=str(path))
+        finally:
+            os.umask(old_umask)
+        os.chmod(path, 0o600)
+        sampler = asyncio.create_task(self._sampler())
+        self._ready.set()
+        try:
+            while not self._stopping:
+                await asyncio.sleep(0.05)
+        finally:
+            sampler.cancel()
+            self._server.close()
+            for job in list(self.jobs.values()):
+                if job.state == "running":
+                    self._kill_tree(job, "interrupt")
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    def stop(self) -> None:
+        self._stopping = True
+        if self._thread:
+            self._thread.join(15)
+
+    def kill_all(self) -> None:
+        """Ctrl-C / SIGTERM: kill every running job tree now (called from the main thread)."""
+        with self._lock:
+            for job in list(self.jobs.values()):
+                if job.state == "running":
+                    job.kill_reason = "interrupt"
+                    self._kill_tree(job, "interrupt")
+
+    # --- events ------------------------------------------------------------------------------
+
+    def now(self) -> float:
+        return time.monotonic() - self.t0
+
+    def event(self, kind: str, output: str | None = None, detail: str = "", **data: object) -> None:
+        ev = Event(kind=kind, t_s=round(self.now(), 3), output=output, detail=detail, data=data)
+        self.events.append(ev)
+        for listener in self.event_listeners:
+            with contextlib.suppress(Exception):
+                listener(ev)
+
+    # --- protocol ----------------------------------------------------------------------------
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sock = writer.get_extra_info("socket")
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        _pid, uid, _gid = struct.unpack("3i", creds)
+        if uid != os.getuid():
+            writer.close()  # only our own user's launchers may ask for memory
+            return
+        job: Job | None = None
+        try:
+            msg = await self._read(reader)
+            if msg is None or msg.get("op") != "admit":
+                return
+            job = await self._register(msg)
+            while True:
+                await job.go.wait()
+                job.go.clear()
+                await self._send(writer, op="go", attempt=job.attempts)
+                started = await self._read(reader)
+                if started is None:
+                    return
+                job.child_pid = int(started["pid"])
+                done = await self._read(reader)
+                if done is None:
+                    return
+                reply = self._finish(job, done)
+                await self._send(writer, **reply)
+                if reply["op"] != "retry":
+                    return
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            if job is not None and job.state != "done":
+                self._abandon(job)
+            writer.close()
+
+    async def _read(self, reader: asyncio.StreamReader) -> dict | None:
+        line = await reader.readline()
+        if not line:
+            return None
+        return json.loads(line)
+
+    async def _send(self, writer: asyncio.StreamWriter, **msg: object) -> None:
+        writer.write(json.dumps(msg).encode() + b"\n")
+        await writer.drain()
+
+    async def _compiler_id(self, exe: str) -> str:
+        path = shutil.which(exe) or exe
+        real = os.path.realpath(path)
+        try:
+            mtime = os.stat(real).st_mtime
+        except OSError:
+            return os.path.basename(exe)
+        key = (real, mtime)
+        if key not in self._compiler_ids:
+            ident = os.path.basename(exe)
+            with contextlib.suppress(OSError, asyncio.TimeoutError):
+                proc = await asyncio.create_subprocess_exec(
+                    real,
+                    "--version",
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.DEVNULL,
+                )
+                out, _ = await asyncio.wait_for(proc.communicate(), 10)
+                first = out.decode(errors="replace").strip().splitlines()[:1]
+                if first:
+                    ident = f"{os.path.basename(exe)}: {first[0]}"
+            self._compiler_ids[key] = ident
+        return self._compiler_ids[key]
+
+    async def _register(self, msg: dict) -> Job:
+        argv = list(msg["argv"])
+        cwd = msg.get("cwd", "")
+        output = str(msg.get("output", ""))
+        if os.path.isabs(output) and cwd and output.startswith(cwd.rstrip("/") + "/"):
+            output = os.path.relpath(output, cwd)
+        compiler = await self._compiler_id(argv[0])
+        kind = msg.get("kind", "other")
+        prediction = self.profiles.predict(output, kind, compiler)
+        now = self.now()
+        with self._lock:
+            job = Job(
+                id=self._next_id,
+                output=output,
+                kind=kind,
+                argv=argv,
+                cwd=cwd,
+                launcher_pid=int(msg.get("pid", 0)),
+                compiler=compiler,
+                prediction=prediction,
+                enqueued_at=now,
+                queued_at_first=now,
+            )
+            self._next_id += 1
+            self.jobs[job.id] = job
+        if prediction.bytes > self.opts.budget_bytes:
+            over = prediction.bytes - self.opts.budget_bytes
+            self.event(
+                "exclusive",
+                output,
+                f"predicted {host.format_size(prediction.bytes)} > budget "
+                f"{host.format_size(self.opts.budget_bytes)}: it will run alone and needs about "
+                f"{host.format_size(over)} of swap (or raise --mem-budget)",
+                predicted=prediction.bytes,
+                swap_needed=over,
+            )
+        self._admit()
+        return job
+
+    # --- admission ---------------------------------------------------------------------------
+
+    def _admit(self) -> None:
+        with self._lock:
+            waiting = [
+                scheduler.Waiting(j.id, j.prediction.bytes, j.enqueued_at)
+                for j in self.jobs.values()
+                if j.state == "waiting"
+            ]
+            running = [
+                scheduler.Running(j.id, j.prediction.bytes, j.current_rss, j.exclusive)
+                for j in self.jobs.values()
+                if j.state == "running"
+            ]
+            decision = scheduler.decide(
+                waiting,
+                running,
+                self.opts.budget_bytes,
+                self.opts.slots,
+                paused=bool(self.paused),
+                now=self.now(),
+                max_bypass_s=self.opts.max_bypass_s,
+            )
+            self.wait_reason = decision.reason
+            for job_id in decision.admit:
+                job = self.jobs[job_id]
+                job.state = "running"
+                job.exclusive = job_id in decision.exclusive
+                job.started_at = self.now()
+                job.current_rss = 0
+                job.samples.clear()
+                job.kill_reason = None
+                job.child_pid = None
+                job.go.set()
+
+    def _finish(self, job: Job, done: dict) -> dict:
+        rc = int(done.get("rc", 1))
+        elapsed = self.now() - job.started_at
+        maxrss = int(done.get("maxrss", 0))
+        peak = max(job.peak_rss, maxrss)
+        reason = job.kill_reason
+        with self._lock:
+            job.state = "done"
+            job.child_pid = None
+        if reason in ("oom-guard", "hang", "spin") and job.attempts <= self.opts.retries:
+            self.event("retry", job.output, f"re-running after {reason} kill", attempt=job.attempts)
+            with self._lock:
+                job.attempts += 1
+                job.state = "waiting"
+                job.enqueued_at = self.now()
+                job.peak_rss = 0
+            self._admit()
+            return {"op": "retry"}
+        status = "ok" if rc == 0 else "failed"
+        repro = None
+        if reason in ("hang", "spin"):
+            status = "hung"
+        elif reason == "oom-guard":
+            status = "killed-retried"
+        elif rc != 0 and self._looks_like_crash(rc, done.get("stderr_tail", "")):
+            repro = str(
+                save_crash_repro(self._repro_root(), job.output, job.argv, job.cwd, rc,
+                                 done.get("stderr_tail", ""))
+            )
+            status = "crashed"
+            if job.attempts <= self.opts.retries:
+                self.event("crash", job.output, f"compiler crashed (exit {rc}); repro: {repro}; "
+                           "retrying once", repro=repro)
+                with self._lock:
+                    job.attempts += 1
+                    job.state = "waiting"
+                    job.enqueued_at = self.now()
+                    job.peak_rss = 0
+                self._admit()
+                return {"op": "retry"}
+            self.event("crash", job.output, f"compiler crashed again (exit {rc}); repro: {repro}",
+                       repro=repro)
+        record = JobRecord(
+            output=job.output,
+            kind=job.kind,  # type: ignore[arg-type]
+            target=target_of(job.output),
+            predicted_rss_bytes=job.prediction.bytes,
+            prediction_source=job.prediction.source,
+            peak_rss_bytes=peak,
+            wait4_maxrss_bytes=maxrss,
+            wall_s=round(elapsed, 3),
+            cpu_s=round(float(done.get("cpu_s", 0.0)), 3),
+            queued_s=round(job.started_at - job.queued_at_first, 3),
+            started_at_s=round(job.started_at, 3),
+            attempts=job.attempts,
+            status=status,  # type: ignore[arg-type]
+            exit_code=rc,
+            exclusive=job.exclusive,
+            verdict=job.verdict.state if job.verdict else "healthy",
+            repro_dir=repro,
+        )
+        with self._lock:
+            job.record = record
+            self.finished.append(record)
+        if rc == 0:
+            self.profiles.record(
+                ProfileEntry(
+                    output=job.output,
+                    kind=job.kind,
+                    compiler=job.compiler,
+                    peak_rss_bytes=peak,
+                    wait4_maxrss_bytes=maxrss,
+                    wall_s=elapsed,
+                    cpu_s=record.cpu_s,
+                    target=record.target,
+                )
+            )
+        self._admit()
+        if status == "hung":
+            return {"op": "fail", "detail": f"{job.output} {reason}; see the report's events"}
+        return {"op": "ok"}
+
+    def _looks_like_crash(self, rc: int, tail: str) -> bool:
+        if rc > 128 and (rc - 128) in CRASH_SIGNALS | {signal.SIGKILL}:
+            return True
+        return any(marker in tail for marker in ICE_MARKERS)
+
+    def _repro_root(self) -> Path:
+        return self.opts.repro_dir or (self.opts.build_dir / ".buildctl" / "repro")
+
+    def _abandon(self, job: Job) -> None:
+        """The launcher went away (ninja killed, Ctrl-C): kill what it started, keep no slot."""
+        if job.state == "running":
+            self._kill_tree(job, "launcher-gone")
+        with self._lock:
+            job.state = "done"
+            if job.record is None:
+                record = JobRecord(
+                    output=job.output,
+                    kind=job.kind,  # type: ignore[arg-type]
+                    target=target_of(job.output),
+                    predicted_rss_bytes=job.prediction.bytes,
+                    prediction_source=job.prediction.source,
+                    peak_rss_bytes=job.peak_rss,
+                    attempts=job.attempts,
+                    status="interrupted",
+                )
+                job.record = record
+                self.finished.append(record)
+        self._admit()
+
+    def _kill_tree(self, job: Job, reason: str) -> None:
+        pid = job.child_pid
+        if not pid:
+            return
+        try:
+            procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            procs = []
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)  # the launcher made the child a group leader
+        for proc in procs:  # anything that left the group (setsid) still dies
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
+
+    # --- sampling, guard, verdicts -----------------------------------------------------------
+
+    async def _sampler(self) -> None:
+        while True:
+            try:
+                self._tick()
+            except Exception as exc:  # never let a sampling glitch stop the build
+                self.event("info", None, f"sampler error: {exc!r}")
+            await asyncio.sleep(self.opts.sample_interval_s)
+
+    def _tick(self) -> None:
+        t = self.now()
+        avail = host.available_bytes()
+        self.host_min_available = min(self.host_min_available, avail)
+        total = 0
+        running = [j for j in self.jobs.values() if j.state == "running" and j.child_pid]
+        for job in running:
+            sample = sample_tree(job.child_pid, t)  # type: ignore[arg-type]
+            if sample is None:
+                continue
+            with self._lock:
+                job.samples.append(sample)
+                job.current_rss = sample.rss
+                job.peak_rss = max(job.peak_rss, sample.rss)
+                job.cpu_s = sample.cpu_s
+            total += sample.rss
+        self.peak_total_rss = max(self.peak_total_rss, total)
+        if t - self._last_report_sample >= 0.5:
+            self.samples.append((round(t, 2), total, avail))
+            self._last_report_sample = t
+        self._guard(avail, running)
+        self._verdicts(running)
+        self._admit()
+
+    def _guard(self, avail: int, running: list[Job]) -> None:
+        pressure = host.memory_pressure()
+        reason = ""
+        if avail < self.low_water:
+            reason = (
+                f"host available {host.format_size(avail)} < low-water "
+                f"{host.format_size(self.low_water)}"
+            )
+        elif pressure and pressure[1] >= self.opts.psi_full_pause:
+            reason = f"memory pressure: PSI full avg10 {pressure[1]:.1f}%"
+        if reason and not self.paused:
+            self.event("throttle", None, f"admission paused: {reason}", available=avail)
+        elif not reason and self.paused:
+            self.event("throttle", None, "admission resumed", available=avail)
+        self.paused = reason
+        if avail < self.critical and len(running) > 1 and self.now() - self._last_guard_kill > 1.0:
+            # Kill the youngest: the oldest has made the most progress (and progress is kept).
+            victim = max(running, key=lambda j: j.started_at)
+            victim.kill_reason = "oom-guard"
+            self._kill_tree(victim, "oom-guard")
+            self._last_guard_kill = self.now()
+            self.event(
+                "oom-guard-kill",
+                victim.output,
+                f"host available {host.format_size(avail)} < critical "
+                f"{host.format_size(self.critical)}: killed the youngest job and re-queued it",
+                available=avail,
+                job_rss=victim.current_rss,
+            )
+
+    def _verdicts(self, running: list[Job]) -> None:
+        for job in running:
+            if job.kill_reason:
+                continue
+            longest = job.prediction.wall_s
+            policy = VerdictPolicy(
+                hang_after_s=self.opts.hang_after_s,
+                spin_ceiling_s=(
+                    max(longest * self.opts.spin_factor, self.opts.hang_after_s)
+                    if longest
+                    else None
+                ),
+            )
+            elapsed = self.now() - job.started_at
+            window = [s for s in job.samples if s.t >= job.samples[-1].t - policy.hang_after_s - 15] \
+                if job.samples else []
+            result = verdict(window, policy, elapsed)
+            previous = job.verdict.state if job.verdict else "healthy"
+            job.verdict = result
+            if result.state == previous:
+                continue
+            if result.state == "thrashing":
+                self.event("thrash", job.output, result.evidence, faults_per_s=result.faults_per_s)
+            elif result.state in ("stalled", "spinning"):
+                bundle = save_stall_bundle(
+                    self._repro_root(), job.output, job.argv, job.cwd, job.child_pid, result.evidence
+                )
+                kind = "stall" if result.state == "stalled" else "spin"
+                self.event(kind, job.output, f"{result.evidence}; diagnostics: {bundle}",
+                           bundle=str(bundle))
+                self.event("hang", job.output, f"killing the tree ({result.state})",
+                           bundle=str(bundle))
+                job.kill_reason = "hang" if result.state == "stalled" else "spin"
+                self._kill_tree(job, job.kill_reason)
+
+    # --- views -------------------------------------------------------------------------------
+
+    def snapshot(self) -> Snapshot:
+        with self._lock:
+            now = self.now()
+            running = [j for j in self.jobs.values() if j.state == "running"]
+            views = tuple(
+                RunningView(
+                    output=j.output,
+                    rss=j.current_rss,
+                    predicted=j.prediction.bytes,
+                    elapsed_s=now - j.started_at,
+                    verdict=j.verdict.state if j.verdict else "starting",
+                    evidence=j.verdict.evidence if j.verdict else "",
+                    exclusive=j.exclusive,
+                    attempts=j.attempts,
+                )
+                for j in sorted(running, key=lambda j: j.started_at)
+            )
+            return Snapshot(
+                t=now,
+                budget=self.opts.budget_bytes,
+                slots=self.opts.slots,
+                running=views,
+                waiting=sum(1 for j in self.jobs.values() if j.state == "waiting"),
+                finished=sum(1 for r in self.finished if r.status != "interrupted"),
+                failed=sum(1 for r in self.finished if r.status in ("failed", "hung", "crashed")),
+                reserved=sum(max(j.prediction.bytes, j.current_rss) for j in running),
+                live_rss=sum(j.current_rss for j in running),
+                peak_total_rss=self.peak_total_rss,
+                host_available=self.samples[-1][2] if self.samples else 0,
+                paused=self.paused,
+                wait_reason=self.wait_reason,
+            )
+
+    def fill_report(self, report: BuildReport) -> None:
+        with self._lock:
+            report.jobs = list(self.finished)
+            report.events = list(self.events)
+            report.peak_total_rss_bytes = self.peak_total_rss
+            report.host_min_available_bytes = self.host_min_available
+            report.samples = list(self.samples)
+            report.cpu_s = round(sum(r.cpu_s for r in self.finished), 3)

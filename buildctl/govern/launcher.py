@@ -1,0 +1,213 @@
+"""The compiler launcher: ninja runs `python -m buildctl.govern.launcher --socket S -- cc ...`.
+
+It asks the governor for admission, runs the real command as its child (argv, never a shell) in
+a process group of its own, and reports wait4's rusage. With no governor listening it execs the
+command directly, so a plain `ninja` in a governed build dir still works.
+
+Imports are kept to the standard library's cheapest modules: this runs once per compile.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+TAIL_BYTES = 16 * 1024
+PR_SET_PDEATHSIG = 1
+
+
+def job_output(argv: list[str]) -> str:
+    """The file the command writes (`-o X` / `-oX`), else the last argument."""
+    for index, arg in enumerate(argv):
+        if arg == "-o" and index + 1 < len(argv):
+            return argv[index + 1]
+        if arg.startswith("-o") and len(arg) > 2 and not arg.startswith("-op"):
+            return arg[2:]
+    return argv[-1] if argv else ""
+
+
+def job_kind(argv: list[str]) -> str:
+    if any(a in ("-c", "-S", "-E") for a in argv[1:]):
+        return "compile"
+    if "-o" in argv or any(a.startswith("-o") for a in argv[1:]):
+        return "link"
+    return "other"
+
+
+def _die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """Ask the kernel to signal us when ninja dies, so a killed build leaves no launcher behind."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+class _Channel:
+    """JSON-lines over the governor socket; a reader thread queues messages and notices EOF."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.inbox: queue.Queue[dict | None] = queue.Queue()
+        self.on_eof: list = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        buffer = b""
+        try:
+            while True:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    break
+                buffer += chunk
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    self.inbox.put(json.loads(line))
+        except (OSError, ValueError):
+            pass
+        for callback in self.on_eof:
+            callback()
+        self.inbox.put(None)
+
+    def send(self, **msg: object) -> None:
+        self.sock.sendall(json.dumps(msg).encode() + b"\n")
+
+    def receive(self) -> dict | None:
+        return self.inbox.get()
+
+
+def _exec_direct(argv: list[str]) -> None:
+    try:
+        os.execvp(argv[0], argv)
+    except OSError as exc:
+        sys.stderr.write(f"buildctl launcher: cannot run {argv[0]!r}: {exc}\n")
+        sys.exit(127)
+
+
+def _connect(path: str) -> socket.socket | None:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+    except OSError:
+        sock.close()
+        return None
+    return sock
+
+
+def _run_once(argv: list[str], chan: _Channel) -> tuple[int, dict]:
+    """Run the command once; return (exit status for ninja, rusage facts for the governor)."""
+    started = time.monotonic()
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, process_group=0)
+    chan.send(op="started", pid=proc.pid, pgid=proc.pid)
+
+    def kill_group(sig: int = signal.SIGKILL) -> None:
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    chan.on_eof[:] = [kill_group]  # governor gone: never leave the compiler running alone
+    got_signal: list[int] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        got_signal.append(signum)
+        kill_group(signal.SIGTERM)
+        threading.Timer(3.0, kill_group).start()
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+
+    tail = b""
+    assert proc.stderr is not None
+    err_fd = proc.stderr.fileno()
+    while True:
+        try:
+            chunk = os.read(err_fd, 65536)
+        except InterruptedError:
+            continue
+        if not chunk:
+            break
+        sys.stderr.buffer.write(chunk)
+        sys.stderr.buffer.flush()
+        tail = (tail + chunk)[-TAIL_BYTES:]
+    proc.stderr.close()
+    while True:
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+            break
+        except InterruptedError:
+            continue
+    proc.returncode = os.waitstatus_to_exitcode(status)  # keeps Popen from waiting again
+    rc = proc.returncode
+    facts = {
+        "rc": rc,
+        "maxrss": usage.ru_maxrss * 1024,  # Linux reports KiB
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "wall_s": time.monotonic() - started,
+        "stderr_tail": tail.decode(errors="replace"),
+        "interrupted": bool(got_signal),
+    }
+    if got_signal:
+        sys.exit(128 + got_signal[0])
+    return (rc if rc >= 0 else 128 - rc), facts
+
+
+def main(args: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if args is None else args)
+    socket_path = ""
+    if args[:1] == ["--socket"] and len(args) >= 2:
+        socket_path = args[1]
+        args = args[2:]
+    if args[:1] == ["--"]:
+        args = args[1:]
+    if not args:
+        sys.stderr.write("usage: python -m buildctl.govern.launcher --socket PATH -- CMD...\n")
+        return 2
+    sock = _connect(socket_path) if socket_path else None
+    if sock is None:
+        _exec_direct(args)
+        return 127  # not reached
+    _die_with_parent()
+    chan = _Channel(sock)
+    output = job_output(args)
+    chan.send(
+        op="admit",
+        output=output,
+        kind=job_kind(args),
+        argv=args,
+        cwd=os.getcwd(),
+        pid=os.getpid(),
+    )
+    rc = 1
+    while True:
+        msg = chan.receive()
+        if msg is None:
+            sys.stderr.write(f"buildctl launcher: governor went away before {output} ran\n")
+            return 1
+        if msg.get("op") == "fail":
+            sys.stderr.write(f"buildctl: {msg.get('detail', 'job refused')}\n")
+            return 1
+        if msg.get("op") != "go":
+            continue
+        rc, facts = _run_once(args, chan)
+        chan.send(op="done", **facts)
+        reply = chan.receive()
+        if reply is None or reply.get("op") != "retry":
+            if reply is not None and reply.get("op") == "fail":
+                sys.stderr.write(f"buildctl: {reply.get('detail', '')}\n")
+                return rc or 1
+            return rc
+        # Retried (the governor killed the tree to protect the host): wait for the next `go`.
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,251 @@
+"""Peak-RSS profiles: every finished job's measured peak, keyed by output + compiler identity.
+
+SQLite in WAL mode so that concurrent builds (CI building several torch versions at once) and
+crashes mid-write never corrupt it; each finished job is one short transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import statistics
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from buildctl.errors import BadInput
+
+PROFILES_SCHEMA = "buildctl.profiles/1"
+MiB = 1024**2
+
+# Used only when nothing is known about a job or its neighbours. Conservative for g++ TUs
+# (100-300 MB measured here) and honest for GPU-kernel TUs, which reach gigabytes.
+DEFAULT_PRIORS = {"compile": 1024 * MiB, "link": 1536 * MiB, "other": 512 * MiB}
+
+
+def default_db_path() -> Path:
+    env = os.environ.get("BUILDCTL_PROFILE_DB")
+    if env:
+        return Path(env)
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return cache / "buildctl" / "profiles.sqlite"
+
+
+def target_of(output: str) -> str:
+    """CMake object paths look like `CMakeFiles/<target>.dir/...`; that names the target."""
+    parts = Path(output).parts
+    for index, part in enumerate(parts):
+        if part.endswith(".dir") and index > 0 and parts[index - 1] == "CMakeFiles":
+            return part[: -len(".dir")]
+    return Path(output).name if not output.endswith(".o") else ""
+
+
+def family_of(output: str) -> str:
+    """The source family: `foo.cpp.o` -> `.cpp`, `lib.so` -> `.so`."""
+    name = Path(output).name
+    stem = name[: -len(".o")] if name.endswith(".o") else name
+    suffix = Path(stem).suffix
+    return suffix or name
+
+
+@dataclass(frozen=True)
+class Prediction:
+    bytes: int
+    source: str  # exact | output | target | family | prior
+    wall_s: float | None = None
+
+
+class ProfileEntry(BaseModel):
+    output: str
+    kind: str
+    compiler: str
+    peak_rss_bytes: int
+    wait4_maxrss_bytes: int = 0
+    wall_s: float = 0.0
+    cpu_s: float = 0.0
+    target: str = ""
+    recorded_at: float = 0.0
+
+
+class ProfileExport(BaseModel):
+    schema_: str = Field(PROFILES_SCHEMA, alias="schema")
+    entries: list[ProfileEntry]
+    model_config = {"populate_by_name": True}
+
+
+_SCHEMA_SQL = """
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY,
+    output TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    compiler TEXT NOT NULL,
+    target TEXT NOT NULL,
+    family TEXT NOT NULL,
+    peak_rss INTEGER NOT NULL,
+    wait4_rss INTEGER NOT NULL,
+    wall_s REAL NOT NULL,
+    cpu_s REAL NOT NULL,
+    recorded_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS runs_output ON runs(output, compiler);
+CREATE INDEX IF NOT EXISTS runs_target ON runs(target, compiler);
+"""
+
+
+class ProfileDB:
+    """History of measured jobs; predictions come from the most recent runs."""
+
+    def __init__(self, path: Path | None = None, priors: dict[str, int] | None = None) -> None:
+        self.path = path or default_db_path()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.priors = {**DEFAULT_PRIORS, **(priors or {})}
+        self._conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.executescript(_SCHEMA_SQL)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._conn:
+            yield self._conn
+
+    def record(self, entry: ProfileEntry) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO runs (output, kind, compiler, target, family, peak_rss, wait4_rss,"
+                " wall_s, cpu_s, recorded_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (
+                    entry.output,
+                    entry.kind,
+                    entry.compiler,
+                    entry.target or target_of(entry.output),
+                    family_of(entry.output),
+                    entry.peak_rss_bytes,
+                    entry.wait4_maxrss_bytes,
+                    entry.wall_s,
+                    entry.cpu_s,
+                    entry.recorded_at or time.time(),
+                ),
+            )
+
+    def predict(self, output: str, kind: str, compiler: str) -> Prediction:
+        """Exact match first, then the same output with another compiler, the same target,
+        the same source family, and finally a conservative prior."""
+        rows = self._conn.execute(
+            "SELECT peak_rss, wall_s FROM runs WHERE output=? AND compiler=?"
+            " ORDER BY recorded_at DESC, id DESC LIMIT 3",
+            (output, compiler),
+        ).fetchall()
+        if rows:
+            # The max of the last three absorbs run-to-run noise without remembering forever.
+            return Prediction(max(r[0] for r in rows), "exact", max(r[1] for r in rows))
+        rows = self._conn.execute(
+            "SELECT peak_rss, wall_s FROM runs WHERE output=? ORDER BY recorded_at DESC LIMIT 3",
+            (output,),
+        ).fetchall()
+        if rows:
+            return Prediction(max(r[0] for r in rows), "output", max(r[1] for r in rows))
+        target = target_of(output)
+        if target:
+            peaks = self._latest_peaks("target=? AND compiler=? AND kind=?", (target, compiler, kind))
+            if peaks:
+                return Prediction(max(peaks), "target")
+        peaks = self._latest_peaks(
+            "family=? AND compiler=? AND kind=?", (family_of(output), compiler, kind)
+        )
+        if len(peaks) >= 3:
+            # Unknown file of a known family: assume it is as heavy as the heavier quarter.
+            return Prediction(int(statistics.quantiles(peaks, n=4)[-1]), "family")
+        return Prediction(self.priors.get(kind, self.priors["other"]), "prior")
+
+    def _latest_peaks(self, where: str, params: tuple[str, ...]) -> list[int]:
+        rows = self._conn.execute(
+            f"SELECT output, peak_rss FROM runs WHERE {where} ORDER BY recorded_at ASC, id ASC",
+            params,
+        ).fetchall()
+        latest: dict[str, int] = {}
+        for output, peak in rows:
+            latest[output] = peak
+        return list(latest.values())
+
+    def latest(self) -> list[ProfileEntry]:
+        """The most recent run of every (output, compiler)."""
+        rows = self._conn.execute(
+            "SELECT output, kind, compiler, target, peak_rss, wait4_rss, wall_s, cpu_s,"
+            " recorded_at FROM runs r WHERE id = (SELECT MAX(id) FROM runs WHERE"
+            " output=r.output AND compiler=r.compiler) ORDER BY target, output"
+        ).fetchall()
+        return [
+            ProfileEntry(
+                output=o,
+                kind=k,
+                compiler=c,
+                target=t,
+                peak_rss_bytes=p,
+                wait4_maxrss_bytes=w,
+                wall_s=ws,
+                cpu_s=cs,
+                recorded_at=ra,
+            )
+            for o, k, c, t, p, w, ws, cs, ra in rows
+        ]
+
+    def export_json(self) -> str:
+        return ProfileExport(entries=self.latest()).model_dump_json(by_alias=True, indent=1)
+
+    def import_json(self, text: str, source: str = "<json>") -> int:
+        try:
+            data = ProfileExport.model_validate(json.loads(text))
+        except (ValueError, TypeError) as exc:
+            raise BadInput(
+                f"{source} is not a buildctl profile export: {str(exc).splitlines()[0]}",
+                "pass a file written by `buildctl profile export`",
+            ) from exc
+        if data.schema_ != PROFILES_SCHEMA:
+            raise BadInput(
+                f"{source} has schema {data.schema_!r}, expected {PROFILES_SCHEMA!r}",
+                "re-export it with this buildctl version",
+            )
+        for entry in data.entries:
+            self.record(entry)
+        return len(data.entries)
+
+
+@dataclass(frozen=True)
+class TargetSummary:
+    target: str
+    jobs: int
+    max_peak_bytes: int
+    heaviest_output: str
+    total_cpu_s: float
+    link_peak_bytes: int
+
+
+def summarize_by_target(entries: Iterable[ProfileEntry]) -> list[TargetSummary]:
+    """The table users ask for: expected peak memory per target (pure)."""
+    groups: dict[str, list[ProfileEntry]] = {}
+    for entry in entries:
+        groups.setdefault(entry.target or "(other)", []).append(entry)
+    summaries = []
+    for target, items in groups.items():
+        heaviest = max(items, key=lambda e: e.peak_rss_bytes)
+        links = [e.peak_rss_bytes for e in items if e.kind == "link"]
+        summaries.append(
+            TargetSummary(
+                target=target,
+                jobs=len(items),
+                max_peak_bytes=heaviest.peak_rss_bytes,
+                heaviest_output=heaviest.output,
+                total_cpu_s=sum(e.cpu_s for e in items),
+                link_peak_bytes=max(links, default=0),
+            )
+        )
+    return sorted(summaries, key=lambda s: s.max_peak_bytes, reverse=True)

@@ -1,0 +1,242 @@
+"""A governed session: lock the build dir, start the governor, run the build command (ninja or
+a wheel build that runs ninja) with launchers pointed at it, keep the view fresh, and write the
+report. This is the API that `build`, `wheel` and `matrix` use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+import psutil
+from rich.console import Console
+
+from buildctl import __version__, host
+from buildctl.errors import BadInput
+from buildctl.govern.governor import Governor, GovernorOptions
+from buildctl.govern.profiles import ProfileDB
+from buildctl.report import BuildReport
+from buildctl.ui.live import View, make_view
+
+PR_SET_PDEATHSIG = 1
+_SOCKET_MAX = 100  # AF_UNIX paths are limited to 108 bytes
+
+
+def socket_path_for(build_dir: Path) -> Path:
+    """`<build>/.buildctl/governor.sock`, or a short per-user path if that is too long."""
+    candidate = build_dir.resolve() / ".buildctl" / "governor.sock"
+    if len(str(candidate)) <= _SOCKET_MAX:
+        return candidate
+    digest = hashlib.sha256(str(build_dir.resolve()).encode()).hexdigest()[:16]
+    runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/buildctl-{os.getuid()}"
+    return Path(runtime) / f"gov-{digest}.sock"
+
+
+def launcher_command(socket_path: Path) -> list[str]:
+    return [sys.executable, "-m", "buildctl.govern.launcher", "--socket", str(socket_path), "--"]
+
+
+@dataclass
+class SessionOptions:
+    build_dir: Path
+    budget_bytes: int
+    slots: int
+    report_path: Path | None = None
+    profile_db: Path | None = None
+    prior_bytes: int | None = None
+    plain: bool | None = None
+    title: str = "buildctl"
+    low_water_bytes: int | None = None
+    critical_bytes: int | None = None
+    hang_after_s: float = 600.0
+    retries: int = 1
+    sample_interval_s: float = 0.25
+    command: list[str] = field(default_factory=list)
+    source_dir: str = ""
+    console: Console | None = None
+
+
+def _set_pdeathsig() -> None:
+    """Child side of fork: die with us, so SIGKILL of buildctl leaves no build behind."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    os.setsid()
+
+
+class GovernedSession:
+    def __init__(self, opts: SessionOptions) -> None:
+        self.opts = opts
+        self.console = opts.console or Console(stderr=False)
+        self.build_dir = opts.build_dir.resolve()
+        self.socket_path = socket_path_for(self.build_dir)
+        self.report = BuildReport(
+            budget_bytes=opts.budget_bytes,
+            slots=opts.slots,
+            buildctl_version=__version__,
+            command=opts.command,
+            source_dir=opts.source_dir,
+            build_dir=str(self.build_dir),
+            host_total_bytes=psutil.virtual_memory().total,
+        )
+        self.interrupted = False
+        self._lock_fd: int | None = None
+        self._t0 = 0.0
+        priors = None
+        if opts.prior_bytes:
+            priors = {"compile": opts.prior_bytes, "link": opts.prior_bytes, "other": opts.prior_bytes}
+        self.profiles = ProfileDB(opts.profile_db, priors)
+        self.governor = Governor(
+            GovernorOptions(
+                socket_path=self.socket_path,
+                budget_bytes=opts.budget_bytes,
+                slots=opts.slots,
+                build_dir=self.build_dir,
+                low_water_bytes=opts.low_water_bytes,
+                critical_bytes=opts.critical_bytes,
+                hang_after_s=opts.hang_after_s,
+                retries=opts.retries,
+                sample_interval_s=opts.sample_interval_s,
+            ),
+            self.profiles,
+        )
+        self.view: View = make_view(self.console, opts.title, opts.plain)
+
+    # --- context ----------------------------------------------------------------------------
+
+    def __enter__(self) -> GovernedSession:
+        self.build_dir.mkdir(parents=True, exist_ok=True)
+        state = self.build_dir / ".buildctl"
+        state.mkdir(exist_ok=True)
+        fd = os.open(state / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise BadInput(
+                f"another buildctl is building in {self.build_dir}",
+                "wait for it to finish, or pass a different --build-dir",
+            ) from None
+        # flock dies with its holder, so a crashed run never leaves a lock that blocks us.
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._lock_fd = fd
+        self._t0 = time.monotonic()
+        self.governor.event_listeners.append(self.view.event)
+        self.governor.start()
+        self.view.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.view.stop()
+        self.governor.stop()
+        self.report.wall_s = round(time.monotonic() - self._t0, 3)
+        self.governor.fill_report(self.report)
+        if self.interrupted:
+            self.report.status = "interrupted"
+        if self.opts.report_path:
+            self.report.write(self.opts.report_path)
+        self.profiles.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+
+    # --- what the build needs ---------------------------------------------------------------
+
+    def launcher(self) -> list[str]:
+        return launcher_command(self.socket_path)
+
+    def cmake_defines(self) -> dict[str, str]:
+        launcher = ";".join(self.launcher())
+        return {
+            "CMAKE_C_COMPILER_LAUNCHER": launcher,
+            "CMAKE_CXX_COMPILER_LAUNCHER": launcher,
+            "CMAKE_CUDA_COMPILER_LAUNCHER": launcher,
+            "CMAKE_C_LINKER_LAUNCHER": launcher,
+            "CMAKE_CXX_LINKER_LAUNCHER": launcher,
+        }
+
+    def child_env(self, base: dict[str, str] | None = None) -> dict[str, str]:
+        env = dict(os.environ if base is None else base)
+        env["BUILDCTL_SOCKET"] = str(self.socket_path)
+        env.setdefault("NINJA_STATUS", "[%f/%t] ")
+        return env
+
+    # --- running ----------------------------------------------------------------------------
+
+    def run(self, argv: list[str], cwd: Path | None = None, env: dict[str, str] | None = None) -> int:
+        """Run the build command under the governor; Ctrl-C/SIGTERM kill every job tree."""
+        env = self.child_env(env)
+        proc = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_set_pdeathsig,
+        )
+        reader = threading.Thread(target=self._pump, args=(proc,), daemon=True)
+        reader.start()
+        previous = {
+            sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)
+        }
+        self._proc = proc
+        try:
+            while proc.poll() is None:
+                self.view.refresh(self.governor.snapshot())
+                time.sleep(0.2)
+                if self.interrupted:
+                    self._terminate(proc)
+                    break
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        reader.join(5)
+        rc = proc.wait()
+        self.view.refresh(self.governor.snapshot())
+        self.report.exit_code = rc
+        self.report.status = "interrupted" if self.interrupted else ("ok" if rc == 0 else "failed")
+        return rc
+
+    def _pump(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            self.view.output_line(raw.decode(errors="replace").rstrip("\n"))
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        self.interrupted = True
+        self.governor.event("interrupt", None, f"received {signal.Signals(signum).name}")
+
+    def _terminate(self, proc: subprocess.Popen[bytes]) -> None:
+        """Stop ninja (it forwards to launchers), kill every job tree, then anything left."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        self.governor.kill_all()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        # Launchers and compilers run in process groups of their own: sweep the descendants we
+        # can still see (ninja's children were reparented when it exited).
+        self.governor.kill_all()
+
+
+def default_slots() -> int:
+    return host.probe().cores

@@ -1,0 +1,1 @@
+"""Terminal views: a rich live view for humans and a plain line log for CI."""

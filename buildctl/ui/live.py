@@ -1,0 +1,189 @@
+"""Live view of a governed build: running jobs with RSS and elapsed time, a budget bar,
+done/total and an ETA. When stdout is not a terminal, a plain line log instead (CI)."""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from typing import Protocol
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from buildctl.govern.governor import Snapshot
+from buildctl.host import format_size
+from buildctl.report import Event
+
+NINJA_STATUS = re.compile(r"^\[(\d+)/(\d+)\]")
+
+
+class View(Protocol):
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def output_line(self, line: str) -> None: ...
+    def event(self, event: Event) -> None: ...
+    def refresh(self, snap: Snapshot) -> None: ...
+
+
+class Progress:
+    """done/total from ninja's `[n/m]` status lines."""
+
+    def __init__(self) -> None:
+        self.done = 0
+        self.total = 0
+        self.started = time.monotonic()
+
+    def feed(self, line: str) -> bool:
+        match = NINJA_STATUS.match(line)
+        if not match:
+            return False
+        self.done, self.total = int(match.group(1)), int(match.group(2))
+        return True
+
+    def eta_s(self) -> float | None:
+        if self.done < 2 or self.total <= self.done:
+            return None
+        elapsed = time.monotonic() - self.started
+        return elapsed / self.done * (self.total - self.done)
+
+
+def _fmt_s(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = int(seconds)
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+EVENT_STYLE = {
+    "oom-guard-kill": "bold red",
+    "hang": "bold red",
+    "stall": "red",
+    "crash": "bold red",
+    "thrash": "yellow",
+    "throttle": "yellow",
+    "exclusive": "yellow",
+    "retry": "cyan",
+    "split": "cyan",
+}
+
+
+class RichView:
+    def __init__(self, console: Console, title: str) -> None:
+        self.console = console
+        self.title = title
+        self.progress = Progress()
+        self.snap: Snapshot | None = None
+        self.live = Live(console=console, refresh_per_second=4, transient=True)
+
+    def start(self) -> None:
+        self.live.start()
+
+    def stop(self) -> None:
+        self.live.stop()
+
+    def output_line(self, line: str) -> None:
+        if self.progress.feed(line):
+            return
+        self.live.console.print(Text(line))
+
+    def event(self, event: Event) -> None:
+        style = EVENT_STYLE.get(event.kind, "dim")
+        where = f" {event.output}" if event.output else ""
+        self.live.console.print(Text(f"buildctl {event.kind}{where}: {event.detail}", style=style))
+
+    def refresh(self, snap: Snapshot) -> None:
+        self.snap = snap
+        self.live.update(self._render(snap))
+
+    def _render(self, snap: Snapshot) -> Group:
+        table = Table(box=None, expand=False, pad_edge=False)
+        table.add_column("job", overflow="ellipsis", max_width=60)
+        table.add_column("RSS", justify="right")
+        table.add_column("pred.", justify="right")
+        table.add_column("time", justify="right")
+        table.add_column("state")
+        for job in snap.running:
+            state = job.verdict + (" (alone)" if job.exclusive else "")
+            if job.attempts > 1:
+                state += f" try {job.attempts}"
+            style = "red" if job.verdict in ("stalled", "thrashing", "spinning") else ""
+            table.add_row(
+                job.output,
+                format_size(job.rss),
+                format_size(job.predicted),
+                _fmt_s(job.elapsed_s),
+                Text(state, style=style),
+            )
+        used = max(snap.reserved, snap.live_rss)
+        bar = ProgressBar(total=snap.budget, completed=min(used, snap.budget), width=40)
+        p = self.progress
+        line = Text.assemble(
+            (f"{self.title}  ", "bold"),
+            f"{p.done}/{p.total or '?'} done  ",
+            f"ETA {_fmt_s(p.eta_s())}  ",
+            f"{len(snap.running)}/{snap.slots} running, {snap.waiting} waiting  ",
+        )
+        budget = Text.assemble(
+            "memory ",
+            f"{format_size(snap.live_rss)} live / {format_size(snap.reserved)} reserved / "
+            f"{format_size(snap.budget)} budget  ",
+            (f"host free {format_size(snap.host_available)}", "dim"),
+        )
+        parts: list = [line, bar, budget, table]
+        if snap.paused:
+            parts.append(Text(f"paused: {snap.paused}", style="yellow"))
+        elif snap.wait_reason and snap.waiting:
+            parts.append(Text(snap.wait_reason, style="dim"))
+        return Group(*parts)
+
+
+class PlainView:
+    """One line per event/output line, plus a status line every `every_s` seconds."""
+
+    def __init__(self, stream: object = None, title: str = "buildctl", every_s: float = 10.0):
+        self.stream = stream or sys.stdout
+        self.title = title
+        self.every_s = every_s
+        self.progress = Progress()
+        self._last = 0.0
+
+    def _write(self, text: str) -> None:
+        self.stream.write(text + "\n")  # type: ignore[attr-defined]
+        self.stream.flush()  # type: ignore[attr-defined]
+
+    def start(self) -> None:
+        self._last = time.monotonic()
+
+    def stop(self) -> None:
+        pass
+
+    def output_line(self, line: str) -> None:
+        self.progress.feed(line)
+        self._write(line)
+
+    def event(self, event: Event) -> None:
+        where = f" {event.output}" if event.output else ""
+        self._write(f"buildctl {event.kind}{where}: {event.detail}")
+
+    def refresh(self, snap: Snapshot) -> None:
+        now = time.monotonic()
+        if now - self._last < self.every_s:
+            return
+        self._last = now
+        p = self.progress
+        self._write(
+            f"{self.title}: {p.done}/{p.total or '?'} done, {len(snap.running)} running, "
+            f"{snap.waiting} waiting, live RSS {format_size(snap.live_rss)}, reserved "
+            f"{format_size(snap.reserved)} of budget {format_size(snap.budget)}"
+            + (f", paused: {snap.paused}" if snap.paused else "")
+        )
+
+
+def make_view(console: Console, title: str, plain: bool | None = None) -> View:
+    if plain is None:
+        plain = not console.is_terminal
+    return PlainView(title=title) if plain else RichView(console, title)
