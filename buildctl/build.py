@@ -19,11 +19,12 @@ BUNDLED_PROJECT = REPO_ROOT / "kernels" / "pagedattn"
 
 
 def find_tool(name: str) -> str:
-    """Prefer the tool installed beside this Python (the venv), then PATH."""
-    local = Path(sys.executable).parent / name
-    if local.exists():
-        return str(local)
+    """PATH first (the ninja a user types later must read the same .ninja_log format), then the
+    one installed beside this Python."""
     found = shutil.which(name)
+    local = Path(sys.executable).parent / name
+    if not found and local.exists():
+        found = str(local)
     if not found:
         raise BadInput(
             f"{name} is not installed",

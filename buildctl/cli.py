@@ -122,6 +122,7 @@ def cmd_build(args: argparse.Namespace, console: Console) -> int:
     if cmake_args[:1] == ["--"]:
         cmake_args = cmake_args[1:]
     extra: dict[str, str] = {}
+    resolve_budget(args)  # bad sizes fail before any project is looked at
     if args.source is None:
         source, extra, default_build = bundled_build_settings(args.preset, args.low_ram)
         build_dir = args.build_dir or default_build
@@ -279,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args, console) or 0)
     except BuildctlError as exc:
-        Console(stderr=True).print(exc.render(), highlight=False, markup=False)
+        Console(stderr=True).print(exc.render(), highlight=False, markup=False, soft_wrap=True)
         return exc.exit_code
     except KeyboardInterrupt:
         Console(stderr=True).print("buildctl: interrupted")

@@ -157,7 +157,9 @@ def parse_elf(stream: BinaryIO, what: str) -> ElfIndex:
             vraw = versym.data()
             vers = struct.unpack(f"{endian}{len(vraw) // 2}H", vraw)
     except (ELFError, struct.error, ValueError, IndexError) as exc:
-        raise BadInput(f"{what} is not a readable ELF shared object ({exc})", "rebuild it") from None
+        raise BadInput(
+            f"{what} is not a readable ELF shared object ({exc})", "rebuild it"
+        ) from None
     defined: set[str] = set()
     undefined: list[UndefinedSymbol] = []
     for idx, (st_name, st_info, st_other, st_shndx) in enumerate(rows):

@@ -15,6 +15,8 @@ TORCH_GLOBS: tuple[str, ...] = (
     "libshm*.so*",
     "libcaffe2*.so*",
     "libaoti_custom_ops.so*",
+    # torch wheels ship their own libgomp; a second OpenMP runtime in the process misbehaves.
+    "libgomp*.so*",
 )
 
 # Runtimes that come from the user's driver/toolkit or from pip packages torch declares

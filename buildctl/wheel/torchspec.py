@@ -67,7 +67,9 @@ def parse_torch(spec: str, *, allow_prerelease: bool = False) -> TorchTarget:
     except InvalidVersion:
         raise BadInput(f"--torch {spec!r} is not a torch version", _FIX_SPEC) from None
     if version.epoch or version.post is not None:
-        raise BadInput(f"--torch {spec!r}: epochs and post releases are not torch builds", _FIX_SPEC)
+        raise BadInput(
+            f"--torch {spec!r}: epochs and post releases are not torch builds", _FIX_SPEC
+        )
     if len(version.release) != 3:
         raise BadInput(
             f"--torch {spec!r} is incomplete: a torch build needs major.minor.patch",
@@ -123,11 +125,16 @@ def local_label(target: TorchTarget) -> str:
 
 
 def local_version(base_version: str, target: TorchTarget) -> str:
-    """`0.1.0` + 2.13.0+cpu -> `0.1.0+pt213cpu` (set through the build's version, never a rename)."""
+    """`0.1.0` + 2.13.0+cpu -> `0.1.0+pt213cpu`.
+
+    Set it through the build's version provider, never by renaming the file (pip checks both).
+    """
     try:
         base = Version(base_version)
     except InvalidVersion:
-        raise BadInput(f"project version {base_version!r} is not PEP 440", "fix the project's version") from None
+        raise BadInput(
+            f"project version {base_version!r} is not PEP 440", "fix the project's version"
+        ) from None
     if base.local is not None:
         raise BadInput(
             f"project version {base_version!r} already has a local label",

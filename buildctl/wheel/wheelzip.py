@@ -50,7 +50,9 @@ def open_wheel(path: str | Path, *, require_dist_info: bool = True) -> zipfile.Z
     try:
         zf = zipfile.ZipFile(wheel)
     except (zipfile.BadZipFile, OSError) as exc:
-        raise BadInput(f"{wheel} is not a readable zip ({exc})", "rebuild or re-download the wheel") from None
+        raise BadInput(
+            f"{wheel} is not a readable zip ({exc})", "rebuild or re-download the wheel"
+        ) from None
     try:
         names = zf.namelist()
         for name in names:
@@ -75,7 +77,9 @@ def read_member(zf: zipfile.ZipFile, name: str, wheel: Path | str) -> bytes:
     try:
         return zf.read(name)
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, zlib.error) as exc:
-        raise BadInput(f"{Path(wheel).name}: member {name} is corrupt ({exc})", "rebuild the wheel") from None
+        raise BadInput(
+            f"{Path(wheel).name}: member {name} is corrupt ({exc})", "rebuild the wheel"
+        ) from None
 
 
 def record_hash(data: bytes) -> str:

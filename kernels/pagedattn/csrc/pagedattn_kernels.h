@@ -147,30 +147,18 @@ inline float lanes_sum(const Lanes& a) {
 
 using LaneSeq = std::make_index_sequence<kLanes>;
 
-// The hot dot product and axpy are unrolled over whole rows at compile time (HeadSize is a template
-// argument), so each instantiation is a straight-line register tile like a hand-written kernel.
-template <std::size_t... C>
-inline float dot_chunks(const float* x, const float* y, std::index_sequence<C...>) {
+template <int HeadSize>
+inline float dot(const float* x, const float* y) {
+  static_assert(HeadSize % kLanes == 0, "head size must be a multiple of the lane count");
   Lanes a;
   lanes_zero(a, LaneSeq{});
-  (lanes_fma(a, x + C * kLanes, y + C * kLanes, LaneSeq{}), ...);
+  for (int c = 0; c < HeadSize; c += kLanes) lanes_fma(a, x + c, y + c, LaneSeq{});
   return lanes_sum(a);
 }
 
 template <int HeadSize>
-inline float dot(const float* x, const float* y) {
-  static_assert(HeadSize % kLanes == 0, "head size must be a multiple of the lane count");
-  return dot_chunks(x, y, std::make_index_sequence<HeadSize / kLanes>{});
-}
-
-template <std::size_t... C>
-inline void axpy_chunks(float* y, float s, const float* x, std::index_sequence<C...>) {
-  (lanes_axpy(y + C * kLanes, s, x + C * kLanes, LaneSeq{}), ...);
-}
-
-template <int HeadSize>
 inline void axpy(float* y, float s, const float* x) {
-  axpy_chunks(y, s, x, std::make_index_sequence<HeadSize / kLanes>{});
+  for (int c = 0; c < HeadSize; c += kLanes) lanes_axpy(y + c, s, x + c, LaneSeq{});
 }
 
 template <int HeadSize>
