@@ -117,10 +117,10 @@ def check_memory(info: HostInfo, needed_peak_bytes: int | None) -> list[Check]:
             _check(
                 "memory",
                 "warn",
-                f"{ram_detail}; the largest job needs ~{format_size(needed_peak_bytes)}: it will run "
-                "alone and use swap",
-                "use --low-ram (narrow AOT devices, fewer device-link jobs, a smaller kernel preset) "
-                "or accept a slower exclusive step",
+                f"{ram_detail}; the largest job needs ~{format_size(needed_peak_bytes)}: it will "
+                "run alone and use swap",
+                "use --low-ram (narrow AOT devices, fewer device-link jobs, a smaller kernel "
+                "preset) or accept a slower exclusive step",
                 needed_peak_bytes=needed_peak_bytes,
                 **data,
             )
@@ -131,8 +131,8 @@ def check_memory(info: HostInfo, needed_peak_bytes: int | None) -> list[Check]:
             _check(
                 "memory",
                 "fail",
-                f"{ram_detail}; the largest job needs ~{format_size(needed_peak_bytes)}, more than RAM"
-                f" + swap ({format_size(limit + info.swap_free_bytes)})",
+                f"{ram_detail}; the largest job needs ~{format_size(needed_peak_bytes)}, more "
+                f"than RAM + swap ({format_size(limit + info.swap_free_bytes)})",
                 f"use --low-ram and narrow AOT devices to your GPU, or add at least "
                 f"{format_size(short)} of swap",
                 needed_peak_bytes=needed_peak_bytes,
@@ -318,7 +318,8 @@ def check_torch(
                     "torch",
                     "fail",
                     f"{detail}; the target is {resolution.torch}",
-                    f"pip install torch=={want} --index-url {XPU_INDEX} (in a venv for this target)",
+                    f"pip install torch=={want} --index-url {XPU_INDEX} (in a venv for this "
+                    "target)",
                     **data,
                 )
             )
@@ -329,7 +330,7 @@ def check_torch(
         fix = ""
         if probe.xpu_version is None:
             status, fix = "warn", f"install an XPU build of torch from {XPU_INDEX}"
-        out.append(_check("torch", status, detail + ("" if torch_target else ""), fix, **data))
+        out.append(_check("torch", status, detail, fix, **data))
     if probe.python_version and resolution is not None:
         if SpecifierSet(resolution.python).contains(probe.python_version, prereleases=True):
             out.append(
