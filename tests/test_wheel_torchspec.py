@@ -130,7 +130,9 @@ def test_requires_dist_pins_release_without_variant() -> None:
         ("2.14.1", "2.14.1", "13.0", None, True),
     ],
 )
-def test_import_guard(spec: str, installed: str, cuda: str | None, xpu: str | None, ok: bool) -> None:
+def test_import_guard(
+    spec: str, installed: str, cuda: str | None, xpu: str | None, ok: bool
+) -> None:
     source = import_guard_source(parse_torch(spec), "mypkg")
     fake_torch = type("T", (), {})()
     fake_torch.__version__ = installed

@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 import psutil
 
@@ -48,6 +49,19 @@ class GovernorOptions:
     spin_factor: float = 5.0  # a job running longer than this x its longest record is spinning
     max_bypass_s: float = 60.0
     repro_dir: Path | None = None
+    executor: RemoteExecutor | None = None  # None: jobs run locally under the launcher
+
+
+class RemoteExecutor(Protocol):
+    """Runs an admitted job elsewhere (e.g. a Ray cluster) instead of under its launcher.
+
+    `run` returns the same facts the launcher reports in `done` (rc, maxrss, cpu_s, wall_s,
+    stderr_tail) plus `stdout`/`stderr` text for the launcher to print and `node` (where it ran).
+    """
+
+    async def run(self, job: Job) -> dict[str, Any]: ...
+
+    def describe(self) -> str: ...
 
 
 def default_watermarks(total_ram: int) -> tuple[int, int]:
@@ -221,6 +235,21 @@ class Governor:
             while True:
                 await job.go.wait()
                 job.go.clear()
+                if self.opts.executor is not None:
+                    facts = await self.opts.executor.run(job)
+                    reply = self._finish(job, facts)
+                    if reply["op"] == "retry":
+                        continue
+                    await self._send(
+                        writer,
+                        op="remote-done",
+                        rc=int(facts.get("rc", 1)),
+                        stdout=facts.get("stdout", ""),
+                        stderr=facts.get("stderr", "") + (
+                            f"buildctl: {reply['detail']}\n" if reply.get("detail") else ""
+                        ),
+                    )
+                    return
                 await self._send(writer, op="go", attempt=job.attempts)
                 started = await self._read(reader)
                 if started is None:
@@ -408,6 +437,7 @@ class Governor:
             exclusive=job.exclusive,
             verdict=job.verdict.state if job.verdict else "healthy",
             repro_dir=repro,
+            node=done.get("node"),
         )
         with self._lock:
             job.record = record

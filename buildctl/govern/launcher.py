@@ -196,6 +196,11 @@ def main(args: list[str] | None = None) -> int:
         if msg.get("op") == "fail":
             sys.stderr.write(f"buildctl: {msg.get('detail', 'job refused')}\n")
             return 1
+        if msg.get("op") == "remote-done":
+            # The job ran on another node (remote executor): replay its output here for ninja.
+            sys.stdout.write(msg.get("stdout", ""))
+            sys.stderr.write(msg.get("stderr", ""))
+            return int(msg.get("rc", 1))
         if msg.get("op") != "go":
             continue
         rc, facts = _run_once(args, chan)

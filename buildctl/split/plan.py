@@ -353,9 +353,12 @@ def parse_generated_source(text: str, name: str) -> GeneratedSource:
 
     # Everything after the list must be entry-free: a second run of entries means the list is
     # interrupted (by #if, code, a different macro), and slicing it would lose the interruption.
+    looks_like_entry = re.compile(
+        r"^\s*(template\s+(?!<)" + (rf"|{re.escape(macro)}\s*\(" if macro else "") + ")"
+    )
     for j in range(end, len(lines)):
         info = infos[j]
-        if _is_instantiation(info) or (macro is not None and _call_name(info) == macro):
+        if info.clean_start and not info.directive and looks_like_entry.match(info.code):
             raise BadInput(
                 f"{name}:{j + 1}: entry after the end of the list (lines {entries[0].line}-"
                 f"{entries[-1].line}), which is interrupted at line {stop + 1}: "
@@ -472,7 +475,7 @@ def plan_shards(
     per_entry = (whole - base) / n_entries
     warnings: list[str] = []
 
-    if base + per_entry > shard_target_bytes:
+    if base + (whole - base) // n_entries > shard_target_bytes:
         n = upper
         reason = "even one entry per shard exceeds the target"
         warnings.append(
@@ -483,7 +486,8 @@ def plan_shards(
         n = lower
         reason = "entries add no measurable memory"
     else:
-        fit_entries = int((shard_target_bytes - base) // per_entry)
+        # Integer arithmetic: a float per-entry cost would misjudge exact fits by one entry.
+        fit_entries = (shard_target_bytes - base) * n_entries // (whole - base)
         n = math.ceil(n_entries / max(1, fit_entries))
         reason = f"at most {fit_entries} entries fit the target"
         if n > upper:
@@ -492,7 +496,7 @@ def plan_shards(
         n = max(lower, min(n, upper))
 
     sizes = balanced_sizes(n_entries, n)
-    shard_peak = predict_peak(base, per_entry, sizes[0])
+    shard_peak = base + sizes[0] * (whole - base) // n_entries
     ratio: float | None = None
     if base_cpu_s is not None and whole_cpu_s is not None and whole_cpu_s > 0:
         per_entry_cpu = max(0.0, whole_cpu_s - base_cpu_s) / n_entries

@@ -28,7 +28,10 @@ from buildctl.errors import BuildctlError
 from buildctl.host import HostInfo, format_size
 from buildctl.toolchain import oneapi
 from buildctl.toolchain.compat import Resolution, resolve
+from buildctl.toolchain.oneapi import env_command
 from buildctl.toolchain.probes import LevelZeroProbe, TorchProbe, probe_level_zero, probe_torch
+
+__all__ = ["Check", "DoctorReport", "env_command", "render", "run_doctor"]
 
 SCHEMA = "buildctl.doctor/1"
 Status = Literal["pass", "warn", "fail"]
@@ -290,9 +293,7 @@ def check_cxx(name: str, version_text: str | None, path: str | None, required: b
 # ----------------------------------------------------------------------------- torch
 
 
-def check_torch(
-    probe: TorchProbe, resolution: Resolution | None, torch_target: str | None
-) -> list[Check]:
+def check_torch(probe: TorchProbe, resolution: Resolution | None) -> list[Check]:
     if probe.error and probe.torch is None:
         fix = (
             f"pip install torch=={resolution.torch_release} --index-url {XPU_INDEX}"
@@ -638,7 +639,7 @@ def run_doctor(
     )
 
     tprobe = torch_probe or probe_torch(python)
-    checks += _guard("torch", lambda: check_torch(tprobe, resolution, torch))
+    checks += _guard("torch", lambda: check_torch(tprobe, resolution))
     checks += _guard(
         "torch-compiler", lambda: check_torch_vs_compiler(tprobe.xpu_version, compiler or pinned)
     )

@@ -215,9 +215,6 @@ def discover(
                     if ident not in seen:
                         seen.add(ident)
                         installs.append(_install(root, entry.name, "component", entry, script))
-            latest = compiler_dir / "latest"
-            if (root / "setvars.sh").is_file() and latest.exists():
-                selects[str(root / "setvars.sh")] = Path(os.path.realpath(latest)).name
         for entry in sorted(root.iterdir()):
             if entry.is_symlink() and entry.name == "latest":
                 links[str(entry)] = os.path.realpath(entry)
@@ -228,6 +225,11 @@ def discover(
                 if ident not in seen:
                     seen.add(ident)
                     installs.append(_install(root, entry.name, "unified", entry, script))
+        # setvars.sh follows compiler/latest (component layout) or latest (unified layout)
+        for latest in (root / "compiler" / "latest", root / "latest"):
+            if (root / "setvars.sh").is_file() and latest.exists():
+                selects[str(root / "setvars.sh")] = Path(os.path.realpath(latest)).name
+                break
     return Discovery(tuple(roots), tuple(installs), links, selects)
 
 
@@ -412,16 +414,21 @@ def pinned_environ(
     env = dict(environ)
     env.pop("SETVARS_COMPLETED", None)
     pinned = version_key(captured.version)
-    for key, value in captured.values.items():
-        if _is_list_var(key):
-            added = captured.added_entries(key)
-            kept = [
-                e
-                for e in _split_list(env.get(key, ""))
-                if e not in added and _entry_version(e, roots) in (None, pinned)
-            ]
+    # Every list variable, also those the script does not touch (CPATH left by setvars.sh).
+    list_keys = {k for k in (*env, *captured.values) if _is_list_var(k)}
+    for key in sorted(list_keys):
+        added = captured.added_entries(key)
+        kept = [
+            e
+            for e in _split_list(env.get(key, ""))
+            if e not in added and _entry_version(e, roots) in (None, pinned)
+        ]
+        if added or kept:
             env[key] = ":".join(added + kept)
         else:
+            env.pop(key, None)
+    for key, value in captured.values.items():
+        if not _is_list_var(key):
             env[key] = value
     for key in CHECKED_VARS:
         stale = key in env and not _is_list_var(key) and key not in captured.values

@@ -1,7 +1,8 @@
 # buildctl hook for SYCL (oneAPI icpx) projects such as vllm-xpu-kernels.
 #
-# Injected with -DCMAKE_PROJECT_INCLUDE=<this file>, so CMake includes it at the end of every
-# project() call (the top-level one and those of FetchContent'd dependencies). It
+# Injected with -DCMAKE_PROJECT_INCLUDE=<this file> (included at the end of every project() call,
+# also those of FetchContent'd dependencies; guarded to act once) or, CMake >= 3.24, listed in
+# -DCMAKE_PROJECT_TOP_LEVEL_INCLUDES (a list, so it can sit beside other hooks). It
 #   1. at the first project(): copies BUILDCTL_XPU_AOT_DEVICES / BUILDCTL_XPU_XE2_AOT_DEVICES into
 #      the environment variables upstream reads (VLLM_XPU_AOT_DEVICES, VLLM_XPU_XE2_AOT_DEVICES),
 #      and rewrites -fsycl-max-parallel-link-jobs=N in CMAKE_<TYPE>_LINKER_FLAGS;

