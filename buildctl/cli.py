@@ -226,6 +226,36 @@ def cmd_profile(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace, console: Console) -> int:
+    from buildctl.govern.profiles import ProfileDB
+    from buildctl.toolchain.compat import resolve
+    from buildctl.toolchain.doctor import render, run_doctor
+
+    if args.torch:
+        resolve(args.torch)  # an unknown or malformed version is bad input: exit 2
+    needed = None
+    db = ProfileDB(args.profiles)
+    try:
+        entries = db.latest()
+        if entries:
+            needed = max(e.peak_rss_bytes for e in entries)
+    finally:
+        db.close()
+    report = run_doctor(args.torch, python=args.python or sys.executable, needed_peak_bytes=needed)
+    if args.json:
+        sys.stdout.write(report.to_json() + "\n")
+    else:
+        render(report, console)
+    return report.exit_code
+
+
+def cmd_env(args: argparse.Namespace, console: Console) -> int:
+    from buildctl.toolchain.oneapi import env_command
+
+    sys.stdout.write(env_command(args.compiler, args.oneapi_root or ()) + "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="buildctl",
@@ -267,6 +297,32 @@ def build_parser() -> argparse.ArgumentParser:
     imp = psub.add_parser("import", help="merge a JSON export into the database")
     imp.add_argument("file", type=Path)
     p.set_defaults(func=cmd_profile)
+
+    d = sub.add_parser(
+        "doctor",
+        help="check this host, its tools, torch and oneAPI before a long build",
+        description="Checks host memory, swap, disk and cgroup limit against what the build needs "
+        "(from profiles), cmake/ninja, compilers, torch (version, XPU, C++ ABI), the Level Zero "
+        "loader, mixed oneAPI versions and the compiler cache. Each check: pass/warn/fail and "
+        "the fix. Exit 0 when nothing failed, 1 otherwise, 2 for a bad --torch.",
+    )
+    d.add_argument("--torch", metavar="VERSION", help="target torch, e.g. 2.11.0+xpu")
+    d.add_argument("--python", metavar="EXE", help="the Python whose torch is checked")
+    d.add_argument("--profiles", type=Path, metavar="DB", help="profile database path")
+    d.add_argument("--json", action="store_true", help="machine-readable output")
+    d.set_defaults(func=cmd_doctor)
+
+    e = sub.add_parser(
+        "env",
+        help="print the environment of one pinned oneAPI compiler, for eval",
+        description="Sources exactly one oneAPI compiler's vars script in a clean subshell "
+        "(never setvars.sh) and prints export lines. Use: eval \"$(buildctl env --compiler "
+        "2025.3)\"",
+    )
+    e.add_argument("--compiler", required=True, metavar="VERSION", help="e.g. 2025.3")
+    e.add_argument("--oneapi-root", action="append", metavar="DIR",
+                   help="extra oneAPI install root (default /opt/intel/oneapi, $ONEAPI_ROOT)")
+    e.set_defaults(func=cmd_env)
     return parser
 
 

@@ -33,8 +33,17 @@ N_ENTRIES = 24
 
 
 def _configure(build: Path, *unset: str, **defines: str) -> str:
-    argv = ["cmake", "-S", str(FIXTURE), "-B", str(build), "-G", "Ninja",
-            "-DCMAKE_BUILD_TYPE=Release", "-DCMAKE_CXX_COMPILER=g++"]
+    argv = [
+        "cmake",
+        "-S",
+        str(FIXTURE),
+        "-B",
+        str(build),
+        "-G",
+        "Ninja",
+        "-DCMAKE_BUILD_TYPE=Release",
+        "-DCMAKE_CXX_COMPILER=g++",
+    ]
     argv += [f"-U{name}" for name in unset]
     argv += [f"-D{k}={v}" for k, v in defines.items()]
     res = subprocess.run(argv, capture_output=True, text=True, check=False)
@@ -43,8 +52,9 @@ def _configure(build: Path, *unset: str, **defines: str) -> str:
 
 
 def _build(build: Path) -> Path:
-    res = subprocess.run(["ninja", "-C", str(build), "-j", "2"], capture_output=True, text=True,
-                         check=False)
+    res = subprocess.run(
+        ["ninja", "-C", str(build), "-j", "2"], capture_output=True, text=True, check=False
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     return build / "libfixture.so"
 
@@ -63,8 +73,10 @@ def _exports(lib: Path) -> set[tuple[str, str, str]]:
 
 def _checksum(lib: Path) -> str:
     # A fresh process per library: every build's libfixture.so has the same soname.
-    code = f"import ctypes; f = ctypes.CDLL({str(lib)!r}).fixture_checksum; " \
-           "f.restype = ctypes.c_double; print(repr(f()))"
+    code = (
+        f"import ctypes; f = ctypes.CDLL({str(lib)!r}).fixture_checksum; "
+        "f.restype = ctypes.c_double; print(repr(f()))"
+    )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return res.stdout.strip()
 
@@ -130,14 +142,14 @@ def test_forced_then_planned_split_exports_the_same_symbols(
     assert model["per_entry_peak"] > 0, model
     assert not list(build.glob("buildctl-split/*/*.shard-*"))  # stale shards removed
 
-    # A budget whose per-shard target holds 4.5 entries: ceil(24 / 4) = 6 shards planned.
-    target = model["base_peak"] + 4.5 * model["per_entry_peak"]
+    # A budget whose per-shard target holds 8.5 entries: ceil(24 / 8) = 3 shards planned.
+    target = model["base_peak"] + 8.5 * model["per_entry_peak"]
     budget = math.ceil(target * 2 / 0.8) + 2
     log = _configure(build, BUILDCTL_SPLIT_BUDGET=str(budget), BUILDCTL_SPLIT_SLOTS="2")
-    assert "buildctl: split fixture_instances.cpp into 6 shards" in log, log
+    assert "buildctl: split fixture_instances.cpp into 3 shards" in log, log
     plan = _plan(build)
     assert plan["probe"]["cached"]  # a re-configure does not re-probe
-    assert plan["n"] == 6 and plan["per_shard_entries"] == [4] * 6
+    assert plan["n"] == 3 and plan["per_shard_entries"] == [8] * 3
     assert plan["fits"]
     lib = _build(build)
     assert _exports(lib) == symbols
@@ -145,8 +157,9 @@ def test_forced_then_planned_split_exports_the_same_symbols(
 
     # Re-configure with the same inputs: nothing to rebuild.
     _configure(build)
-    dry = subprocess.run(["ninja", "-C", str(build), "-n"], capture_output=True, text=True,
-                         check=True)
+    dry = subprocess.run(
+        ["ninja", "-C", str(build), "-n"], capture_output=True, text=True, check=True
+    )
     assert "no work to do" in dry.stdout
 
     # Budget response: a tiny budget gives more shards (one entry each), never more than entries.
@@ -158,11 +171,9 @@ def test_forced_then_planned_split_exports_the_same_symbols(
 def test_xmacro_form_split_exports_the_same_symbols(
     tmp_path: Path, unsplit: tuple[set[Any], str]
 ) -> None:
+    # The fixture's two forms generate the same instantiations, so the unsplit
+    # instantiation-form library is the reference here too.
     symbols, checksum = unsplit
-    plain = tmp_path / "plain"
-    _configure(plain, FIXTURE_FORM="xmacro")
-    assert _exports(_build(plain)) == symbols  # the fixture's two forms agree
-
     build = tmp_path / "x"
     log = _configure(build, FIXTURE_FORM="xmacro", **_hook(shards=3, budget_bytes=2**30, slots=2))
     assert "split fixture_instances.cpp into 3 shards" in log
@@ -179,16 +190,18 @@ def test_bad_generated_source_fails_configure_with_file_and_line(tmp_path: Path)
     (project / "CMakeLists.txt").write_text(
         "cmake_minimum_required(VERSION 3.19)\nproject(bad CXX)\n"
         'file(WRITE "${CMAKE_BINARY_DIR}/gen/bad.cpp" "int a;\\nint b;\\n")\n'
-        'add_library(bad STATIC "${CMAKE_BINARY_DIR}/gen/bad.cpp")\n'
+        # `later` first: FATAL_ERROR on bad.cpp stops the walk over targets.
         'add_library(later STATIC "${CMAKE_BINARY_DIR}/gen/later.cpp")\n'
+        'add_library(bad STATIC "${CMAKE_BINARY_DIR}/gen/bad.cpp")\n'
     )
     build = tmp_path / "b"
     defines = cmake_defines(["bad.cpp", "later.cpp"], python=sys.executable, shards=2)
     argv = ["cmake", "-S", str(project), "-B", str(build), "-G", "Ninja"]
     argv += [f"-D{k}={v}" for k, v in defines.items()]
-    res = subprocess.run(argv, capture_output=True, text=True, check=False,
-                         env={**os.environ, "PYTHONPATH": ""})
+    res = subprocess.run(
+        argv, capture_output=True, text=True, check=False, env={**os.environ, "PYTHONPATH": ""}
+    )
     assert res.returncode != 0
-    out = res.stdout + res.stderr
-    assert f"{build}/gen/bad.cpp:1: no list of explicit instantiations" in out.replace("\n  ", "")
-    assert "later.cpp does not exist at the end of configure" in out.replace("\n  ", " ")
+    out = " ".join((res.stdout + res.stderr).split())  # CMake wraps long messages
+    assert f"{build}/gen/bad.cpp:1: no list of explicit instantiations" in out
+    assert "later.cpp does not exist at the end of configure" in out

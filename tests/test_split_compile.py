@@ -116,8 +116,12 @@ def test_shard_diagnostics_point_at_the_original(tmp_path: Path) -> None:
     origin.write_text(bad)
     source = parse_generated_source(bad, str(origin))
     shards = write_shards(source, 2, tmp_path / "out", origin).paths
-    res = subprocess.run([GXX, "-c", str(shards[1]), "-o", str(tmp_path / "x.o")],
-                         capture_output=True, text=True, check=False)
+    res = subprocess.run(
+        [GXX, "-c", str(shards[1]), "-o", str(tmp_path / "x.o")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert res.returncode != 0
     line = bad.splitlines().index("template struct Missing<int>;") + 1
     assert f"{origin}:{line}:" in res.stderr

@@ -339,7 +339,6 @@ def test_plan_properties(n_entries: int) -> None:
         assert len(plan.per_shard_entries) == plan.n
         assert sum(plan.per_shard_entries) == n_entries
         assert max(plan.per_shard_entries) - min(plan.per_shard_entries) <= 1
-        per_entry = (whole - base) * MiB / n_entries
         k = plan.per_shard_entries[0]
         assert plan.predicted_shard_peak == base * MiB + k * (whole - base) * MiB // n_entries
         if whole <= target:
@@ -359,9 +358,7 @@ def test_plan_monotonic_in_budget(n_entries: int) -> None:
     for whole, base in itertools.product(WHOLES, BASES):
         budgets = [2**i * MiB for i in range(4, 18)]
         counts = [
-            plan_shards(
-                whole * MiB, base * MiB, n_entries, shard_target_from_budget(b, 2)
-            ).n
+            plan_shards(whole * MiB, base * MiB, n_entries, shard_target_from_budget(b, 2)).n
             for b in budgets
         ]
         assert counts == sorted(counts, reverse=True), (whole, base, counts)
@@ -387,9 +384,7 @@ def test_plan_base_above_target_runs_one_entry_per_shard_and_warns() -> None:
 
 
 def test_plan_cpu_ratio() -> None:
-    plan = plan_shards(
-        1000 * MiB, 100 * MiB, 100, 300 * MiB, base_cpu_s=10.0, whole_cpu_s=100.0
-    )
+    plan = plan_shards(1000 * MiB, 100 * MiB, 100, 300 * MiB, base_cpu_s=10.0, whole_cpu_s=100.0)
     # 5 shards: 5 * 10 s of preamble + 90 s of entries over 100 s
     assert plan.n == 5
     assert plan.predicted_cpu_ratio == pytest.approx(1.4)

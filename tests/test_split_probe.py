@@ -112,8 +112,9 @@ def test_wait4_reports_the_compiler_child_not_the_driver(tmp_path: Path) -> None
     """g++ runs cc1plus as a child; wait4 on the driver must still see cc1plus's peak."""
     src = tmp_path / "t.cpp"
     src.write_text(HEADER.replace("#error", "//") + "template int work<3>(int);\n")
-    proc = run_measured([GXX, "-O1", "-c", str(src), "-o", str(tmp_path / "t.o")], tmp_path,
-                        tmp_path / "log")
+    proc = run_measured(
+        [GXX, "-O1", "-c", str(src), "-o", str(tmp_path / "t.o")], tmp_path, tmp_path / "log"
+    )
     rc, peak, cpu, wall = wait_measured(proc, time.monotonic(), 120)
     assert rc == 0
     assert proc.returncode == 0
@@ -159,10 +160,25 @@ def test_probe_failure_is_reported(tmp_path: Path) -> None:
 def _cli(tmp_path: Path, origin: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     # Through a real subprocess: the hook runs it this way.
     return subprocess.run(
-        [sys.executable, "-m", "buildctl.split", "--source", str(origin), "--out-dir",
-         str(tmp_path / "out"), "--compiler", str(GXX), "--flags-file",
-         str(tmp_path / "flags.txt"), "--slots", "1", *extra],
-        capture_output=True, text=True, check=False,
+        [
+            sys.executable,
+            "-m",
+            "buildctl.split",
+            "--source",
+            str(origin),
+            "--out-dir",
+            str(tmp_path / "out"),
+            "--compiler",
+            str(GXX),
+            "--flags-file",
+            str(tmp_path / "flags.txt"),
+            "--slots",
+            "1",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     )
 
 
@@ -212,6 +228,21 @@ def test_cli_probe_failure_keeps_the_file_whole(tmp_path: Path) -> None:
 
 def test_cli_runs_in_process_too(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     origin = _project(tmp_path, 4)
-    assert main(["--source", str(origin), "--out-dir", str(tmp_path / "o"), "--budget", "1G",
-                 "--slots", "1", "--shards", "2"]) == 0
+    assert (
+        main(
+            [
+                "--source",
+                str(origin),
+                "--out-dir",
+                str(tmp_path / "o"),
+                "--budget",
+                "1G",
+                "--slots",
+                "1",
+                "--shards",
+                "2",
+            ]
+        )
+        == 0
+    )
     assert len(capsys.readouterr().out.split()) == 2

@@ -137,13 +137,24 @@ def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]
     return rc, captured.out, captured.err
 
 
-def test_cli_plans_from_a_known_whole_peak(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_plans_from_a_known_whole_peak(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     origin = tmp_path / "inst.cpp"
     origin.write_text(_source(16))
     out = tmp_path / "out"
     rc, stdout, err = _run(
-        capsys, "--source", str(origin), "--out-dir", str(out), "--budget", "1G", "--slots", "2",
-        "--whole-peak", "1600M",
+        capsys,
+        "--source",
+        str(origin),
+        "--out-dir",
+        str(out),
+        "--budget",
+        "1G",
+        "--slots",
+        "2",
+        "--whole-peak",
+        "1600M",
     )
     assert rc == 0, err
     paths = stdout.split()
@@ -159,14 +170,27 @@ def test_cli_plans_from_a_known_whole_peak(tmp_path: Path, capsys: pytest.Captur
     assert record["shards"] == paths
 
 
-def test_cli_hints_file_and_cmake_format(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_hints_file_and_cmake_format(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     origin = tmp_path / "inst.cpp"
     origin.write_text(_source(6))
     hints = tmp_path / "hints.json"
     hints.write_text(json.dumps({"inst.cpp": 60 * MiB}))
     rc, stdout, err = _run(
-        capsys, "--source", str(origin), "--out-dir", str(tmp_path / "o"), "--budget", "1G",
-        "--slots", "1", "--hints", str(hints), "--format", "cmake",
+        capsys,
+        "--source",
+        str(origin),
+        "--out-dir",
+        str(tmp_path / "o"),
+        "--budget",
+        "1G",
+        "--slots",
+        "1",
+        "--hints",
+        str(hints),
+        "--format",
+        "cmake",
     )
     assert rc == 0, err
     assert stdout.strip() == str(origin)  # fits: stays whole
@@ -177,8 +201,19 @@ def test_cli_forced_shards(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     origin = tmp_path / "inst.cpp"
     origin.write_text(_source(5))
     rc, stdout, err = _run(
-        capsys, "--source", str(origin), "--out-dir", str(tmp_path / "o"), "--budget", "1G",
-        "--slots", "1", "--shards", "8", "--format", "cmake",
+        capsys,
+        "--source",
+        str(origin),
+        "--out-dir",
+        str(tmp_path / "o"),
+        "--budget",
+        "1G",
+        "--slots",
+        "1",
+        "--shards",
+        "8",
+        "--format",
+        "cmake",
     )
     assert rc == 0, err
     assert len(stdout.strip().split(";")) == 5  # capped at the entries
@@ -214,8 +249,17 @@ def test_cli_bad_input_exits_2(
 
 def test_cli_missing_source_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rc, _, err = _run(
-        capsys, "--source", str(tmp_path / "nope.cpp"), "--out-dir", str(tmp_path), "--shards", "2",
-        "--budget", "1G", "--slots", "1",
+        capsys,
+        "--source",
+        str(tmp_path / "nope.cpp"),
+        "--out-dir",
+        str(tmp_path),
+        "--shards",
+        "2",
+        "--budget",
+        "1G",
+        "--slots",
+        "1",
     )
     assert rc == 2
     assert "no such file" in err

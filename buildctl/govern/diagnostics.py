@@ -1,7 +1,9 @@
 """Durable evidence for the two failures users could never debug: hangs and compiler crashes.
 
 A stall bundle holds what the tree was doing when it stopped progressing; a crash repro holds
-what it takes to run the failing command again (`rerun.sh`), outside buildctl.
+what it takes to run the failing command again (`rerun.sh`), outside buildctl. Both directories
+are filled under a temporary name and renamed into place, so a directory that exists is complete
+even if buildctl is killed while writing it.
 """
 
 from __future__ import annotations
@@ -9,45 +11,78 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import platform
 import re
+import secrets
 import shlex
 import shutil
+import signal
 import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 
 from buildctl import __version__
 
-# Env vars worth keeping in a repro; the rest of the environment rarely matters to a compiler and
-# may hold secrets.
-_ENV_KEEP = re.compile(
-    r"^(PATH|LD_LIBRARY_PATH|LIBRARY_PATH|CPATH|C_INCLUDE_PATH|CPLUS_INCLUDE_PATH|CC|CXX|"
-    r"CFLAGS|CXXFLAGS|LDFLAGS|LANG|LC_ALL|TMPDIR|SOURCE_DATE_EPOCH|"
-    r"(ONEAPI|CMPLR|SYCL|INTEL|OCL|ZE|IGC|UR|CUDA|NVCC|TORCH)[A-Z0-9_]*)$"
-)
+MANIFESTS = {"crash": "crash.json", "stall": "stall.json"}
+
+# Names that may hold credentials: never written into a repro. Everything else of the job's
+# environment is kept, because "exact env" is what makes a compiler crash reproducible.
+_SECRET = re.compile(r"TOKEN|SECRET|PASSW|CREDENTIAL|API_?KEY|PRIVATE|AUTH|COOKIE|SESSION", re.I)
+_DROP = re.compile(r"^(BUILDCTL_SOCKET|NINJA_STATUS)$")
+# Intermediate files a command line may name that the build deletes afterwards.
+_INTERMEDIATE = (".spv", ".bc", ".ll", ".rsp", ".ii", ".i", ".s", ".ptx", ".cubin", ".fatbin",
+                 ".bin", ".cudafe1.cpp")
+_MAX_INPUT_BYTES = 256 * 1024**2
+_SOURCE_EXT = (".c", ".cc", ".cpp", ".cxx", ".c++", ".cu", ".C")
 
 
 def _slug(output: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", output)[-80:] or "job"
 
 
-def _new_dir(root: Path, kind: str, output: str) -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = root / f"{stamp}-{kind}-{_slug(output)}"
-    path = base
-    n = 1
-    while path.exists():
-        n += 1
-        path = Path(f"{base}-{n}")
-    path.mkdir(parents=True)
-    return path
+@contextlib.contextmanager
+def _staged_dir(root: Path, kind: str, output: str) -> Iterator[tuple[Path, list[Path]]]:
+    """Yield a hidden staging dir and a one-item list that receives the final path."""
+    root.mkdir(parents=True, exist_ok=True)
+    stage = root / f".tmp-{kind}-{os.getpid()}-{secrets.token_hex(4)}"
+    stage.mkdir()
+    final: list[Path] = []
+    try:
+        yield stage, final
+        base = root / f"{time.strftime('%Y%m%d-%H%M%S')}-{kind}-{_slug(output)}"
+        n = 1
+        while True:
+            target = base if n == 1 else Path(f"{base}-{n}")
+            if not target.exists():
+                try:
+                    os.rename(stage, target)  # atomic: the bundle appears complete or not at all
+                    final.append(target)
+                    break
+                except OSError:
+                    pass  # lost a race for the name: take the next one
+            n += 1
+    finally:
+        if stage.exists():
+            shutil.rmtree(stage, ignore_errors=True)
 
 
-def kept_env(env: dict[str, str] | None = None) -> dict[str, str]:
-    source = os.environ if env is None else env
-    return {k: v for k, v in sorted(source.items()) if _ENV_KEEP.match(k)}
+def split_env(env: dict[str, str] | None) -> tuple[dict[str, str], list[str]]:
+    """(environment to record, names left out because they may hold secrets)."""
+    source = dict(os.environ if env is None else env)
+    kept: dict[str, str] = {}
+    redacted: list[str] = []
+    for key in sorted(source):
+        if _DROP.match(key):
+            continue
+        if _SECRET.search(key):
+            redacted.append(key)
+            continue
+        kept[key] = source[key]
+    return kept, redacted
 
 
 def _read(path: str) -> str:
@@ -58,52 +93,89 @@ def _read(path: str) -> str:
         return f"<unreadable: {exc.strerror}>"
 
 
-def _compiler_version(exe: str) -> str:
+def compiler_version(exe: str, env: dict[str, str] | None = None) -> str:
     try:
         out = subprocess.run(
-            [exe, "--version"], capture_output=True, text=True, timeout=20, check=False
+            [exe, "--version"], capture_output=True, text=True, timeout=20, check=False, env=env
         )
         return (out.stdout or out.stderr).strip()
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"<{exe} --version failed: {exc}>"
 
 
-def save_stall_bundle(
-    root: Path, output: str, argv: list[str], cwd: str, pid: int | None, evidence: str
-) -> Path:
-    """Command, env, cwd and /proc status/wchan/stack of every process of the tree."""
-    bundle = _new_dir(root, "stall", output)
-    procs: list[dict[str, object]] = []
-    if pid:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            root_proc = psutil.Process(pid)
-            for proc in [root_proc, *root_proc.children(recursive=True)]:
-                base = f"/proc/{proc.pid}"
-                procs.append(
-                    {
-                        "pid": proc.pid,
-                        "cmdline": _read(f"{base}/cmdline").replace("\0", " ").strip(),
-                        "wchan": _read(f"{base}/wchan"),
-                        "status": _read(f"{base}/status"),
-                        "stack": _read(f"{base}/stack"),
-                        "syscall": _read(f"{base}/syscall").strip(),
-                    }
-                )
-    (bundle / "stall.json").write_text(
-        json.dumps(
+def host_versions() -> dict[str, str]:
+    return {
+        "buildctl": __version__,
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "platform": platform.platform(),
+    }
+
+
+def collect_tree(pid: int | None) -> list[dict[str, object]]:
+    """/proc facts of every process of the tree: read before the tree is killed."""
+    if not pid:
+        return []
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+    facts: list[dict[str, object]] = []
+    for proc in procs:
+        base = f"/proc/{proc.pid}"
+        try:
+            ppid = proc.ppid()
+        except psutil.NoSuchProcess:
+            continue
+        facts.append(
             {
-                "output": output,
-                "argv": argv,
-                "cwd": cwd,
-                "evidence": evidence,
-                "env": kept_env(),
-                "buildctl": __version__,
-                "processes": procs,
-            },
-            indent=2,
+                "pid": proc.pid,
+                "ppid": ppid,
+                "cmdline": _read(f"{base}/cmdline").replace("\0", " ").strip(),
+                "wchan": _read(f"{base}/wchan").strip(),
+                "status": _read(f"{base}/status"),
+                "stack": _read(f"{base}/stack"),  # root only; says so when unreadable
+                "syscall": _read(f"{base}/syscall").strip(),
+            }
         )
-    )
-    return bundle
+    return facts
+
+
+def _named_inputs(argv: list[str], cwd: str, output: str) -> list[Path]:
+    """Files the command line names that may be gone later: anything in a temp dir, intermediate
+    files (SPIR-V, bitcode, PTX...), response files and the files they name."""
+    temp_roots = {os.path.realpath(p) for p in (tempfile.gettempdir(), "/tmp", "/var/tmp")}
+    out_path = os.path.realpath(os.path.join(cwd, output)) if output else ""
+    found: list[Path] = []
+    seen: set[str] = set()
+
+    def consider(text: str, depth: int = 0) -> None:
+        if not text or text.startswith("-") and "=" not in text:
+            return
+        if text.startswith("-"):
+            text = text.split("=", 1)[1]
+        response = text.startswith("@")
+        candidate = text[1:] if response else text
+        path = os.path.realpath(os.path.join(cwd, candidate))
+        if path in seen or path == out_path or not os.path.isfile(path):
+            return
+        in_temp = any(path.startswith(r + os.sep) for r in temp_roots)
+        if not (response or in_temp or candidate.endswith(_INTERMEDIATE)):
+            return
+        with contextlib.suppress(OSError):
+            if os.path.getsize(path) > _MAX_INPUT_BYTES:
+                return
+        seen.add(path)
+        found.append(Path(path))
+        if response and depth < 2:
+            with contextlib.suppress(OSError, ValueError):
+                for arg in shlex.split(Path(path).read_text(errors="replace")):
+                    consider(arg, depth + 1)
+
+    for arg in argv[1:]:
+        consider(arg)
+    return found
 
 
 def _preprocess_argv(argv: list[str], out: Path) -> list[str] | None:
@@ -132,51 +204,201 @@ def _preprocess_argv(argv: list[str], out: Path) -> list[str] | None:
     return [*result, "-E", "-o", str(out)]
 
 
-def _named_inputs(argv: list[str], cwd: str) -> list[Path]:
-    """Temporary inputs the command line names (SPIR-V, bitcode, response files)."""
-    found = []
-    for arg in argv[1:]:
-        candidate = arg[1:] if arg.startswith("@") else arg
-        if candidate.endswith((".spv", ".bc", ".rsp", ".ll")) or arg.startswith("@"):
-            path = Path(cwd, candidate)
-            if path.is_file():
-                found.append(path)
-    return found
+def _rerun_script(
+    argv: list[str], cwd: str, env: dict[str, str], restores: list[tuple[Path, str]], what: str
+) -> str:
+    lines = [
+        "#!/usr/bin/env bash",
+        f"# {what}",
+        "# Exact argv, environment (minus secret-looking names, see README.md) and directory.",
+        "# Exit status is the command's: 128+N means it died of signal N (136 SIGFPE, 139 SIGSEGV).",
+        'here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"',
+    ]
+    for original, saved in restores:
+        # Temporary inputs the build may have deleted come back from inputs/.
+        q = shlex.quote(str(original))
+        lines.append(
+            f"[ -e {q} ] || {{ mkdir -p {shlex.quote(str(original.parent))} && "
+            f'cp "$here/inputs/{saved}" {q}; }}'
+        )
+    lines.append(f"cd {shlex.quote(cwd)} || exit 1")
+    env_args = " \\\n  ".join(shlex.quote(f"{k}={v}") for k, v in env.items())
+    lines.append(f"env -i \\\n  {env_args} \\\n  {shlex.join(argv)}" if env else shlex.join(argv))
+    lines += ["status=$?", 'echo "rerun.sh: exit status $status" >&2', "exit $status", ""]
+    return "\n".join(lines)
+
+
+def _copy_inputs(stage: Path, argv: list[str], cwd: str, output: str) -> list[tuple[Path, str]]:
+    restores: list[tuple[Path, str]] = []
+    for index, path in enumerate(_named_inputs(argv, cwd, output)):
+        saved = f"{index}-{path.name}"
+        (stage / "inputs").mkdir(exist_ok=True)
+        with contextlib.suppress(OSError):
+            shutil.copy2(path, stage / "inputs" / saved)
+            restores.append((path, saved))
+    return restores
+
+
+def _write_exec(path: Path, text: str) -> None:
+    path.write_text(text)
+    path.chmod(0o755)
+
+
+def save_stall_bundle(
+    root: Path,
+    *,
+    output: str,
+    argv: list[str],
+    cwd: str,
+    env: dict[str, str] | None,
+    evidence: str,
+    verdict_data: dict[str, object],
+    processes: list[dict[str, object]],
+    output_tail: str,
+    compiler: str,
+    attempt: int,
+) -> Path:
+    """Command, env, cwd, versions, last output lines and /proc status/wchan/stack of the tree
+    (collected by `collect_tree` before the kill)."""
+    kept, redacted = split_env(env)
+    versions = {**host_versions(), "compiler": compiler}
+    with _staged_dir(root, "stall", output) as (stage, final):
+        (stage / "stall.json").write_text(
+            json.dumps(
+                {
+                    "kind": "stall",
+                    "output": output,
+                    "argv": argv,
+                    "cwd": cwd,
+                    "attempt": attempt,
+                    "evidence": evidence,
+                    "verdict": verdict_data,
+                    "versions": versions,
+                    "env": kept,
+                    "redacted_env": redacted,
+                    "processes": processes,
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                },
+                indent=2,
+            )
+        )
+        (stage / "output-tail.txt").write_text(output_tail)
+        _write_exec(
+            stage / "rerun.sh",
+            _rerun_script(argv, cwd, kept, [], f"Re-runs the command that stalled building {output}."),
+        )
+        tree = "\n".join(
+            f"- `{p['pid']}` (parent {p['ppid']}) waits in `{p['wchan'] or '?'}`: `{p['cmdline']}`"
+            for p in processes
+        )
+        (stage / "README.md").write_text(
+            f"# Stalled job: `{output}` (attempt {attempt})\n\n"
+            f"{evidence}\n\n## Process tree when it was killed\n\n{tree or '(gone)'}\n\n"
+            "Full /proc status, wchan, syscall and kernel stack per process are in `stall.json`;"
+            " the last output lines in `output-tail.txt`. `./rerun.sh` runs the command again.\n\n"
+            "## Versions\n\n" + "".join(f"- {k}: {v}\n" for k, v in versions.items())
+            + (f"\nLeft out of the recorded environment: {', '.join(redacted)}\n" if redacted else "")
+        )
+    return final[0]
+
+
+def describe_exit(rc: int, sig: int) -> str:
+    if sig:
+        try:
+            return f"signal {signal.Signals(sig).name} (exit status {128 + sig})"
+        except ValueError:
+            return f"signal {sig} (exit status {128 + sig})"
+    return f"exit code {rc}"
 
 
 def save_crash_repro(
-    root: Path, output: str, argv: list[str], cwd: str, rc: int, stderr_tail: str
+    root: Path,
+    *,
+    output: str,
+    argv: list[str],
+    cwd: str,
+    env: dict[str, str] | None,
+    rc: int,
+    sig: int,
+    reason: str,
+    stderr_tail: str,
+    compiler: str,
+    attempt: int,
 ) -> Path:
-    """`rerun.sh` with the exact argv/env/cwd, compiler version, preprocessed input, README."""
-    repro = _new_dir(root, "crash", output)
-    env = kept_env()
-    version = _compiler_version(argv[0])
-    (repro / "compiler-version.txt").write_text(version + "\n")
-    (repro / "stderr.txt").write_text(stderr_tail)
-    inputs_dir = repro / "inputs"
-    for path in _named_inputs(argv, cwd):
-        inputs_dir.mkdir(exist_ok=True)
-        shutil.copy2(path, inputs_dir / path.name)
-    pre_argv = _preprocess_argv(argv, repro / "preprocessed.ii")
-    if pre_argv:
-        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-            subprocess.run(pre_argv, cwd=cwd, capture_output=True, timeout=300, check=False)
-    lines = ["#!/usr/bin/env bash", "# Re-runs the command that crashed, as buildctl ran it.",
-             "set -u", f"cd {shlex.quote(cwd)}"]
-    lines += [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
-    lines += [f"exec {shlex.join(argv)}", ""]
-    rerun = repro / "rerun.sh"
-    rerun.write_text("\n".join(lines))
-    rerun.chmod(0o755)
-    signal_note = f"signal {rc - 128}" if rc > 128 else f"exit code {rc}"
-    (repro / "README.md").write_text(
-        f"# Compiler crash while building `{output}`\n\n"
-        f"- result: {signal_note}\n- buildctl: {__version__}\n- working directory: `{cwd}`\n"
-        f"- compiler:\n\n```\n{version}\n```\n\n"
-        "Reproduce with `./rerun.sh`. Attach this directory (rerun.sh, compiler-version.txt,"
-        " stderr.txt, preprocessed.ii if present, inputs/) to the compiler bug report.\n"
-    )
-    (repro / "crash.json").write_text(
-        json.dumps({"output": output, "argv": argv, "cwd": cwd, "rc": rc, "env": env}, indent=2)
-    )
-    return repro
+    """`rerun.sh` with the exact argv/env/cwd, compiler version, preprocessed input, temp inputs
+    the command names, README. Runs the compiler (--version, -E): call it off the event loop."""
+    kept, redacted = split_env(env)
+    run_env = dict(os.environ if env is None else env)
+    run_env.pop("BUILDCTL_SOCKET", None)
+    version = compiler_version(argv[0], run_env)
+    versions = {**host_versions(), "compiler": compiler}
+    with _staged_dir(root, "crash", output) as (stage, final):
+        (stage / "compiler-version.txt").write_text(version + "\n")
+        (stage / "stderr.txt").write_text(stderr_tail)
+        restores = _copy_inputs(stage, argv, cwd, output)
+        source = next((a for a in reversed(argv) if a.endswith(_SOURCE_EXT)), "")
+        pre_name = "preprocessed.i" if source.endswith(".c") else "preprocessed.ii"
+        pre_argv = _preprocess_argv(argv, stage / pre_name)
+        pre_note = "not applicable (no -c in the command)"
+        if pre_argv:
+            try:
+                proc = subprocess.run(pre_argv, cwd=cwd, capture_output=True, text=True,
+                                      timeout=300, check=False, env=run_env)
+                pre_note = f"`{pre_name}`" if proc.returncode == 0 else (
+                    f"failed (exit {proc.returncode}), see preprocess.log"
+                )
+                if proc.returncode != 0:
+                    (stage / pre_name).unlink(missing_ok=True)
+                    (stage / "preprocess.log").write_text(proc.stdout + proc.stderr)
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                pre_note = f"failed: {exc}"
+                (stage / pre_name).unlink(missing_ok=True)
+        _write_exec(
+            stage / "rerun.sh",
+            _rerun_script(argv, cwd, kept, restores,
+                          f"Re-runs the command that crashed building {output}."),
+        )
+        result = describe_exit(rc, sig)
+        (stage / "README.md").write_text(
+            f"# Compiler crash while building `{output}`\n\n"
+            f"- result: {result}: {reason}\n- attempt: {attempt}\n"
+            f"- working directory: `{cwd}`\n- preprocessed input: {pre_note}\n"
+            + "".join(f"- {k}: {v}\n" for k, v in versions.items())
+            + f"- `{argv[0]} --version`:\n\n```\n{version}\n```\n\n"
+            "Reproduce with `./rerun.sh` (its exit status is the compiler's). Attach this directory"
+            " (rerun.sh, compiler-version.txt, stderr.txt, the preprocessed input, inputs/) to the"
+            " compiler bug report. Temporary inputs the command named are copied in `inputs/` and"
+            " restored by rerun.sh when missing. Outcomes of later attempts are in `attempts.log`.\n"
+            + (f"\nLeft out of the recorded environment: {', '.join(redacted)}\n" if redacted else "")
+        )
+        (stage / "crash.json").write_text(
+            json.dumps(
+                {
+                    "kind": "crash",
+                    "output": output,
+                    "argv": argv,
+                    "cwd": cwd,
+                    "rc": rc,
+                    "signal": sig,
+                    "reason": reason,
+                    "attempt": attempt,
+                    "versions": versions,
+                    "env": kept,
+                    "redacted_env": redacted,
+                    "inputs": {saved: str(orig) for orig, saved in restores},
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                },
+                indent=2,
+            )
+        )
+        (stage / "attempts.log").write_text(f"attempt {attempt}: {result}: {reason}\n")
+    return final[0]
+
+
+def note_attempt(path: Path, attempt: int, text: str, stderr_tail: str = "") -> None:
+    """Record what a later attempt of the same job did (crashed again, or passed: flaky)."""
+    with contextlib.suppress(OSError):
+        with open(path / "attempts.log", "a") as handle:
+            handle.write(f"attempt {attempt}: {text}\n")
+        if stderr_tail:
+            (path / f"stderr-attempt-{attempt}.txt").write_text(stderr_tail)

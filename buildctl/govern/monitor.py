@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 import psutil
 
+MiB = 1024**2
+
 
 @dataclass(frozen=True)
 class ProcInfo:
@@ -20,6 +22,9 @@ class ProcInfo:
     name: str
     rss: int
     state: str
+    ppid: int = 0
+    cpu_s: float = 0.0  # this process's own user+system time
+    major_faults: int = 0
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,16 @@ def _major_faults(pid: int) -> int:
         return 0
 
 
+def read_wchan(pid: int) -> str:
+    """The kernel function a sleeping process waits in (e.g. `pipe_read`); '' if unknown."""
+    try:
+        with open(f"/proc/{pid}/wchan") as handle:
+            text = handle.read().strip()
+    except OSError:
+        return ""
+    return "" if text == "0" else text
+
+
 def sample_tree(root_pid: int, t: float) -> TreeSample | None:
     """Sum RSS/CPU/IO over the process tree rooted at `root_pid`; None if it is gone."""
     try:
@@ -69,6 +84,7 @@ def sample_tree(root_pid: int, t: float) -> TreeSample | None:
                 times = proc.cpu_times()
                 name = proc.name()
                 state = proc.status()
+                ppid = proc.ppid()
                 try:
                     io = proc.io_counters()
                     io_bytes += io.read_chars + io.write_chars
@@ -76,10 +92,13 @@ def sample_tree(root_pid: int, t: float) -> TreeSample | None:
                     pass
         except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
             continue
+        own_faults = _major_faults(proc.pid)
         rss += mem
         cpu += times.user + times.system + times.children_user + times.children_system
-        faults += _major_faults(proc.pid)
-        infos.append(ProcInfo(proc.pid, name, mem, state))
+        faults += own_faults
+        infos.append(
+            ProcInfo(proc.pid, name, mem, state, ppid, times.user + times.system, own_faults)
+        )
     if not infos:
         return None
     return TreeSample(t, rss, cpu, io_bytes, faults, tuple(infos))
@@ -94,6 +113,7 @@ class VerdictPolicy:
     thrash_faults_per_s: float = 200.0  # major faults/s that mean the tree is paging
     thrash_max_cpu: float = 0.3  # ...while using less than this share of a core
     spin_ceiling_s: float | None = None  # from the job's own history (several x longest run)
+    rate_window_s: float = 10.0  # CPU share, fault rate and RSS trend are measured over this
 
 
 @dataclass(frozen=True)
@@ -103,9 +123,32 @@ class Verdict:
     cpu_share: float = 0.0
     faults_per_s: float = 0.0
     since_progress_s: float = 0.0
+    rss: int = 0
+    rss_trend_bps: float = 0.0  # bytes/s over the rate window (negative: shrinking)
+    culprit: ProcInfo | None = None  # the process of the tree the verdict is about
+    tree: tuple[ProcInfo, ...] = ()
+
+    def data(self) -> dict[str, object]:
+        """Structured evidence for report events (JSON-able)."""
+        out: dict[str, object] = {
+            "state": self.state,
+            "cpu_share": round(self.cpu_share, 3),
+            "faults_per_s": round(self.faults_per_s, 1),
+            "since_progress_s": round(self.since_progress_s, 2),
+            "rss": self.rss,
+            "rss_trend_bps": round(self.rss_trend_bps),
+            "processes": [f"{p.name}[{p.pid}] {p.state}" for p in self.tree],
+        }
+        if self.culprit is not None:
+            out["culprit"] = {
+                "pid": self.culprit.pid,
+                "name": self.culprit.name,
+                "state": self.culprit.state,
+            }
+        return out
 
 
-def _progressed(a: TreeSample, b: TreeSample) -> bool:
+def progressed(a: TreeSample, b: TreeSample) -> bool:
     return (
         abs(b.cpu_s - a.cpu_s) > 0.005
         or b.io_bytes != a.io_bytes
@@ -113,50 +156,118 @@ def _progressed(a: TreeSample, b: TreeSample) -> bool:
     )
 
 
-def verdict(samples: Sequence[TreeSample], policy: VerdictPolicy, elapsed_s: float) -> Verdict:
-    """Classify a running job from its recent samples (oldest first)."""
+@dataclass
+class ProgressClock:
+    """Remembers when a tree last made progress, however long ago (the sample window does not
+    need to span the hang window, which may be an hour)."""
+
+    last: TreeSample | None = None
+    last_progress_t: float | None = None
+
+    def update(self, sample: TreeSample) -> None:
+        if self.last is None or progressed(self.last, sample):
+            self.last_progress_t = sample.t
+        self.last = sample
+
+    def since(self) -> float | None:
+        if self.last is None or self.last_progress_t is None:
+            return None
+        return self.last.t - self.last_progress_t
+
+
+def _fmt_mib(n: float) -> str:
+    return f"{n / MiB:.0f} MiB" if abs(n) >= MiB else f"{n / 1024:.0f} KiB"
+
+
+def _trend(bps: float) -> str:
+    if abs(bps) < 256 * 1024:
+        return "flat"
+    return f"{'rising' if bps > 0 else 'falling'} {_fmt_mib(abs(bps))}/s"
+
+
+def _leaves(procs: Sequence[ProcInfo]) -> list[ProcInfo]:
+    parents = {p.ppid for p in procs}
+    return [p for p in procs if p.pid not in parents] or list(procs)
+
+
+def _delta_by_pid(
+    first: TreeSample, last: TreeSample, attr: str
+) -> tuple[ProcInfo | None, float]:
+    before = {p.pid: getattr(p, attr) for p in first.procs}
+    best: ProcInfo | None = None
+    best_delta = -1.0
+    for proc in last.procs:
+        delta = getattr(proc, attr) - before.get(proc.pid, 0)
+        if delta > best_delta:
+            best, best_delta = proc, delta
+    return best, best_delta
+
+
+def _who(proc: ProcInfo | None) -> str:
+    return f"{proc.name}[{proc.pid}] {proc.state}" if proc else "no process"
+
+
+def verdict(
+    samples: Sequence[TreeSample],
+    policy: VerdictPolicy,
+    elapsed_s: float,
+    since_progress_s: float | None = None,
+) -> Verdict:
+    """Classify a running job from its recent samples (oldest first).
+
+    `since_progress_s` (from a ProgressClock) overrides the time without progress computed from
+    `samples`, so the samples need only cover the rate window.
+    """
     if len(samples) < 2:
         return Verdict("starting", "not enough samples yet")
     last = samples[-1]
-    # Time since the last sample pair that showed any progress.
-    last_progress_t = samples[0].t
-    for prev, cur in zip(samples, samples[1:], strict=False):
-        if _progressed(prev, cur):
-            last_progress_t = cur.t
-    since = last.t - last_progress_t
-    # Rates over (up to) the last ~10 seconds.
-    window_start = next((s for s in samples if last.t - s.t <= 10.0), samples[0])
-    span = max(last.t - window_start.t, 1e-6)
-    cpu_share = max(last.cpu_s - window_start.cpu_s, 0.0) / span
-    faults_rate = max(last.major_faults - window_start.major_faults, 0) / span
-    heavy = last.heaviest
-    who = f"{heavy.name}[{heavy.pid}] state {heavy.state}" if heavy else "no process"
+    if since_progress_s is None:
+        last_progress_t = samples[0].t
+        for prev, cur in zip(samples, samples[1:], strict=False):
+            if progressed(prev, cur):
+                last_progress_t = cur.t
+        since = last.t - last_progress_t
+    else:
+        since = since_progress_s
+    # Rates over (up to) the last rate window.
+    start = next((s for s in samples if last.t - s.t <= policy.rate_window_s), samples[0])
+    if start is last:
+        start = samples[-2]
+    span = max(last.t - start.t, 1e-6)
+    cpu_share = max(last.cpu_s - start.cpu_s, 0.0) / span
+    faults_rate = max(last.major_faults - start.major_faults, 0) / span
+    trend = (last.rss - start.rss) / span
+    facts = (
+        f"CPU {cpu_share:.0%}, RSS {_fmt_mib(last.rss)} {_trend(trend)}, "
+        f"{faults_rate:.0f} major faults/s"
+    )
+
+    def make(state: str, headline: str, culprit: ProcInfo | None, role: str) -> Verdict:
+        evidence = f"{headline}; {facts}; {role} {_who(culprit)}" if headline else (
+            f"{facts}; {role} {_who(culprit)}"
+        )
+        return Verdict(state, evidence, cpu_share, faults_rate, since, last.rss, trend, culprit,
+                       last.procs)
+
     if faults_rate >= policy.thrash_faults_per_s and cpu_share < policy.thrash_max_cpu:
-        return Verdict(
-            "thrashing",
-            f"{faults_rate:.0f} major faults/s at {cpu_share:.0%} CPU; {who}",
-            cpu_share,
-            faults_rate,
-            since,
-        )
+        faulter, _ = _delta_by_pid(start, last, "major_faults")
+        return make("thrashing", "paging: many major faults at low CPU", faulter, "faulting")
     if since >= policy.hang_after_s:
-        return Verdict(
-            "stalled",
-            f"no CPU, I/O or process change for {since:.0f}s; {who}",
-            cpu_share,
-            faults_rate,
-            since,
+        # Every process idles; the leaf is the one the others wait for (drivers wait on it).
+        leaf = max(_leaves(last.procs), key=lambda p: p.rss, default=None)
+        return make(
+            "stalled", f"no CPU, I/O or process change for {since:.1f}s", leaf, "blocked"
         )
+    busiest, _ = _delta_by_pid(start, last, "cpu_s")
     if policy.spin_ceiling_s is not None and elapsed_s > policy.spin_ceiling_s:
-        return Verdict(
+        return make(
             "spinning",
             f"running {elapsed_s:.0f}s, over its ceiling of {policy.spin_ceiling_s:.0f}s "
-            f"from history, while still busy ({cpu_share:.0%} CPU)",
-            cpu_share,
-            faults_rate,
-            since,
+            "from history, while still busy",
+            busiest,
+            "busy",
         )
-    return Verdict("healthy", f"{cpu_share:.0%} CPU; {who}", cpu_share, faults_rate, since)
+    return make("healthy", "", busiest, "busy" if cpu_share > 0.05 else "idle")
 
 
 def pid_alive(pid: int) -> bool:

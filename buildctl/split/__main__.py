@@ -57,8 +57,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-shards", type=int, default=DEFAULT_MAX_SHARDS)
     p.add_argument("--probe-entries", type=int, help="entries in the probe compile")
     p.add_argument("--safety", type=float, default=0.8, help="share of a slot a shard may use")
-    p.add_argument("--no-line-directives", action="store_true",
-                   help="do not map shard lines back to the original file with #line")
+    p.add_argument(
+        "--no-line-directives",
+        action="store_true",
+        help="do not map shard lines back to the original file with #line",
+    )
     p.add_argument("--no-probe-cache", action="store_true")
     p.add_argument("--format", choices=("lines", "cmake"), default="lines")
     return p
@@ -76,7 +79,9 @@ def _whole_peak_hint(args: argparse.Namespace, source: Path) -> int | None:
     try:
         hints = json.loads(args.hints.read_text())
     except OSError as exc:
-        raise BadInput(f"cannot read {args.hints}: {exc.strerror}", "pass an existing file") from exc
+        raise BadInput(
+            f"cannot read {args.hints}: {exc.strerror}", "pass an existing file"
+        ) from exc
     except ValueError as exc:
         raise BadInput(f"{args.hints}: not JSON ({exc})", 'write {"file.cpp": 1234567}') from exc
     if not isinstance(hints, dict):
@@ -102,9 +107,7 @@ def _host_defaults(args: argparse.Namespace) -> tuple[int, int]:
     return budget, slots
 
 
-def _probe(
-    args: argparse.Namespace, parsed: GeneratedSource, origin: Path
-) -> ProbeResult | None:
+def _probe(args: argparse.Namespace, parsed: GeneratedSource, origin: Path) -> ProbeResult | None:
     if not args.compiler:
         return None
     flags = read_flags_file(args.flags_file) if args.flags_file else []
@@ -229,8 +232,9 @@ def run(args: argparse.Namespace) -> list[Path]:
     )
     write_plan_record(
         args.out_dir,
-        _record(args, parsed, origin, budget, slots, target, plan, model, probe, forced,
-                result.paths),
+        _record(
+            args, parsed, origin, budget, slots, target, plan, model, probe, forced, result.paths
+        ),
     )
     for warning in plan.warnings:
         _say(f"warning: {warning}")

@@ -581,13 +581,19 @@ def render_shard(
     return "".join(parts)
 
 
-def render_probe(source: GeneratedSource, picks: Sequence[int], *, preamble: str | None = None,
-                 epilogue: str | None = None) -> str:
+def render_probe(
+    source: GeneratedSource,
+    picks: Sequence[int],
+    *,
+    preamble: str | None = None,
+    epilogue: str | None = None,
+) -> str:
     """Preamble + the chosen (not necessarily contiguous) entries + epilogue, for probing."""
     pre = source.preamble if preamble is None else preamble
     epi = source.epilogue if epilogue is None else epilogue
     body = "".join(
-        source.entries[i].text if source.entries[i].text.endswith("\n")
+        source.entries[i].text
+        if source.entries[i].text.endswith("\n")
         else source.entries[i].text + "\n"
         for i in picks
     )

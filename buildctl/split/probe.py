@@ -106,7 +106,9 @@ def read_flags_file(path: Path) -> list[str]:
     try:
         text = path.read_text()
     except OSError as exc:
-        raise BadInput(f"cannot read flags file {path}: {exc.strerror}", "pass an existing file") from exc
+        raise BadInput(
+            f"cannot read flags file {path}: {exc.strerror}", "pass an existing file"
+        ) from exc
     return [line for line in text.splitlines() if line.strip()]
 
 
@@ -186,8 +188,12 @@ def preamble_strong_globals(obj: Path) -> list[str]:
 
 
 def _cache_key(
-    source: GeneratedSource, picks: Sequence[int], compiler: str, flags: Sequence[str],
-    preamble: str, epilogue: str,
+    source: GeneratedSource,
+    picks: Sequence[int],
+    compiler: str,
+    flags: Sequence[str],
+    preamble: str,
+    epilogue: str,
 ) -> str:
     blob = json.dumps(
         {
@@ -343,5 +349,6 @@ def estimate(
     assert predicted_whole_peak is not None
     # No probe: no way to tell the preamble from the entries. Assume no preamble cost, which
     # under-predicts shards; the caller warns.
-    return PeakModel(0, predicted_whole_peak / n_entries, predicted_whole_peak, None, None,
-                     "profile")
+    return PeakModel(
+        0, predicted_whole_peak / n_entries, predicted_whole_peak, None, None, "profile"
+    )
