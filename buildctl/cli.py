@@ -122,9 +122,11 @@ def cmd_build(args: argparse.Namespace, console: Console) -> int:
     if cmake_args[:1] == ["--"]:
         cmake_args = cmake_args[1:]
     extra: dict[str, str] = {}
-    resolve_budget(args)  # bad sizes fail before any project is looked at
+    budget, slots = resolve_budget(args)  # bad sizes fail before any project is looked at
     if args.source is None:
-        source, extra, default_build = bundled_build_settings(args.preset, args.low_ram)
+        source, extra, default_build = bundled_build_settings(
+            args.preset, args.low_ram, budget, slots, split=not args.no_split
+        )
         build_dir = args.build_dir or default_build
     else:
         source = args.source.resolve()
@@ -226,6 +228,111 @@ def cmd_profile(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _wheel_request(args: argparse.Namespace, torch: str):
+    from buildctl.kernels import resolve_project
+    from buildctl.wheel.pipeline import WheelRequest
+
+    budget, slots = resolve_budget(args)
+    project = resolve_project(
+        name=args.project, source=args.source, preset=args.preset, low_ram=args.low_ram,
+        budget_bytes=budget, slots=slots, torch=torch, cache_dir=args.cache_dir,
+        oneapi_roots=args.oneapi_root or [], compiler=args.compiler, aot=args.aot,
+    )
+    return WheelRequest(
+        torch=torch,
+        project=project.name,
+        source_dir=project.source_dir,
+        out_dir=args.out.resolve(),
+        cache_dir=args.cache_dir.resolve(),
+        cmake_defines=project.cmake_defines,
+        build_env=project.build_env,
+        smoke_snippet=project.smoke_snippet,
+        source_ref=project.source_ref,
+        patches=project.patches,
+        index_url=args.torch_index,
+        extra_index_urls=args.extra_index_url or [],
+        find_links=args.find_links or [],
+        allow_prerelease=args.allow_prerelease,
+    )
+
+
+def cmd_wheel(args: argparse.Namespace, console: Console) -> int:
+    from buildctl.wheel.pipeline import build_wheel, describe
+    from buildctl.wheel.torchspec import parse_torch
+
+    parse_torch(args.torch, allow_prerelease=args.allow_prerelease)  # bad versions: exit 2 now
+    req = _wheel_request(args, args.torch)
+    opts = session_options(args, req.cache_dir, f"buildctl wheel {req.project} torch {args.torch}",
+                           str(req.source_dir))
+    console.print(f"[bold]buildctl wheel[/bold]: {req.project} for torch {args.torch}, budget "
+                  f"{host.format_size(opts.budget_bytes)}, {opts.slots} CPU slots", highlight=False)
+    outcome = build_wheel(req, opts)
+    console.print(f"buildctl: wheel ready: {describe(outcome)}", highlight=False)
+    console.print(f"  install: pip install --find-links {req.out_dir / outcome.label} "
+                  f"{req.project}", highlight=False)
+    return 0
+
+
+def cmd_matrix(args: argparse.Namespace, console: Console) -> int:
+    from buildctl.wheel.index import SummaryTable, WheelSummary
+    from buildctl.wheel.pipeline import build_wheel
+    from buildctl.wheel.torchspec import parse_torch
+
+    for spec in args.torch:
+        parse_torch(spec, allow_prerelease=args.allow_prerelease)
+    rows: list[WheelSummary] = []
+    failed = 0
+    for spec in args.torch:
+        req = _wheel_request(args, spec)
+        opts = session_options(args, req.cache_dir, f"buildctl matrix {req.project} torch {spec}",
+                               str(req.source_dir))
+        if args.report:
+            opts.report_path = args.report.with_name(f"{args.report.stem}-{spec}{args.report.suffix}")
+        try:
+            out = build_wheel(req, opts)
+            rows.append(WheelSummary(torch=spec, wheel=out.wheel.name, size_bytes=out.size_bytes,
+                                     peak_rss_bytes=out.peak_rss_bytes, wall_s=out.wall_s,
+                                     verify="pass"))
+        except BuildctlError as exc:
+            failed += 1
+            console.print(exc.render(), highlight=False, markup=False)
+            rows.append(WheelSummary(torch=spec, wheel="-", size_bytes=0, peak_rss_bytes=0,
+                                     wall_s=0.0, verify="fail", note=exc.what.splitlines()[0]))
+    table = SummaryTable(rows=rows)
+    console.print(table.to_rich())
+    from buildctl.report import write_text_atomic
+
+    write_text_atomic(args.out / "SUMMARY.md", table.to_markdown())
+    console.print(f"buildctl: summary in {args.out / 'SUMMARY.md'}; index pages under {args.out}")
+    return 1 if failed else 0
+
+
+def cmd_verify(args: argparse.Namespace, console: Console) -> int:
+    from buildctl.wheel.verify import TorchLibs, verify_wheel
+
+    if bool(args.torch) == bool(args.against):
+        raise BadInput("verify needs exactly one of --torch VERSION or --against PATH",
+                       "e.g. --against /path/to/torch-2.14.1-...whl or --against .venv/bin/python")
+    if args.against:
+        path = args.against
+        if path.suffix == ".whl":
+            libs = TorchLibs.from_wheel(path)
+        elif path.is_dir():
+            libs = TorchLibs.from_path(path)
+        else:
+            libs = TorchLibs.from_installed(path)
+    else:
+        from buildctl.wheel.smoke import ensure_torch_env
+        from buildctl.wheel.torchspec import parse_torch
+
+        target = parse_torch(args.torch, allow_prerelease=True)
+        env = ensure_torch_env(args.cache_dir / "envs" / target.spec, target)
+        libs = TorchLibs.from_installed(env.python)
+    result = verify_wheel(args.wheel, libs)
+    console.print(result.render(), highlight=False, markup=False)
+    return 0 if result.ok else 1
+
+
 def cmd_doctor(args: argparse.Namespace, console: Console) -> int:
     from buildctl.govern.profiles import ProfileDB
     from buildctl.toolchain.compat import resolve
@@ -278,6 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="build directory (default: DIR/build-buildctl, or _build/pagedattn-PRESET)")
     b.add_argument("--preset", default="default", metavar="NAME",
                    help="kernel config preset of the bundled project: tiny, default, full")
+    b.add_argument("--no-split", action="store_true",
+                   help="build heavy generated sources whole (bundled project); for comparisons")
     b.add_argument("--target", action="append", metavar="NAME", help="build only this ninja target")
     b.add_argument("--ninja-width", type=int, metavar="N",
                    help="jobs ninja may start at once; buildctl admits them (default max(4xslots,16))")
@@ -297,6 +406,81 @@ def build_parser() -> argparse.ArgumentParser:
     imp = psub.add_parser("import", help="merge a JSON export into the database")
     imp.add_argument("file", type=Path)
     p.set_defaults(func=cmd_profile)
+
+    def add_wheel_args(w: argparse.ArgumentParser) -> None:
+        src = w.add_argument_group("what to build")
+        src.add_argument("--project", metavar="NAME",
+                         help="a kernel project buildctl knows: pagedattn (default, bundled) or "
+                              "vllm-xpu-kernels")
+        src.add_argument("--source", type=Path, metavar="DIR",
+                         help="a source checkout to build instead of the project's default")
+        src.add_argument("--preset", default=None, metavar="NAME",
+                         help="kernel config preset (pagedattn: tiny/default/full)")
+        src.add_argument("--out", type=Path, default=Path("wheelhouse"), metavar="DIR",
+                         help="wheelhouse: one folder and index per torch target (default "
+                              "./wheelhouse)")
+        src.add_argument("--cache-dir", type=Path, default=Path(".buildctl-cache"), metavar="DIR",
+                         help="torch envs and per-torch build dirs (default ./.buildctl-cache)")
+        idx = w.add_argument_group("where torch comes from")
+        idx.add_argument("--torch-index", metavar="URL",
+                         help="pip index for torch (default: pip's configuration; see "
+                              "`buildctl wheel --help`)")
+        idx.add_argument("--extra-index-url", action="append", metavar="URL")
+        idx.add_argument("--find-links", action="append", metavar="DIR_OR_URL")
+        idx.add_argument("--allow-prerelease", action="store_true",
+                         help="accept nightly/dev torch versions")
+        xpu = w.add_argument_group("Intel XPU (vllm-xpu-kernels)")
+        xpu.add_argument("--compiler", metavar="VERSION",
+                         help="oneAPI compiler to pin (default: the one the torch version needs)")
+        xpu.add_argument("--oneapi-root", action="append", metavar="DIR",
+                         help="oneAPI install root (default /opt/intel/oneapi, $ONEAPI_ROOT)")
+        xpu.add_argument("--aot", metavar="DEVICES",
+                         help="AOT device list or GPU name, e.g. bmg-g31 for Arc Pro B70")
+        add_governor_args(w)
+
+    w = sub.add_parser(
+        "wheel",
+        help="build a verified wheel for one torch version",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Build one wheel for exactly one torch version: an isolated env with that "
+        "torch, a governed scikit-build-core build in a per-torch build dir (reruns are "
+        "incremental), a local version label (+pt213cpu), Requires-Dist pinning the torch "
+        "release, auditwheel repair that never grafts torch/SYCL/Level Zero libraries, a "
+        "symbol-by-symbol check against that torch, and an import smoke test. Only a wheel that "
+        "passes everything lands in --out.",
+        epilog="examples:\n  buildctl wheel --torch 2.13.0+cpu\n"
+        "  buildctl wheel --torch 2.11.0+xpu --project vllm-xpu-kernels --aot bmg-g31 --low-ram\n"
+        "\nexit codes: 0 wheel ready, 1 build or verification failed, 2 bad input.",
+    )
+    w.add_argument("--torch", required=True, metavar="VERSION",
+                   help="torch build, e.g. 2.13.0+cpu, 2.11.0+xpu, 2.14.1")
+    add_wheel_args(w)
+    w.set_defaults(func=cmd_wheel)
+
+    m = sub.add_parser(
+        "matrix",
+        help="build wheels for several torch versions, with index pages and a summary",
+        description="Runs `buildctl wheel` for each --torch, writes a PEP 503 / find-links index "
+        "per torch version under --out and a summary table (SUMMARY.md). Exit 1 if any failed.",
+    )
+    m.add_argument("--torch", action="append", required=True, metavar="VERSION")
+    add_wheel_args(m)
+    m.set_defaults(func=cmd_matrix)
+
+    v = sub.add_parser(
+        "verify",
+        help="check every undefined symbol of a wheel's extensions against one torch",
+        description="Reads every ELF extension in the wheel and checks that each undefined "
+        "symbol and DT_NEEDED library resolves against the given torch's libraries (plus what "
+        "they pull in). Unresolved symbols are printed demangled. Exit 0 pass, 1 fail, 2 bad "
+        "input.",
+    )
+    v.add_argument("wheel", type=Path)
+    v.add_argument("--torch", metavar="VERSION", help="verify against this torch (env is made)")
+    v.add_argument("--against", type=Path, metavar="PATH",
+                   help="a torch wheel file (read, not installed), a torch dir or a python")
+    v.add_argument("--cache-dir", type=Path, default=Path(".buildctl-cache"), metavar="DIR")
+    v.set_defaults(func=cmd_verify)
 
     d = sub.add_parser(
         "doctor",

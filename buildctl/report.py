@@ -46,7 +46,11 @@ class JobRecord(BaseModel):
     exclusive: bool = False
     node: str | None = None
     verdict: str = "healthy"
+    # What the verdict rests on: CPU share, RSS and its trend, major faults/s, the process.
+    verdict_evidence: str = ""
+    # Crash repro or stall bundle of this job (kept even when a retry succeeded).
     repro_dir: str | None = None
+    signal: int | None = None  # the signal the command died of, if any
 
 
 class Event(BaseModel):

@@ -380,7 +380,7 @@ def test_plan_base_above_target_runs_one_entry_per_shard_and_warns() -> None:
     plan = plan_shards(800 * MiB, 300 * MiB, 6, 200 * MiB)
     assert plan.n == 6
     assert not plan.fits
-    assert "run it alone" in plan.warnings[0]
+    assert "above the per-shard target" in plan.warnings[0]
 
 
 def test_plan_cpu_ratio() -> None:

@@ -72,8 +72,7 @@ def test_sanitize_flags() -> None:
 def test_estimate_two_point_line() -> None:
     probe = ProbeResult(
         base=CompileSample(0, 80 * MiB, 1.0, 1.0),
-        half=CompileSample(3, 130 * MiB, 3.0, 3.0),
-        sample=CompileSample(6, 142 * MiB, 3.6, 3.6),
+        samples=(CompileSample(3, 130 * MiB, 3.0, 3.0), CompileSample(6, 142 * MiB, 3.6, 3.6)),
         preamble_globals=(),
     )
     model = estimate(24, probe)
@@ -93,14 +92,23 @@ def test_estimate_two_point_line() -> None:
     # Noise: a sample below the base never yields a negative cost or an intercept below base.
     noisy = ProbeResult(
         base=CompileSample(0, 80 * MiB, 1.0, 1.0),
-        half=CompileSample(2, 90 * MiB, 1.5, 1.5),
-        sample=CompileSample(4, 85 * MiB, 1.4, 1.4),
+        samples=(CompileSample(2, 90 * MiB, 1.5, 1.5), CompileSample(4, 85 * MiB, 1.4, 1.4)),
         preamble_globals=(),
     )
     model = estimate(10, noisy)
     assert model is not None
     assert model.per_entry_peak == 0
     assert model.base_peak == 85 * MiB
+    # Only one sample (the k-entry one was skipped): the line runs from the preamble.
+    short = ProbeResult(
+        base=CompileSample(0, 80 * MiB, 1.0, 1.0),
+        samples=(CompileSample(2, 100 * MiB, 2.0, 2.0),),
+        preamble_globals=(),
+        limited=True,
+    )
+    model = estimate(10, short)
+    assert model is not None
+    assert (model.base_peak, model.per_entry_peak) == (80 * MiB, 10 * MiB)
     assert estimate(10, None) is None
     only = estimate(10, None, predicted_whole_peak=100 * MiB)
     assert only is not None
@@ -133,18 +141,33 @@ def test_probe_measures_and_caches(tmp_path: Path) -> None:
     work = tmp_path / "probe"
     result = probe_source(src, compiler=GXX, flags=flags, work_dir=work, preamble=pre)
     assert not result.cached
-    assert result.sample.entries == 3 and result.half is not None and result.half.entries == 2
+    assert [x.entries for x in result.samples] == [2, 3]
+    assert not result.limited
     assert result.base.peak_rss_bytes > 20 * MiB
-    assert result.sample.peak_rss_bytes >= result.base.peak_rss_bytes * 0.9
-    assert result.sample.cpu_s > result.base.cpu_s * 0.5
+    assert result.samples[-1].peak_rss_bytes >= result.base.peak_rss_bytes * 0.9
+    assert result.samples[-1].cpu_s > result.base.cpu_s * 0.5
     assert result.preamble_globals == ()
     assert not list(work.glob("*.o"))  # probe objects are cleaned up
     again = probe_source(src, compiler=GXX, flags=flags, work_dir=work, preamble=pre)
     assert again.cached
-    assert again.sample == result.sample
+    assert again.samples == result.samples
     # Other flags: a new key, a fresh probe.
     other = probe_source(src, compiler=GXX, flags=[*flags, "-DX=2"], work_dir=work, preamble=pre)
     assert not other.cached
+
+
+@needs_gxx
+def test_probe_skips_a_sample_predicted_above_the_limit(tmp_path: Path) -> None:
+    origin = _project(tmp_path, 12)
+    src = parse_generated_source(origin.read_text(), str(origin))
+    flags = (tmp_path / "flags.txt").read_text().split()
+    pre = src.preamble.replace('"work.hpp"', f'"{origin.parent}/work.hpp"')
+    result = probe_source(
+        src, compiler=GXX, flags=flags, work_dir=tmp_path / "p", preamble=pre, max_probe_peak=1
+    )
+    assert result.limited
+    assert [x.entries for x in result.samples] == [2]
+    assert estimate(12, result) is not None
 
 
 @needs_gxx
@@ -192,7 +215,7 @@ def test_cli_probe_plans_from_budget(tmp_path: Path) -> None:
     model = record["model"]
     assert model["source"] == "probe"
     assert model["per_entry_peak"] >= 0
-    assert record["probe"]["sample"]["entries"] == 3
+    assert [x["entries"] for x in record["probe"]["samples"]] == [2, 3]
     # A budget between one shard of 1 entry and the whole: more than one shard, fewer than 12.
     if model["per_entry_peak"] > 0:
         target = model["base_peak"] + 4.5 * model["per_entry_peak"]

@@ -9,6 +9,7 @@ even if buildctl is killed while writing it.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import platform
@@ -19,6 +20,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -93,12 +95,48 @@ def _read(path: str) -> str:
         return f"<unreadable: {exc.strerror}>"
 
 
-def compiler_version(exe: str, env: dict[str, str] | None = None) -> str:
+class Cancelled(Exception):
+    """buildctl is being interrupted: a repro started now would be of no use (and Ctrl-C must
+    never leave one behind)."""
+
+
+def _die_with_us() -> None:
+    # Child side of fork: a repro helper (`cc -E`) must not outlive a SIGKILLed buildctl.
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
+def _run_helper(
+    argv: list[str],
+    *,
+    cwd: str | None,
+    env: dict[str, str] | None,
+    timeout: float,
+    cancel: threading.Event | None,
+) -> tuple[int, str]:
+    """Run a helper command, polling `cancel`; (returncode, stdout+stderr)."""
+    with tempfile.TemporaryFile("w+") as out:
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, preexec_fn=_die_with_us)
+        deadline = time.monotonic() + timeout
+        while proc.poll() is None:
+            if (cancel is not None and cancel.is_set()) or time.monotonic() > deadline:
+                proc.kill()
+                proc.wait()
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled
+                raise subprocess.TimeoutExpired(argv, timeout)
+            time.sleep(0.05)
+        out.seek(0)
+        return proc.returncode, out.read()
+
+
+def compiler_version(
+    exe: str, env: dict[str, str] | None = None, cancel: threading.Event | None = None
+) -> str:
     try:
-        out = subprocess.run(
-            [exe, "--version"], capture_output=True, text=True, timeout=20, check=False, env=env
-        )
-        return (out.stdout or out.stderr).strip()
+        _rc, text = _run_helper([exe, "--version"], cwd=None, env=env, timeout=20, cancel=cancel)
+        return text.strip()
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"<{exe} --version failed: {exc}>"
 
@@ -151,7 +189,7 @@ def _named_inputs(argv: list[str], cwd: str, output: str) -> list[Path]:
     seen: set[str] = set()
 
     def consider(text: str, depth: int = 0) -> None:
-        if not text or text.startswith("-") and "=" not in text:
+        if not text or (text.startswith("-") and "=" not in text):
             return
         if text.startswith("-"):
             text = text.split("=", 1)[1]
@@ -211,7 +249,7 @@ def _rerun_script(
         "#!/usr/bin/env bash",
         f"# {what}",
         "# Exact argv, environment (minus secret-looking names, see README.md) and directory.",
-        "# Exit status is the command's: 128+N means it died of signal N (136 SIGFPE, 139 SIGSEGV).",
+        "# Exit status is the command's: 128+N = died of signal N (136 SIGFPE, 139 SIGSEGV).",
         'here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"',
     ]
     for original, saved in restores:
@@ -237,6 +275,10 @@ def _copy_inputs(stage: Path, argv: list[str], cwd: str, output: str) -> list[tu
             shutil.copy2(path, stage / "inputs" / saved)
             restores.append((path, saved))
     return restores
+
+
+def _redacted_note(redacted: list[str]) -> str:
+    return f"\nLeft out of the recorded environment: {', '.join(redacted)}\n" if redacted else ""
 
 
 def _write_exec(path: Path, text: str) -> None:
@@ -285,7 +327,7 @@ def save_stall_bundle(
         (stage / "output-tail.txt").write_text(output_tail)
         _write_exec(
             stage / "rerun.sh",
-            _rerun_script(argv, cwd, kept, [], f"Re-runs the command that stalled building {output}."),
+            _rerun_script(argv, cwd, kept, [], f"Re-runs the command that stalled: {output}."),
         )
         tree = "\n".join(
             f"- `{p['pid']}` (parent {p['ppid']}) waits in `{p['wchan'] or '?'}`: `{p['cmdline']}`"
@@ -297,7 +339,7 @@ def save_stall_bundle(
             "Full /proc status, wchan, syscall and kernel stack per process are in `stall.json`;"
             " the last output lines in `output-tail.txt`. `./rerun.sh` runs the command again.\n\n"
             "## Versions\n\n" + "".join(f"- {k}: {v}\n" for k, v in versions.items())
-            + (f"\nLeft out of the recorded environment: {', '.join(redacted)}\n" if redacted else "")
+            + _redacted_note(redacted)
         )
     return final[0]
 
@@ -324,13 +366,15 @@ def save_crash_repro(
     stderr_tail: str,
     compiler: str,
     attempt: int,
+    cancel: threading.Event | None = None,
 ) -> Path:
     """`rerun.sh` with the exact argv/env/cwd, compiler version, preprocessed input, temp inputs
-    the command names, README. Runs the compiler (--version, -E): call it off the event loop."""
+    the command names, README. Runs the compiler (--version, -E): call it off the event loop.
+    Raises Cancelled (and leaves nothing behind) once `cancel` is set."""
     kept, redacted = split_env(env)
     run_env = dict(os.environ if env is None else env)
     run_env.pop("BUILDCTL_SOCKET", None)
-    version = compiler_version(argv[0], run_env)
+    version = compiler_version(argv[0], run_env, cancel)
     versions = {**host_versions(), "compiler": compiler}
     with _staged_dir(root, "crash", output) as (stage, final):
         (stage / "compiler-version.txt").write_text(version + "\n")
@@ -342,14 +386,14 @@ def save_crash_repro(
         pre_note = "not applicable (no -c in the command)"
         if pre_argv:
             try:
-                proc = subprocess.run(pre_argv, cwd=cwd, capture_output=True, text=True,
-                                      timeout=300, check=False, env=run_env)
-                pre_note = f"`{pre_name}`" if proc.returncode == 0 else (
-                    f"failed (exit {proc.returncode}), see preprocess.log"
+                pre_rc, pre_out = _run_helper(pre_argv, cwd=cwd, env=run_env, timeout=300,
+                                              cancel=cancel)
+                pre_note = f"`{pre_name}`" if pre_rc == 0 else (
+                    f"failed (exit {pre_rc}), see preprocess.log"
                 )
-                if proc.returncode != 0:
+                if pre_rc != 0:
                     (stage / pre_name).unlink(missing_ok=True)
-                    (stage / "preprocess.log").write_text(proc.stdout + proc.stderr)
+                    (stage / "preprocess.log").write_text(pre_out)
             except (OSError, subprocess.TimeoutExpired) as exc:
                 pre_note = f"failed: {exc}"
                 (stage / pre_name).unlink(missing_ok=True)
@@ -368,8 +412,8 @@ def save_crash_repro(
             "Reproduce with `./rerun.sh` (its exit status is the compiler's). Attach this directory"
             " (rerun.sh, compiler-version.txt, stderr.txt, the preprocessed input, inputs/) to the"
             " compiler bug report. Temporary inputs the command named are copied in `inputs/` and"
-            " restored by rerun.sh when missing. Outcomes of later attempts are in `attempts.log`.\n"
-            + (f"\nLeft out of the recorded environment: {', '.join(redacted)}\n" if redacted else "")
+            " restored by rerun.sh when missing. Later attempts are logged in `attempts.log`.\n"
+            + _redacted_note(redacted)
         )
         (stage / "crash.json").write_text(
             json.dumps(

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -24,14 +26,104 @@ import psutil
 
 from buildctl import host
 from buildctl.govern import scheduler
-from buildctl.govern.diagnostics import save_crash_repro, save_stall_bundle
-from buildctl.govern.monitor import TreeSample, Verdict, VerdictPolicy, sample_tree, verdict
+from buildctl.govern.diagnostics import (
+    Cancelled,
+    collect_tree,
+    describe_exit,
+    note_attempt,
+    save_crash_repro,
+    save_stall_bundle,
+)
+from buildctl.govern.monitor import (
+    ProgressClock,
+    TreeSample,
+    Verdict,
+    VerdictPolicy,
+    read_wchan,
+    sample_tree,
+    verdict,
+)
 from buildctl.govern.profiles import Prediction, ProfileDB, ProfileEntry, target_of
 from buildctl.report import BuildReport, Event, JobRecord
 
 MiB = 1024**2
 CRASH_SIGNALS = {signal.SIGSEGV, signal.SIGFPE, signal.SIGILL, signal.SIGABRT, signal.SIGBUS}
-ICE_MARKERS = ("internal compiler error", "Internal Compiler Error", "Please submit a full bug report")
+# What compilers print when they (or a process they drive) crash: gcc, clang/icpx, nvcc.
+ICE_TEXT = re.compile(
+    r"internal compiler error|Internal Compiler Error|Please submit a full bug report|"
+    r"PLEASE submit a bug report|failed due to signal|died due to signal"
+)
+# A driver reporting that its child was killed from outside (OOM killer, a user): not a bug.
+KILLED_TEXT = re.compile(
+    r"\b(Killed|Terminated|Interrupt|Hangup) signal terminated program|"
+    r"unable to execute command: (Killed|Terminated)|died due to signal (9|15|2|1)\b"
+)
+STOP_REASONS = ("interrupt", "launcher-gone")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one attempt of a job ended, as far as retry policy and the report care."""
+
+    kind: str  # ok | failed | crash | killed | hang | spin | guard | interrupted
+    reason: str = ""
+
+
+def classify_exit(
+    rc: int,
+    sig: int,
+    stderr_tail: str,
+    kill_reason: str | None,
+    interrupting: bool = False,
+    oom_killed: bool = False,
+) -> Outcome:
+    """Pure: a kill by buildctl (guard, hang, Ctrl-C) is never a crash; a crash is a crash
+    signal, an ICE message, or a SIGKILL from the kernel OOM killer."""
+    if rc == 0:
+        return Outcome("ok")
+    if kill_reason == "oom-guard":
+        return Outcome("guard", "killed by the OOM guard")
+    if kill_reason in ("hang", "spin"):
+        what = "stalled" if kill_reason == "hang" else "spinning"
+        return Outcome(kill_reason, f"killed as {what}")
+    if interrupting or kill_reason in STOP_REASONS:
+        return Outcome("interrupted", "stopped by an interrupt")
+    name = describe_exit(rc, sig)
+    if sig in CRASH_SIGNALS:
+        return Outcome("crash", f"the compiler died of {signal.Signals(sig).name}")
+    if sig == signal.SIGKILL or (KILLED_TEXT.search(stderr_tail) and sig == 0):
+        if oom_killed:
+            return Outcome("crash", "killed by the kernel OOM killer (raise --mem-budget "
+                                    "headroom or lower -j; buildctl's guard acted too late)")
+        return Outcome("killed", f"killed from outside buildctl ({name})")
+    if sig:
+        return Outcome("killed", f"killed from outside buildctl ({name})")
+    if ICE_TEXT.search(stderr_tail):
+        return Outcome("crash", f"internal compiler error (exit code {rc})")
+    return Outcome("failed", name)
+
+
+def exit_of(done: dict) -> tuple[int, int]:
+    """(exit status as a shell reports it, signal) from a launcher's or executor's `done`."""
+    rc = int(done.get("rc", 1))
+    sig = int(done.get("signal") or 0)
+    if rc < 0:  # older launchers / executors send Popen's negative returncode
+        sig = sig or -rc
+        rc = 128 + sig
+    return rc, sig
+
+
+def oom_kills() -> int:
+    """Kernel OOM kills so far (all cgroups); a rise during a job's run that coincides with its
+    SIGKILL means the kernel, not a user, killed it."""
+    try:
+        with open("/proc/vmstat") as handle:
+            for line in handle:
+                if line.startswith("oom_kill "):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
 
 
 @dataclass
@@ -45,8 +137,11 @@ class GovernorOptions:
     critical_bytes: int | None = None  # kill the youngest job below this
     psi_full_pause: float = 10.0  # PSI memory `full` avg10 (%) that pauses admission
     hang_after_s: float = 600.0
-    retries: int = 1
+    retries: int = 1  # re-runs of a job killed as stalled/spinning
+    crash_retries: int = 1  # re-runs of a job whose compiler crashed
+    guard_retries: int = 20  # re-runs after OOM-guard kills (ninja should never see those)
     spin_factor: float = 5.0  # a job running longer than this x its longest record is spinning
+    spin_floor_s: float = 300.0  # ...but never before this: history from a quiet machine lies
     max_bypass_s: float = 60.0
     repro_dir: Path | None = None
     executor: RemoteExecutor | None = None  # None: jobs run locally under the launcher
@@ -90,11 +185,20 @@ class Job:
     current_rss: int = 0
     peak_rss: int = 0
     cpu_s: float = 0.0
-    samples: deque[TreeSample] = field(default_factory=lambda: deque(maxlen=4096))
+    # Recent samples for rates only; the clock keeps time-since-progress over any window.
+    samples: deque[TreeSample] = field(default_factory=lambda: deque(maxlen=256))
+    clock: ProgressClock = field(default_factory=ProgressClock)
     kill_reason: str | None = None
     verdict: Verdict | None = None
     go: asyncio.Event = field(default_factory=asyncio.Event)
     record: JobRecord | None = None
+    env: dict[str, str] | None = None  # the launcher's (= the compiler's) environment
+    output_tail: str = ""  # last stderr lines, pushed by the launcher while the job runs
+    oom_at_start: int = 0
+    hang_kills: int = 0
+    guard_kills: int = 0
+    crashes: int = 0
+    repro_dir: str | None = None  # crash repro or stall bundle of this job
 
 
 @dataclass(frozen=True)
@@ -152,6 +256,8 @@ class Governor:
         self._thread: threading.Thread | None = None
         self._server: asyncio.AbstractServer | None = None
         self._stopping = False
+        self._interrupting = False  # Ctrl-C/SIGTERM: every failure from now on is an interrupt
+        self._cancel = threading.Event()  # stops repro capture that is under way
         self._ready = threading.Event()
         self._lock = threading.Lock()  # guards what the UI thread reads
 
@@ -194,11 +300,14 @@ class Governor:
 
     def stop(self) -> None:
         self._stopping = True
+        self._cancel.set()
         if self._thread:
             self._thread.join(15)
 
     def kill_all(self) -> None:
         """Ctrl-C / SIGTERM: kill every running job tree now (called from the main thread)."""
+        self._interrupting = True
+        self._cancel.set()
         with self._lock:
             for job in list(self.jobs.values()):
                 if job.state == "running":
@@ -250,15 +359,19 @@ class Governor:
                         ),
                     )
                     return
+                job.oom_at_start = oom_kills()
                 await self._send(writer, op="go", attempt=job.attempts)
                 started = await self._read(reader)
                 if started is None:
                     return
-                job.child_pid = int(started["pid"])
-                done = await self._read(reader)
+                with self._lock:
+                    job.child_pid = int(started["pid"])
+                done = await self._read_until_done(job, reader)
                 if done is None:
                     return
-                reply = self._finish(job, done)
+                with self._lock:
+                    job.child_pid = None  # reaped by the launcher: never signal that pid again
+                reply = await self._complete(job, done)
                 await self._send(writer, **reply)
                 if reply["op"] != "retry":
                     return
@@ -268,6 +381,15 @@ class Governor:
             if job is not None and job.state != "done":
                 self._abandon(job)
             writer.close()
+
+    async def _read_until_done(self, job: Job, reader: asyncio.StreamReader) -> dict | None:
+        """Messages while the job runs: output tails (kept for a stall bundle), then `done`."""
+        while True:
+            msg = await self._read(reader)
+            if msg is None or msg.get("op") == "done":
+                return msg
+            if msg.get("op") == "output":
+                job.output_tail = str(msg.get("tail", ""))
 
     async def _read(self, reader: asyncio.StreamReader) -> dict | None:
         line = await reader.readline()
@@ -325,6 +447,7 @@ class Governor:
                 prediction=prediction,
                 enqueued_at=now,
                 queued_at_first=now,
+                env=msg.get("env"),
             )
             self._next_id += 1
             self.jobs[job.id] = job
@@ -373,52 +496,126 @@ class Governor:
                 job.started_at = self.now()
                 job.current_rss = 0
                 job.samples.clear()
+                job.clock = ProgressClock()
+                job.verdict = None
+                job.output_tail = ""
                 job.kill_reason = None
                 job.child_pid = None
                 job.go.set()
 
-    def _finish(self, job: Job, done: dict) -> dict:
-        rc = int(done.get("rc", 1))
+    async def _complete(self, job: Job, done: dict) -> dict:
+        """Classify the attempt; a crash gets its repro captured off the loop (it runs the
+        compiler again for --version and -E), then the retry policy decides."""
+        rc, sig = exit_of(done)
+        outcome = classify_exit(
+            rc,
+            sig,
+            str(done.get("stderr_tail", "")),
+            job.kill_reason,
+            self._interrupting,
+            oom_killed=oom_kills() > job.oom_at_start,
+        )
+        repro = None
+        if outcome.kind == "crash":
+            repro = await asyncio.to_thread(self._crash_evidence, job, done, outcome)
+        return self._finish(job, done, outcome, repro)
+
+    def _crash_evidence(self, job: Job, done: dict, outcome: Outcome) -> str | None:
+        """A repro dir for the first crash of a job; later crashes are noted in it."""
+        rc, sig = exit_of(done)
+        tail = str(done.get("stderr_tail", ""))
+        if job.repro_dir and job.crashes:
+            note_attempt(Path(job.repro_dir), job.attempts,
+                         f"{describe_exit(rc, sig)}: {outcome.reason}", tail)
+            return job.repro_dir
+        try:
+            path = save_crash_repro(
+                self._repro_root(),
+                output=job.output,
+                argv=job.argv,
+                cwd=job.cwd,
+                env=job.env,
+                rc=rc,
+                sig=sig,
+                reason=outcome.reason,
+                stderr_tail=tail,
+                compiler=job.compiler,
+                attempt=job.attempts,
+                cancel=self._cancel,
+            )
+        except Cancelled:
+            return None
+        except OSError as exc:
+            self.event("info", job.output, f"could not save a crash repro: {exc}")
+            return None
+        return str(path)
+
+    def _requeue(self, job: Job) -> None:
+        with self._lock:
+            job.attempts += 1
+            job.state = "waiting"
+            job.enqueued_at = self.now()
+            job.peak_rss = 0
+        self._admit()
+
+    def _finish(
+        self, job: Job, done: dict, outcome: Outcome | None = None, repro: str | None = None
+    ) -> dict:
+        rc, sig = exit_of(done)
+        tail = str(done.get("stderr_tail", ""))
+        if outcome is None:  # remote executors: classify (and capture) in line
+            outcome = classify_exit(rc, sig, tail, job.kill_reason, self._interrupting)
+            if outcome.kind == "crash":
+                repro = self._crash_evidence(job, done, outcome)
+        if self._interrupting and outcome.kind not in ("ok", "interrupted"):
+            outcome = Outcome("interrupted", "stopped by an interrupt")
         elapsed = self.now() - job.started_at
         maxrss = int(done.get("maxrss", 0))
         peak = max(job.peak_rss, maxrss)
-        reason = job.kill_reason
         with self._lock:
             job.state = "done"
             job.child_pid = None
-        if reason in ("oom-guard", "hang", "spin") and job.attempts <= self.opts.retries:
-            self.event("retry", job.output, f"re-running after {reason} kill", attempt=job.attempts)
-            with self._lock:
-                job.attempts += 1
-                job.state = "waiting"
-                job.enqueued_at = self.now()
-                job.peak_rss = 0
-            self._admit()
+        kind = outcome.kind
+        if repro:
+            job.repro_dir = repro
+        if kind == "guard" and job.guard_kills <= self.opts.guard_retries:
+            self.event("retry", job.output, "re-running after an OOM-guard kill",
+                       attempt=job.attempts, reason="oom-guard")
+            self._requeue(job)
             return {"op": "retry"}
-        status = "ok" if rc == 0 else "failed"
-        repro = None
-        if reason in ("hang", "spin"):
-            status = "hung"
-        elif reason == "oom-guard":
-            status = "killed-retried"
-        elif rc != 0 and self._looks_like_crash(rc, done.get("stderr_tail", "")):
-            repro = str(
-                save_crash_repro(self._repro_root(), job.output, job.argv, job.cwd, rc,
-                                 done.get("stderr_tail", ""))
-            )
-            status = "crashed"
-            if job.attempts <= self.opts.retries:
-                self.event("crash", job.output, f"compiler crashed (exit {rc}); repro: {repro}; "
-                           "retrying once", repro=repro)
-                with self._lock:
-                    job.attempts += 1
-                    job.state = "waiting"
-                    job.enqueued_at = self.now()
-                    job.peak_rss = 0
-                self._admit()
-                return {"op": "retry"}
-            self.event("crash", job.output, f"compiler crashed again (exit {rc}); repro: {repro}",
-                       repro=repro)
+        if kind in ("hang", "spin") and job.hang_kills <= self.opts.retries:
+            detail = (f"killed as {'stalled' if kind == 'hang' else 'spinning'} "
+                      f"(diagnostics: {job.repro_dir}); retrying, attempt {job.attempts + 1}")
+            self.event("retry", job.output, detail, attempt=job.attempts, reason=kind,
+                       bundle=job.repro_dir)
+            self._requeue(job)
+            return {"op": "retry", "detail": detail}
+        if kind == "crash":
+            job.crashes += 1
+            if job.crashes <= self.opts.crash_retries:
+                detail = f"{outcome.reason}; repro: {repro}; retrying once"
+                self.event("crash", job.output, detail, repro=repro, signal=sig, rc=rc,
+                           attempt=job.attempts, compiler=job.compiler)
+                self.event("retry", job.output, f"re-running after a crash (attempt "
+                           f"{job.attempts + 1})", attempt=job.attempts, reason="crash")
+                self._requeue(job)
+                return {"op": "retry", "detail": detail}
+            self.event("crash", job.output,
+                       f"{outcome.reason} again (attempt {job.attempts}); repro: {repro}",
+                       repro=repro, signal=sig, rc=rc, attempt=job.attempts,
+                       compiler=job.compiler)
+        elif kind == "ok" and job.crashes and job.repro_dir:
+            # Crashed before, passed now: a flaky compiler is worth knowing about.
+            note_attempt(Path(job.repro_dir), job.attempts, "succeeded (the crash is flaky)")
+        status = {
+            "ok": "ok",
+            "hang": "hung",
+            "spin": "hung",
+            "guard": "killed-retried",
+            "crash": "crashed",
+            "interrupted": "interrupted",
+        }.get(kind, "failed")
+        last = job.verdict
         record = JobRecord(
             output=job.output,
             kind=job.kind,  # type: ignore[arg-type]
@@ -435,13 +632,17 @@ class Governor:
             status=status,  # type: ignore[arg-type]
             exit_code=rc,
             exclusive=job.exclusive,
-            verdict=job.verdict.state if job.verdict else "healthy",
-            repro_dir=repro,
+            verdict=last.state if last and last.state != "starting" else "healthy",
+            verdict_evidence=last.evidence if last else "",
+            repro_dir=job.repro_dir,
+            signal=sig or None,
             node=done.get("node"),
         )
         with self._lock:
             job.record = record
             self.finished.append(record)
+            job.env = None  # a finished job's environment is not needed any more
+            job.output_tail = ""
         if rc == 0:
             self.profiles.record(
                 ProfileEntry(
@@ -456,14 +657,26 @@ class Governor:
                 )
             )
         self._admit()
-        if status == "hung":
-            return {"op": "fail", "detail": f"{job.output} {reason}; see the report's events"}
+        if kind in ("hang", "spin"):
+            what = "stalled" if kind == "hang" else "kept spinning"
+            return {"op": "fail", "detail": (
+                f"{what} on all {job.attempts} attempts and was killed each time; "
+                f"diagnostics: {job.repro_dir}"
+                + (f" ({last.evidence})" if last else "")
+            )}
+        if kind == "crash":
+            return {"op": "fail", "detail": (
+                f"{outcome.reason} on all {job.attempts} attempts; "
+                f"repro: {repro} (./rerun.sh reproduces it); compiler: {job.compiler}"
+            )}
+        if kind == "guard":
+            return {"op": "fail", "detail": (
+                f"killed {job.guard_kills} times by the OOM guard; "
+                "lower -j or raise --mem-budget"
+            )}
+        if kind == "killed":
+            return {"op": "fail", "detail": f"{job.output}: {outcome.reason}"}
         return {"op": "ok"}
-
-    def _looks_like_crash(self, rc: int, tail: str) -> bool:
-        if rc > 128 and (rc - 128) in CRASH_SIGNALS | {signal.SIGKILL}:
-            return True
-        return any(marker in tail for marker in ICE_MARKERS)
 
     def _repro_root(self) -> Path:
         return self.opts.repro_dir or (self.opts.build_dir / ".buildctl" / "repro")
@@ -525,6 +738,7 @@ class Governor:
                 continue
             with self._lock:
                 job.samples.append(sample)
+                job.clock.update(sample)
                 job.current_rss = sample.rss
                 job.peak_rss = max(job.peak_rss, sample.rss)
                 job.cpu_s = sample.cpu_s
@@ -547,6 +761,13 @@ class Governor:
             )
         elif pressure and pressure[1] >= self.opts.psi_full_pause:
             reason = f"memory pressure: PSI full avg10 {pressure[1]:.1f}%"
+        else:
+            # A thrashing job needs memory, not company: shed load instead of killing it.
+            for job in running:
+                if job.verdict and job.verdict.state == "thrashing":
+                    reason = (f"{job.output} is thrashing "
+                              f"({job.verdict.faults_per_s:.0f} major faults/s)")
+                    break
         if reason and not self.paused:
             self.event("throttle", None, f"admission paused: {reason}", available=avail)
         elif not reason and self.paused:
@@ -556,6 +777,7 @@ class Governor:
             # Kill the youngest: the oldest has made the most progress (and progress is kept).
             victim = max(running, key=lambda j: j.started_at)
             victim.kill_reason = "oom-guard"
+            victim.guard_kills += 1
             self._kill_tree(victim, "oom-guard")
             self._last_guard_kill = self.now()
             self.event(
@@ -567,40 +789,73 @@ class Governor:
                 job_rss=victim.current_rss,
             )
 
+    def _spin_ceiling(self, job: Job) -> float | None:
+        """Only a job's own history (same output, same compiler) says how long is too long."""
+        longest = job.prediction.wall_s
+        if job.prediction.source != "exact" or not longest:
+            return None
+        return max(longest * self.opts.spin_factor, self.opts.hang_after_s, self.opts.spin_floor_s)
+
     def _verdicts(self, running: list[Job]) -> None:
         for job in running:
-            if job.kill_reason:
+            if job.kill_reason or not job.samples:
                 continue
-            longest = job.prediction.wall_s
             policy = VerdictPolicy(
-                hang_after_s=self.opts.hang_after_s,
-                spin_ceiling_s=(
-                    max(longest * self.opts.spin_factor, self.opts.hang_after_s)
-                    if longest
-                    else None
-                ),
+                hang_after_s=self.opts.hang_after_s, spin_ceiling_s=self._spin_ceiling(job)
             )
-            elapsed = self.now() - job.started_at
-            window = [s for s in job.samples if s.t >= job.samples[-1].t - policy.hang_after_s - 15] \
-                if job.samples else []
-            result = verdict(window, policy, elapsed)
-            previous = job.verdict.state if job.verdict else "healthy"
-            job.verdict = result
+            result = verdict(
+                list(job.samples), policy, self.now() - job.started_at, job.clock.since()
+            )
+            previous = job.verdict.state if job.verdict else "starting"
+            with self._lock:
+                job.verdict = result
             if result.state == previous:
                 continue
             if result.state == "thrashing":
-                self.event("thrash", job.output, result.evidence, faults_per_s=result.faults_per_s)
+                self.event("thrash", job.output, result.evidence, **result.data())
+            elif previous == "thrashing" and result.state == "healthy":
+                self.event("info", job.output, f"no longer thrashing: {result.evidence}")
             elif result.state in ("stalled", "spinning"):
-                bundle = save_stall_bundle(
-                    self._repro_root(), job.output, job.argv, job.cwd, job.child_pid, result.evidence
+                self._kill_hung(job, result)
+
+    def _kill_hung(self, job: Job, result: Verdict) -> None:
+        """Evidence first (the tree as it hangs), then the kill, then the bundle on disk."""
+        evidence = result.evidence
+        if result.culprit is not None:
+            wchan = read_wchan(result.culprit.pid)
+            if wchan:
+                evidence += f" in {wchan}"
+        processes = collect_tree(job.child_pid)
+        job.kill_reason = "hang" if result.state == "stalled" else "spin"
+        job.hang_kills += 1
+        self._kill_tree(job, job.kill_reason)
+        with self._lock:
+            job.verdict = dataclasses.replace(result, evidence=evidence)
+        bundle: str | None = None
+        try:
+            bundle = str(
+                save_stall_bundle(
+                    self._repro_root(),
+                    output=job.output,
+                    argv=job.argv,
+                    cwd=job.cwd,
+                    env=job.env,
+                    evidence=evidence,
+                    verdict_data=result.data(),
+                    processes=processes,
+                    output_tail=job.output_tail,
+                    compiler=job.compiler,
+                    attempt=job.attempts,
                 )
-                kind = "stall" if result.state == "stalled" else "spin"
-                self.event(kind, job.output, f"{result.evidence}; diagnostics: {bundle}",
-                           bundle=str(bundle))
-                self.event("hang", job.output, f"killing the tree ({result.state})",
-                           bundle=str(bundle))
-                job.kill_reason = "hang" if result.state == "stalled" else "spin"
-                self._kill_tree(job, job.kill_reason)
+            )
+            job.repro_dir = bundle
+        except OSError as exc:
+            self.event("info", job.output, f"could not save the stall bundle: {exc}")
+        kind = "stall" if result.state == "stalled" else "spin"
+        self.event(kind, job.output, f"{evidence}; diagnostics: {bundle}", bundle=bundle,
+                   attempt=job.attempts, **result.data())
+        self.event("hang", job.output, f"killed the tree ({result.state}, attempt "
+                   f"{job.attempts})", bundle=bundle, attempt=job.attempts)
 
     # --- views -------------------------------------------------------------------------------
 

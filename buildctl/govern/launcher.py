@@ -9,9 +9,11 @@ Imports are kept to the standard library's cheapest modules: this runs once per 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
+import select
 import signal
 import socket
 import subprocess
@@ -20,6 +22,7 @@ import threading
 import time
 
 TAIL_BYTES = 16 * 1024
+TAIL_PUSH_S = 1.0
 PR_SET_PDEATHSIG = 1
 
 
@@ -43,13 +46,29 @@ def job_kind(argv: list[str]) -> str:
 
 def _die_with_parent(sig: int = signal.SIGTERM) -> None:
     """Ask the kernel to signal us when ninja dies, so a killed build leaves no launcher behind."""
+    parent = os.getppid()
     try:
         import ctypes
 
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
     except (OSError, AttributeError):
-        pass
+        return
+    if os.getppid() != parent:  # the parent died before prctl took effect: no signal will come
+        os.kill(os.getpid(), sig)
+
+
+def _child_setup(launcher_pid: int) -> None:
+    """In the compiler child before exec: die with the launcher (SIGKILL of the launcher must not
+    leave a compiler running with nobody to report to)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != launcher_pid:
+        os._exit(128 + signal.SIGKILL)
 
 
 class _Channel:
@@ -59,6 +78,7 @@ class _Channel:
         self.sock = sock
         self.inbox: queue.Queue[dict | None] = queue.Queue()
         self.on_eof: list = []
+        self.closed = False
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
@@ -74,12 +94,18 @@ class _Channel:
                     self.inbox.put(json.loads(line))
         except (OSError, ValueError):
             pass
+        self.closed = True
         for callback in self.on_eof:
             callback()
         self.inbox.put(None)
 
-    def send(self, **msg: object) -> None:
-        self.sock.sendall(json.dumps(msg).encode() + b"\n")
+    def send(self, **msg: object) -> bool:
+        """False when the governor is gone (the caller decides what that means)."""
+        try:
+            self.sock.sendall(json.dumps(msg).encode() + b"\n")
+        except OSError:
+            return False
+        return True
 
     def receive(self) -> dict | None:
         return self.inbox.get()
@@ -106,39 +132,57 @@ def _connect(path: str) -> socket.socket | None:
 def _run_once(argv: list[str], chan: _Channel) -> tuple[int, dict]:
     """Run the command once; return (exit status for ninja, rusage facts for the governor)."""
     started = time.monotonic()
-    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, process_group=0)
-    chan.send(op="started", pid=proc.pid, pgid=proc.pid)
+    me = os.getpid()
+    proc = subprocess.Popen(
+        argv, stderr=subprocess.PIPE, process_group=0, preexec_fn=lambda: _child_setup(me)
+    )
 
     def kill_group(sig: int = signal.SIGKILL) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
 
     chan.on_eof[:] = [kill_group]  # governor gone: never leave the compiler running alone
+    if not chan.send(op="started", pid=proc.pid, pgid=proc.pid) or chan.closed:
+        kill_group()
     got_signal: list[int] = []
 
     def on_signal(signum: int, _frame: object) -> None:
         got_signal.append(signum)
         kill_group(signal.SIGTERM)
-        threading.Timer(3.0, kill_group).start()
+        timer = threading.Timer(3.0, kill_group)
+        timer.daemon = True  # must not keep the launcher alive after the child is gone
+        timer.start()
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, on_signal)
 
     tail = b""
+    dirty = False
+    last_push = 0.0
     assert proc.stderr is not None
     err_fd = proc.stderr.fileno()
     while True:
+        # Wake at least every second so the governor's copy of the output tail (for a stall
+        # bundle) is never more than a second behind, without a message per chunk.
         try:
-            chunk = os.read(err_fd, 65536)
+            ready, _, _ = select.select([err_fd], [], [], TAIL_PUSH_S)
         except InterruptedError:
             continue
-        if not chunk:
-            break
-        sys.stderr.buffer.write(chunk)
-        sys.stderr.buffer.flush()
-        tail = (tail + chunk)[-TAIL_BYTES:]
+        if ready:
+            try:
+                chunk = os.read(err_fd, 65536)
+            except InterruptedError:
+                continue
+            if not chunk:
+                break
+            sys.stderr.buffer.write(chunk)
+            sys.stderr.buffer.flush()
+            tail = (tail + chunk)[-TAIL_BYTES:]
+            dirty = True
+        now = time.monotonic()
+        if dirty and now - last_push >= TAIL_PUSH_S:
+            chan.send(op="output", tail=tail.decode(errors="replace"))
+            dirty, last_push = False, now
     proc.stderr.close()
     while True:
         try:
@@ -147,9 +191,12 @@ def _run_once(argv: list[str], chan: _Channel) -> tuple[int, dict]:
         except InterruptedError:
             continue
     proc.returncode = os.waitstatus_to_exitcode(status)  # keeps Popen from waiting again
-    rc = proc.returncode
+    code = proc.returncode
+    sig = -code if code < 0 else 0
+    rc = 128 + sig if sig else code  # what a shell (and ninja) would report
     facts = {
         "rc": rc,
+        "signal": sig,
         "maxrss": usage.ru_maxrss * 1024,  # Linux reports KiB
         "cpu_s": usage.ru_utime + usage.ru_stime,
         "wall_s": time.monotonic() - started,
@@ -158,7 +205,7 @@ def _run_once(argv: list[str], chan: _Channel) -> tuple[int, dict]:
     }
     if got_signal:
         sys.exit(128 + got_signal[0])
-    return (rc if rc >= 0 else 128 - rc), facts
+    return rc, facts
 
 
 def main(args: list[str] | None = None) -> int:
@@ -186,6 +233,7 @@ def main(args: list[str] | None = None) -> int:
         argv=args,
         cwd=os.getcwd(),
         pid=os.getpid(),
+        env=dict(os.environ),  # the compiler's exact environment, for repros and stall bundles
     )
     rc = 1
     while True:
@@ -204,14 +252,17 @@ def main(args: list[str] | None = None) -> int:
         if msg.get("op") != "go":
             continue
         rc, facts = _run_once(args, chan)
-        chan.send(op="done", **facts)
+        if not chan.send(op="done", **facts):
+            sys.stderr.write(f"buildctl launcher: governor went away while {output} ran\n")
+            return rc or 1
         reply = chan.receive()
+        if reply is not None and reply.get("detail"):
+            sys.stderr.write(f"buildctl: {reply['detail']}\n")
         if reply is None or reply.get("op") != "retry":
             if reply is not None and reply.get("op") == "fail":
-                sys.stderr.write(f"buildctl: {reply.get('detail', '')}\n")
                 return rc or 1
             return rc
-        # Retried (the governor killed the tree to protect the host): wait for the next `go`.
+        # Retried (the governor killed the tree, or the compiler crashed): wait for `go`.
 
 
 if __name__ == "__main__":

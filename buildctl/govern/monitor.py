@@ -7,6 +7,7 @@ read/written, or process count — tree CPU alone drops when a child exits, so i
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -223,7 +224,7 @@ def verdict(
     last = samples[-1]
     if since_progress_s is None:
         last_progress_t = samples[0].t
-        for prev, cur in zip(samples, samples[1:], strict=False):
+        for prev, cur in itertools.pairwise(samples):
             if progressed(prev, cur):
                 last_progress_t = cur.t
         since = last.t - last_progress_t

@@ -1,8 +1,11 @@
-"""Kernel projects buildctl knows (manifests under the repo's kernels/ folder)."""
+"""Kernel projects buildctl knows (manifests under the repo's kernels/ folder) and how a build of
+each is set up: sources, CMake defines, environment, smoke test, patches."""
 
 from __future__ import annotations
 
 import sys
+import tomllib
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from buildctl.errors import BadInput
@@ -10,27 +13,156 @@ from buildctl.errors import BadInput
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 KERNELS_DIR = REPO_ROOT / "kernels"
 PRESETS = ("tiny", "default", "full")
+BUNDLED = "pagedattn"
+KNOWN = (BUNDLED, "vllm-xpu-kernels")
 
 
-def bundled_build_settings(preset: str, low_ram: bool) -> tuple[Path, dict[str, str], Path]:
-    """(source dir, CMake defines, default build dir) for the bundled pagedattn project."""
-    source = KERNELS_DIR / "pagedattn"
+@dataclass
+class ProjectBuild:
+    name: str
+    source_dir: Path
+    cmake_defines: dict[str, str] = field(default_factory=dict)
+    build_env: dict[str, str] = field(default_factory=dict)
+    smoke_snippet: str = ""
+    source_ref: str = "working tree"
+    patches: list[Path] = field(default_factory=list)
+    dist_name: str | None = None
+    base_version: str | None = None
+    scikit_build: dict | None = None
+
+
+def merge_hooks(*define_sets: dict[str, str]) -> dict[str, str]:
+    """CMAKE_PROJECT_INCLUDE takes one file; several hooks go into the list variable
+    CMAKE_PROJECT_TOP_LEVEL_INCLUDES (CMake 3.24+) instead."""
+    merged: dict[str, str] = {}
+    hooks: list[str] = []
+    for defines in define_sets:
+        for key, value in defines.items():
+            if key in ("CMAKE_PROJECT_INCLUDE", "CMAKE_PROJECT_TOP_LEVEL_INCLUDES"):
+                hooks.extend(v for v in value.split(";") if v and v not in hooks)
+            else:
+                merged[key] = value
+    if len(hooks) == 1:
+        merged["CMAKE_PROJECT_INCLUDE"] = hooks[0]
+    elif hooks:
+        merged["CMAKE_PROJECT_TOP_LEVEL_INCLUDES"] = ";".join(hooks)
+    return merged
+
+
+def load_manifest(name: str) -> dict:
+    path = KERNELS_DIR / name / "manifest.toml"
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise BadInput(
+            f"no kernel project named {name!r}",
+            f"use one of {', '.join(KNOWN)}, or pass --source DIR",
+        ) from None
+
+
+def _preset_value(preset: str | None) -> str:
+    preset = preset or "default"
+    if preset in PRESETS:
+        return preset
+    if Path(preset).is_file():
+        return str(Path(preset).resolve())
+    raise BadInput(
+        f"unknown kernel config preset {preset!r}",
+        f"use one of {', '.join(PRESETS)} or a path to a .conf file",
+    )
+
+
+def split_defines(manifest: dict, budget_bytes: int, slots: int) -> dict[str, str]:
+    from buildctl.split import cmake_defines
+
+    patterns = manifest.get("split", {}).get("sources", [])
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    if not patterns:
+        return {}
+    return cmake_defines(patterns, budget_bytes=budget_bytes, slots=slots, python=sys.executable)
+
+
+PAGEDATTN_SMOKE = """
+import torch, pagedattn
+from pagedattn import reference
+result = reference.self_check(seed=0)
+print("pagedattn smoke:", result)
+"""
+
+
+def bundled_project(preset: str | None, budget_bytes: int, slots: int, split: bool = True) -> ProjectBuild:
+    source = KERNELS_DIR / BUNDLED
     if not (source / "CMakeLists.txt").is_file():
         raise BadInput(
             f"the bundled kernel project is missing at {source}",
             "run buildctl from a full clone of the buildctl repository, or pass --source DIR",
         )
-    if preset not in PRESETS and not Path(preset).is_file():
-        raise BadInput(
-            f"unknown kernel config preset {preset!r}",
-            f"use one of {', '.join(PRESETS)} or a path to a .conf file",
-        )
+    manifest = load_manifest(BUNDLED)
+    defines = {"PAGEDATTN_CONFIG": _preset_value(preset)}
+    if split:
+        defines.update(split_defines(manifest, budget_bytes, slots))
+    return ProjectBuild(
+        name=manifest.get("python_package", BUNDLED),
+        source_dir=source,
+        cmake_defines=defines,
+        smoke_snippet=PAGEDATTN_SMOKE,
+    )
+
+
+def bundled_build_settings(
+    preset: str | None, low_ram: bool, budget_bytes: int = 0, slots: int = 1, split: bool = True
+) -> tuple[Path, dict[str, str], Path]:
+    """(source dir, CMake defines, default build dir) for `buildctl build` of the bundled project."""
     import torch  # the bundled project is a torch extension
 
+    project = bundled_project(preset, budget_bytes, slots, split=split)
     defines = {
-        "PAGEDATTN_CONFIG": str(Path(preset).resolve()) if Path(preset).is_file() else preset,
+        **project.cmake_defines,
         "CMAKE_PREFIX_PATH": torch.utils.cmake_prefix_path,
         "Python_EXECUTABLE": sys.executable,
+        "Python3_EXECUTABLE": sys.executable,
         "CMAKE_BUILD_TYPE": "Release",
     }
-    return source, defines, REPO_ROOT / "_build" / f"pagedattn-{Path(preset).stem}"
+    name = Path(project.cmake_defines["PAGEDATTN_CONFIG"]).stem
+    return project.source_dir, merge_hooks(defines), REPO_ROOT / "_build" / f"pagedattn-{name}"
+
+
+def resolve_project(
+    *,
+    name: str | None,
+    source: Path | None,
+    preset: str | None,
+    low_ram: bool,
+    budget_bytes: int,
+    slots: int,
+    torch: str,
+    cache_dir: Path,
+    oneapi_roots: list[str],
+    compiler: str | None,
+    aot: str | None,
+) -> ProjectBuild:
+    if name in (None, BUNDLED) and source is None:
+        project = bundled_project(preset, budget_bytes, slots)
+    elif name == "vllm-xpu-kernels":
+        from buildctl.kernels.xpu import xpu_project
+
+        project = xpu_project(
+            torch=torch, source=source, preset=preset, low_ram=low_ram,
+            budget_bytes=budget_bytes, cache_dir=cache_dir, oneapi_roots=oneapi_roots,
+            compiler=compiler, aot=aot,
+        )
+    elif name is None and source is not None:
+        src = source.resolve()
+        if not src.is_dir():
+            raise BadInput(f"--source {source} is not a directory",
+                           "pass the top directory of a scikit-build-core project")
+        project = ProjectBuild(name=src.name, source_dir=src)
+    elif name == BUNDLED:
+        project = bundled_project(preset, budget_bytes, slots)
+        project.source_dir = source.resolve() if source else project.source_dir
+    else:
+        raise BadInput(f"no kernel project named {name!r}",
+                       f"use one of {', '.join(KNOWN)}, or pass --source DIR")
+    project.cmake_defines = merge_hooks(project.cmake_defines)
+    return project

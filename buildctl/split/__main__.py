@@ -107,7 +107,9 @@ def _host_defaults(args: argparse.Namespace) -> tuple[int, int]:
     return budget, slots
 
 
-def _probe(args: argparse.Namespace, parsed: GeneratedSource, origin: Path) -> ProbeResult | None:
+def _probe(
+    args: argparse.Namespace, parsed: GeneratedSource, origin: Path, budget: int
+) -> ProbeResult | None:
     if not args.compiler:
         return None
     flags = read_flags_file(args.flags_file) if args.flags_file else []
@@ -121,6 +123,9 @@ def _probe(args: argparse.Namespace, parsed: GeneratedSource, origin: Path) -> P
             preamble=pre,
             epilogue=epi,
             k=args.probe_entries,
+            # The probe is one job under the same budget: a sample predicted above it is
+            # skipped (the model then draws its line from the preamble-only compile).
+            max_probe_peak=int(budget * args.safety),
             use_cache=not args.no_probe_cache,
         )
     except ProbeFailed as exc:
@@ -204,7 +209,7 @@ def run(args: argparse.Namespace) -> list[Path]:
 
     forced = args.shards is not None
     # A forced N needs no prediction: skip the probe's compiles (that is why one forces N).
-    probe = None if forced else _probe(args, parsed, origin)
+    probe = None if forced else _probe(args, parsed, origin, budget)
     model = estimate(n_entries, probe, whole_hint)
     if model is not None and model.source == "profile" and not forced:
         _say("warning: no probe numbers: shard peaks are predicted without the preamble's cost")

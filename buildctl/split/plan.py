@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from buildctl.errors import BadInput
+from buildctl.host import format_size
 
 MARKER_RE = re.compile(r"^\s*//\s*buildctl:split-list\b")
 # An explicit instantiation *definition*: `template` not followed by `<` (that would be a
@@ -479,8 +480,9 @@ def plan_shards(
         n = upper
         reason = "even one entry per shard exceeds the target"
         warnings.append(
-            f"a shard of one entry is predicted at {predict_peak(base, per_entry, 1)} bytes, "
-            f"above the per-shard target {shard_target_bytes}: the governor will run it alone"
+            f"a shard of one entry is predicted at {format_size(predict_peak(base, per_entry, 1))}"
+            f", above the per-shard target {format_size(shard_target_bytes)}: the governor runs "
+            "such shards with fewer neighbours"
         )
     elif per_entry == 0:
         n = lower

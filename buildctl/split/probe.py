@@ -49,10 +49,16 @@ class CompileSample:
 @dataclass(frozen=True)
 class ProbeResult:
     base: CompileSample  # preamble (+ epilogue) only
-    half: CompileSample | None  # preamble + every other entry of `sample` (k/2)
-    sample: CompileSample  # preamble + k entries spread over the list
+    # Nested samples, fewest entries first: every other entry of the k picked, then all k.
+    samples: tuple[CompileSample, ...]
     preamble_globals: tuple[str, ...]  # strong global symbols the preamble alone defines
+    limited: bool = False  # the k-entry sample was skipped: predicted above the memory limit
     cached: bool = False
+
+    def points(self) -> tuple[CompileSample, CompileSample]:
+        """The two samples the line is drawn through (base and one sample if need be)."""
+        chain = (self.base, *self.samples)
+        return chain[-2], chain[-1]
 
 
 @dataclass(frozen=True)
@@ -218,13 +224,48 @@ def _load_cache(path: Path, key: str) -> ProbeResult | None:
         res = data["result"]
         return ProbeResult(
             base=CompileSample(**res["base"]),
-            half=CompileSample(**res["half"]) if res["half"] else None,
-            sample=CompileSample(**res["sample"]),
+            samples=tuple(CompileSample(**x) for x in res["samples"]),
             preamble_globals=tuple(res["preamble_globals"]),
+            limited=bool(res["limited"]),
             cached=True,
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def _compile_all(
+    jobs: dict[str, tuple[str, int]],
+    *,
+    compiler: str,
+    flags: Sequence[str],
+    work_dir: Path,
+    suffix: str,
+    timeout_s: float,
+    keep_objects: Sequence[str] = (),
+) -> dict[str, tuple[CompileSample, Path]]:
+    """Run the jobs at once (each is measured on its own process tree) and reap them."""
+    running: dict[str, tuple[subprocess.Popen[bytes], float, Path, Path, int]] = {}
+    for label, (text, count) in jobs.items():
+        src = work_dir / f"probe-{label}{suffix}"
+        obj = work_dir / f"probe-{label}.o"
+        log = work_dir / f"probe-{label}.log"
+        src.write_text(text)
+        argv = [compiler, *flags, "-c", str(src), "-o", str(obj)]
+        running[label] = (run_measured(argv, work_dir, log), time.monotonic(), obj, log, count)
+    out: dict[str, tuple[CompileSample, Path]] = {}
+    failure: ProbeFailed | None = None
+    for label, (proc, started, obj, log, count) in running.items():
+        rc, peak, cpu, wall = wait_measured(proc, started, timeout_s)
+        if rc != 0 and failure is None:
+            failure = ProbeFailed(
+                f"probe compile ({label}) exited with {rc}", log.read_text(errors="replace")
+            )
+        out[label] = (CompileSample(count, peak, cpu, wall), obj)
+        if label not in keep_objects:
+            obj.unlink(missing_ok=True)
+    if failure is not None:
+        raise failure
+    return out
 
 
 def probe_source(
@@ -236,14 +277,19 @@ def probe_source(
     preamble: str | None = None,
     epilogue: str | None = None,
     k: int | None = None,
+    max_probe_peak: int | None = None,
     timeout_s: float = 900.0,
     use_cache: bool = True,
 ) -> ProbeResult:
-    """Compile the preamble alone, with k/2 and with k entries (concurrently); measure each.
+    """Compile the preamble alone, with k/2 and with k entries; measure each with wait4.
 
     The k/2 entries are a subset of the k, so the difference between the two is the marginal
     cost of entries once shared instantiations are paid (the preamble-only compile alone would
     charge those to the first entries and over-predict: 2.6x on the test fixture).
+
+    Preamble and k/2 run at once; the k-entry compile runs after, and only if the line through
+    the first two predicts it under `max_probe_peak` (the probe must not be what runs the host
+    out of memory on a file whose entries are huge).
 
     `preamble`/`epilogue` are the include-rewritten texts the shards will use (the probe
     sources live in `work_dir`, not next to the original). Results are cached in `work_dir`
@@ -262,42 +308,45 @@ def probe_source(
         return hit
 
     suffix = Path(source.name).suffix or ".cpp"
-    half = picks[::2] if len(picks) >= 2 else []
-    jobs = {
-        "base": (render_probe(source, [], preamble=pre, epilogue=epi), 0),
-        "sample": (render_probe(source, picks, preamble=pre, epilogue=epi), len(picks)),
-    }
-    if half:
-        jobs["half"] = (render_probe(source, half, preamble=pre, epilogue=epi), len(half))
-    running: dict[str, tuple[subprocess.Popen[bytes], float, Path, Path, int]] = {}
-    for label, (text, count) in jobs.items():
-        src = work_dir / f"probe-{label}{suffix}"
-        obj = work_dir / f"probe-{label}.o"
-        log = work_dir / f"probe-{label}.log"
-        src.write_text(text)
-        argv = [compiler, *flags, "-c", str(src), "-o", str(obj)]
-        # Both at once: each is measured on its own process tree, and configure waits less.
-        running[label] = (run_measured(argv, work_dir, log), time.monotonic(), obj, log, count)
 
-    samples: dict[str, CompileSample] = {}
-    failure: ProbeFailed | None = None
-    for label, (proc, started, _obj, log, count) in running.items():
-        rc, peak, cpu, wall = wait_measured(proc, started, timeout_s)
-        if rc != 0 and failure is None:
-            text = log.read_text(errors="replace")
-            failure = ProbeFailed(f"probe compile ({label}) exited with {rc}", text)
-        samples[label] = CompileSample(entries=count, peak_rss_bytes=peak, cpu_s=cpu, wall_s=wall)
-    if failure is not None:
-        raise failure
+    def run(
+        jobs: dict[str, tuple[str, int]], keep: Sequence[str] = ()
+    ) -> dict[str, tuple[CompileSample, Path]]:
+        return _compile_all(
+            jobs,
+            compiler=compiler,
+            flags=flags,
+            work_dir=work_dir,
+            suffix=suffix,
+            timeout_s=timeout_s,
+            keep_objects=keep,
+        )
 
-    globals_ = tuple(preamble_strong_globals(running["base"][2]))
-    for _proc, _started, obj, _log, _count in running.values():
-        obj.unlink(missing_ok=True)
+    steps = [picks[::2], picks] if len(picks) >= 2 else [picks]
+    first = run(
+        {
+            "base": (render_probe(source, [], preamble=pre, epilogue=epi), 0),
+            "sample0": (render_probe(source, steps[0], preamble=pre, epilogue=epi), len(steps[0])),
+        },
+        keep=["base"],
+    )
+    base, base_obj = first["base"]
+    globals_ = tuple(preamble_strong_globals(base_obj))
+    base_obj.unlink(missing_ok=True)
+    samples = [first["sample0"][0]]
+    limited = False
+    for index, step in enumerate(steps[1:], start=1):
+        lo, hi = (base, *samples)[-2:]
+        slope = max(0.0, (hi.peak_rss_bytes - lo.peak_rss_bytes) / max(1, hi.entries - lo.entries))
+        predicted = hi.peak_rss_bytes + slope * (len(step) - hi.entries)
+        if max_probe_peak is not None and predicted > max_probe_peak:
+            limited = True
+            break
+        label = f"sample{index}"
+        done = run({label: (render_probe(source, step, preamble=pre, epilogue=epi), len(step))})
+        samples.append(done[label][0])
     result = ProbeResult(
-        base=samples["base"],
-        half=samples.get("half"),
-        sample=samples["sample"],
-        preamble_globals=globals_,
+        base=base, samples=tuple(samples), preamble_globals=globals_, limited=limited
     )
     tmp = cache.with_suffix(".tmp")
     tmp.write_text(json.dumps({"key": key, "result": asdict(result)}, indent=1))
@@ -320,22 +369,23 @@ def estimate(
 ) -> PeakModel | None:
     """The peak model from the probe, a known whole-file peak (profile DB), or both.
 
-    From the probe: a line through the k/2- and k-entry samples; its intercept (the preamble
-    plus instantiations every shard shares) is the `base` of the planner's model. A measured
+    From the probe: a line through its last two nested samples (k/2 and k entries); its
+    intercept (the preamble plus instantiations every shard shares) is the `base` of the
+    planner's model. A measured
     whole-file peak beats extrapolating that line to all entries; the probe still supplies the
     intercept, which the whole-file number alone cannot separate out.
     """
     if probe is None and predicted_whole_peak is None:
         return None
     if probe is not None:
-        lo = probe.half if probe.half is not None else probe.base
+        lo, hi = probe.points()
         base_peak, slope = _line(
             (lo.entries, lo.peak_rss_bytes),
-            (probe.sample.entries, probe.sample.peak_rss_bytes),
+            (hi.entries, hi.peak_rss_bytes),
             probe.base.peak_rss_bytes,
         )
         base_cpu, cpu_slope = _line(
-            (lo.entries, lo.cpu_s), (probe.sample.entries, probe.sample.cpu_s), probe.base.cpu_s
+            (lo.entries, lo.cpu_s), (hi.entries, hi.cpu_s), probe.base.cpu_s
         )
         whole = int(base_peak + n_entries * slope)
         origin = "probe"

@@ -161,6 +161,34 @@ inline void axpy(float* y, float s, const float* x) {
   for (int c = 0; c < HeadSize; c += kLanes) lanes_axpy(y + c, s, x + c, LaneSeq{});
 }
 
+// Key tiles: kKeyTile rows share every load of a query chunk (scores) or of an accumulator chunk
+// (values), which cuts memory traffic on the running state by that factor.
+constexpr int kKeyTile = 4;
+
+template <std::size_t... I>
+inline void lanes_axpy_tile(float* y, const float* p, const float* r0, const float* r1,
+                            const float* r2, const float* r3, std::index_sequence<I...>) {
+  ((y[I] += p[0] * r0[I] + p[1] * r1[I] + p[2] * r2[I] + p[3] * r3[I]), ...);
+}
+
+template <int HeadSize>
+inline void dot_tile(const float* q, const float (*rows)[HeadSize], float* out) {
+  Lanes a[kKeyTile];
+  for (int k = 0; k < kKeyTile; ++k) lanes_zero(a[k], LaneSeq{});
+  for (int c = 0; c < HeadSize; c += kLanes) {
+    for (int k = 0; k < kKeyTile; ++k) lanes_fma(a[k], q + c, rows[k] + c, LaneSeq{});
+  }
+  for (int k = 0; k < kKeyTile; ++k) out[k] = lanes_sum(a[k]);
+}
+
+template <int HeadSize>
+inline void axpy_tile(float* y, const float* p, const float (*rows)[HeadSize]) {
+  static_assert(kKeyTile == 4, "lanes_axpy_tile is written for four rows");
+  for (int c = 0; c < HeadSize; c += kLanes) {
+    lanes_axpy_tile(y + c, p, rows[0] + c, rows[1] + c, rows[2] + c, rows[3] + c, LaneSeq{});
+  }
+}
+
 template <int HeadSize>
 inline void scale_row(float* y, float s) {
   for (int c = 0; c < HeadSize; c += kLanes) lanes_scale(y + c, s, LaneSeq{});
@@ -213,7 +241,7 @@ inline void attend_range(GroupState<QGroup, HeadSize>& st, const PagedKV& kv,
                          std::int64_t hi) {
   const T* kc = static_cast<const T*>(kv.key_cache);
   const T* vc = static_cast<const T*>(kv.value_cache);
-  float row[HeadSize];
+  float rows[kKeyTile][HeadSize];
   float s[QGroup][BlockSize];
   for (std::int64_t blk = lo / BlockSize; blk * BlockSize < hi; ++blk) {
     const std::int64_t phys = table[blk];
@@ -223,11 +251,14 @@ inline void attend_range(GroupState<QGroup, HeadSize>& st, const PagedKV& kv,
     const T* kb = kc + phys * kv.k_block_stride + kvh * kv.k_head_stride;
     const T* vb = vc + phys * kv.v_block_stride + kvh * kv.v_head_stride;
 
-    for (int t = t0; t < t1; ++t) {
-      load_row<HeadSize>(row, kb + t * kv.k_token_stride);
-      for (int g = 0; g < QGroup; ++g) {
-        s[g][t] = dot<HeadSize>(st.q[g], row);
-      }
+    int t = t0;
+    for (; t + kKeyTile <= t1; t += kKeyTile) {
+      for (int k = 0; k < kKeyTile; ++k) load_row<HeadSize>(rows[k], kb + (t + k) * kv.k_token_stride);
+      for (int g = 0; g < QGroup; ++g) dot_tile<HeadSize>(st.q[g], rows, &s[g][t]);
+    }
+    for (; t < t1; ++t) {  // tail of the block
+      load_row<HeadSize>(rows[0], kb + t * kv.k_token_stride);
+      for (int g = 0; g < QGroup; ++g) s[g][t] = dot<HeadSize>(st.q[g], rows[0]);
     }
     // Rescale once per block rather than once per key: fewer exp() calls on the running state.
     for (int g = 0; g < QGroup; ++g) {
@@ -241,13 +272,17 @@ inline void attend_range(GroupState<QGroup, HeadSize>& st, const PagedKV& kv,
       scale_row<HeadSize>(st.acc[g], corr);
       for (int t = t0; t < t1; ++t) s[g][t] = std::exp(s[g][t] - bm);
     }
-    for (int t = t0; t < t1; ++t) {
-      load_row<HeadSize>(row, vb + t * kv.v_token_stride);
-      for (int g = 0; g < QGroup; ++g) {
-        const float p = s[g][t];
-        st.l[g] += p;
-        axpy<HeadSize>(st.acc[g], p, row);
-      }
+    for (int g = 0; g < QGroup; ++g) {
+      for (int u = t0; u < t1; ++u) st.l[g] += s[g][u];
+    }
+    t = t0;
+    for (; t + kKeyTile <= t1; t += kKeyTile) {
+      for (int k = 0; k < kKeyTile; ++k) load_row<HeadSize>(rows[k], vb + (t + k) * kv.v_token_stride);
+      for (int g = 0; g < QGroup; ++g) axpy_tile<HeadSize>(st.acc[g], &s[g][t], rows);
+    }
+    for (; t < t1; ++t) {
+      load_row<HeadSize>(rows[0], vb + t * kv.v_token_stride);
+      for (int g = 0; g < QGroup; ++g) axpy<HeadSize>(st.acc[g], s[g][t], rows[0]);
     }
   }
 }

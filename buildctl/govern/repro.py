@@ -1,0 +1,142 @@
+"""`buildctl repro list/show`: the crash repros and stall bundles a governed build left behind
+(default root `<build-dir>/.buildctl/repro`), and the lines the build summary prints for them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from buildctl.errors import BadInput
+from buildctl.govern.diagnostics import MANIFESTS
+from buildctl.report import BuildReport
+
+REPRO_SUBDIR = Path(".buildctl") / "repro"
+
+
+def default_root(build_dir: Path) -> Path:
+    return build_dir / REPRO_SUBDIR
+
+
+@dataclass(frozen=True)
+class ReproSummary:
+    path: Path
+    name: str
+    kind: str  # crash | stall
+    output: str  # the job's output file, relative to the build dir
+    created: str
+    reason: str  # the crash reason, or the stall evidence
+    compiler: str
+    attempt: int
+
+
+def _manifest(path: Path) -> tuple[str, dict] | None:
+    for kind, name in MANIFESTS.items():
+        file = path / name
+        if file.is_file():
+            try:
+                return kind, json.loads(file.read_text())
+            except (OSError, ValueError):
+                return None
+    return None
+
+
+def _summary(path: Path) -> ReproSummary | None:
+    found = _manifest(path)
+    if found is None:
+        return None
+    kind, data = found
+    versions = data.get("versions") or {}
+    reason = data.get("reason") if kind == "crash" else data.get("evidence")
+    return ReproSummary(
+        path=path,
+        name=path.name,
+        kind=kind,
+        output=str(data.get("output", "")),
+        created=str(data.get("created", "")),
+        reason=str(reason or ""),
+        compiler=str(versions.get("compiler", "")),
+        attempt=int(data.get("attempt", 1) or 1),
+    )
+
+
+def list_repros(root: Path) -> list[ReproSummary]:
+    """Complete repro dirs under `root`, oldest first. Half-written ones (a `.tmp-*` staging dir
+    of a killed buildctl) are skipped: only finished dirs are ever renamed into place."""
+    if not root.is_dir():
+        return []
+    found = []
+    for path in sorted(root.iterdir()):
+        if path.name.startswith(".") or not path.is_dir():
+            continue
+        summary = _summary(path)
+        if summary is not None:
+            found.append(summary)
+    return found
+
+
+def resolve_repro(root: Path, ref: str) -> Path:
+    """A repro dir from a path, a directory name under `root`, or a number from `list_repros`
+    (1 = oldest, -1 = newest)."""
+    candidate = Path(ref)
+    if candidate.is_dir() and _manifest(candidate):
+        return candidate
+    if (root / ref).is_dir() and _manifest(root / ref):
+        return root / ref
+    items = list_repros(root)
+    try:
+        index = int(ref)
+    except ValueError:
+        index = None
+    if index is not None and items and -len(items) <= index <= len(items) and index != 0:
+        return items[index - 1 if index > 0 else index].path
+    raise BadInput(
+        f"no crash repro or stall bundle {ref!r} in {root}",
+        "run `buildctl repro list` to see the saved ones",
+    )
+
+
+def show_repro(path: Path) -> str:
+    """What happened, how to re-run it, and what files there are (text for the terminal)."""
+    summary = _summary(path)
+    if summary is None:
+        raise BadInput(
+            f"{path} is not a buildctl crash repro or stall bundle",
+            "pass a directory listed by `buildctl repro list`",
+        )
+    lines = [
+        f"{summary.kind} of {summary.output} (attempt {summary.attempt}, {summary.created})",
+        f"  {summary.reason}",
+        *([f"  compiler: {summary.compiler}"] if summary.compiler else []),
+        f"  directory: {path}",
+        f"  re-run: {path / 'rerun.sh'}",
+        "  files: " + ", ".join(sorted(p.name for p in path.iterdir())),
+        "",
+    ]
+    readme = path / "README.md"
+    if readme.is_file():
+        lines.append(readme.read_text())
+    attempts = path / "attempts.log"
+    if attempts.is_file():
+        lines += ["attempts:", attempts.read_text()]
+    return "\n".join(lines)
+
+
+def failure_lines(report: BuildReport) -> list[str]:
+    """For the end-of-build summary: every job that hung or crashed, with where its evidence is
+    (crashes that a retry fixed are listed too: flaky compilers are worth knowing about)."""
+    lines = []
+    for job in report.jobs:
+        if not job.repro_dir:
+            continue
+        if job.status == "hung":
+            lines.append(f"  {job.output}: stalled ({job.verdict_evidence}); "
+                         f"diagnostics: {job.repro_dir}")
+        elif job.status == "crashed":
+            lines.append(f"  {job.output}: compiler crash; repro: {job.repro_dir} "
+                         "(rerun.sh reproduces it)")
+        elif job.status == "ok":
+            lines.append(f"  {job.output}: passed on attempt {job.attempts} after a failure; "
+                         f"evidence: {job.repro_dir}")
+    return lines

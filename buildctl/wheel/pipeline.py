@@ -1,0 +1,252 @@
+"""`buildctl wheel`: one verified, torch-tagged wheel per torch version.
+
+resolve torch -> isolated env with exactly that torch -> scikit-build-core build under the
+governor (per-torch build dir, so reruns are incremental) -> provenance -> auditwheel repair ->
+symbol-level verify against that torch -> import smoke test in that env -> atomic move into
+the wheelhouse and its per-torch index. A wheel that fails any step never reaches the wheelhouse.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from buildctl import host
+from buildctl.build import find_tool
+from buildctl.errors import BadInput, BuildFailed
+from buildctl.govern.session import GovernedSession, SessionOptions
+from buildctl.wheel.index import add_wheels, write_pages
+from buildctl.wheel.provenance import (
+    BuildProvenance,
+    SourceRef,
+    add_provenance,
+    compiler_identity,
+    patch_records,
+    torch_identity,
+)
+from buildctl.wheel.repair import repair_wheel
+from buildctl.wheel.reproducible import source_date_epoch
+from buildctl.wheel.smoke import TorchEnv, ensure_torch_env, run_snippet, smoke_test
+from buildctl.wheel.torchspec import TorchTarget, local_label, parse_torch, requires_dist
+from buildctl.wheel.verify import TorchLibs, verify_wheel
+from buildctl.wheel.wrapper import read_pyproject, wrapper_pyproject, write_wrapper
+
+
+
+@dataclass
+class WheelRequest:
+    torch: str
+    project: str
+    source_dir: Path
+    out_dir: Path
+    cache_dir: Path
+    cmake_defines: dict[str, str] = field(default_factory=dict)
+    build_env: dict[str, str] = field(default_factory=dict)
+    smoke_snippet: str = ""
+    source_ref: str = "working tree"
+    patches: list[Path] = field(default_factory=list)
+    index_url: str | None = None
+    extra_index_urls: list[str] = field(default_factory=list)
+    find_links: list[str] = field(default_factory=list)
+    allow_prerelease: bool = False
+    ninja_width: int = 16
+    verify_only_against: Path | None = None
+    # For sources without a scikit-build-core pyproject (upstream vllm-xpu-kernels): from the
+    # kernel manifest.
+    dist_name: str | None = None
+    base_version: str | None = None
+    scikit_build: dict | None = None
+
+
+@dataclass
+class WheelOutcome:
+    wheel: Path
+    label: str
+    torch: str
+    size_bytes: int
+    wall_s: float
+    peak_rss_bytes: int
+    verify_summary: str
+    plat: str
+    build_dir: Path
+    grafted: list[str]
+
+
+def build_dir_for(req: WheelRequest, target: TorchTarget) -> Path:
+    """One build dir per (project, torch target, config): abi3-style tags are the same for every
+    torch, so the key must carry torch and the configuration, never just the wheel tag."""
+    blob = json.dumps({"defines": req.cmake_defines, "src": str(req.source_dir)}, sort_keys=True)
+    digest = hashlib.sha256(blob.encode()).hexdigest()[:10]
+    return req.cache_dir / "build" / f"{req.project}-{local_label(target)}-{digest}"
+
+
+def _ensure_build_backend(env: TorchEnv) -> None:
+    probe = run_snippet(env, "import scikit_build_core")
+    if probe.ok:
+        return
+    proc = subprocess.run(
+        [str(env.python), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+         "scikit-build-core>=0.10"],
+        capture_output=True, text=True, check=False,
+    )
+    if proc.returncode != 0:
+        raise BuildFailed(
+            f"could not install scikit-build-core into {env.path}: {proc.stderr.strip()[-400:]}",
+            "check that pip can reach PyPI (or a mirror) from this machine",
+        )
+
+
+def _check_wheel_version(wheel: Path, label: str) -> str:
+    version = wheel.name.split("-")[1]
+    if not version.endswith("+" + label):
+        raise BuildFailed(
+            f"{wheel.name} does not carry the torch label +{label}",
+            "report this as a buildctl bug: the wrapper sets the version",
+        )
+    return version
+
+
+def _metadata_requires(wheel: Path) -> list[str]:
+    with zipfile.ZipFile(wheel) as zf:
+        meta = next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))
+        text = zf.read(meta).decode()
+    return [line.split(":", 1)[1].strip() for line in text.splitlines()
+            if line.startswith("Requires-Dist:")]
+
+
+def source_ref(project: str, source_dir: Path, ref: str) -> SourceRef:
+    """The commit the sources came from, when they are in git (dirty = uncommitted changes)."""
+    def git(*args: str) -> str:
+        proc = subprocess.run(["git", "-C", str(source_dir), *args], capture_output=True,
+                              text=True, check=False)
+        return proc.stdout.strip() if proc.returncode == 0 else ""
+
+    commit = git("rev-parse", "HEAD")
+    dirty = bool(git("status", "--porcelain", "--", ".")) if commit else False
+    return SourceRef(project=project, ref=ref, commit=commit, dirty=dirty)
+
+
+def build_wheel(req: WheelRequest, opts: SessionOptions, console: object = None) -> WheelOutcome:
+    started = time.monotonic()
+    target = parse_torch(req.torch, allow_prerelease=req.allow_prerelease)
+    label = local_label(target)
+    if not (req.source_dir / "CMakeLists.txt").is_file():
+        raise BadInput(
+            f"{req.source_dir} has no CMakeLists.txt",
+            "pass --source pointing at the kernel project's top directory",
+        )
+    pyproject = read_pyproject(req.source_dir)
+    if not pyproject and req.scikit_build is None:
+        raise BadInput(
+            f"{req.source_dir} has no pyproject.toml and buildctl has no manifest for it",
+            "add a scikit-build-core pyproject.toml, or build it with --project NAME",
+        )
+    wrapper_text = wrapper_pyproject(
+        pyproject, req.source_dir, label, requires_dist(target),
+        name=req.dist_name, version=req.base_version, scikit_build=req.scikit_build,
+    )
+    env = ensure_torch_env(
+        req.cache_dir / "envs" / target.spec,
+        target,
+        index_url=req.index_url,
+        extra_index_urls=req.extra_index_urls,
+        find_links=req.find_links,
+    )
+    _ensure_build_backend(env)
+    build_dir = build_dir_for(req, target)
+    wrapper = write_wrapper(build_dir.with_name(build_dir.name + "-wrapper"), wrapper_text)
+    opts.build_dir = build_dir
+    epoch = source_date_epoch()
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=req.cache_dir))
+    try:
+        raw_dir = staging / "raw"
+        with GovernedSession(opts) as session:
+            defines = {**session.cmake_defines(), **req.cmake_defines}
+            env_vars = {
+                **os.environ,
+                **req.build_env,
+                "SOURCE_DATE_EPOCH": str(epoch),
+                "CMAKE_BUILD_PARALLEL_LEVEL": str(req.ninja_width),
+                "CMAKE_GENERATOR": "Ninja",
+                "CMAKE_MAKE_PROGRAM": find_tool("ninja"),
+            }
+            argv = [
+                str(env.python), "-m", "pip", "wheel", "-v", "--no-build-isolation", "--no-deps",
+                "--disable-pip-version-check", "-w", str(raw_dir), str(wrapper),
+                f"-Cbuild-dir={build_dir}",
+                *[f"-Ccmake.define.{k}={v}" for k, v in defines.items()],
+            ]
+            rc = session.run(argv, cwd=wrapper, env=env_vars)
+        report = session.report
+        if session.interrupted:
+            raise KeyboardInterrupt
+        if rc != 0:
+            failed = [j.output for j in report.jobs if j.status in ("failed", "hung", "crashed")]
+            raise BuildFailed(
+                f"the wheel build for torch {target.spec} failed"
+                + (f" at {', '.join(failed[:3])}" if failed else ""),
+                "read the compiler output above; rerun continues incrementally in " + str(build_dir),
+            )
+        wheels = sorted(raw_dir.glob("*.whl"))
+        if len(wheels) != 1:
+            raise BuildFailed(f"expected one wheel in {raw_dir}, found {len(wheels)}",
+                              "check the project's pyproject.toml")
+        raw = wheels[0]
+        _check_wheel_version(raw, label)
+        if requires_dist(target) not in _metadata_requires(raw):
+            raise BuildFailed(f"{raw.name} does not pin {requires_dist(target)}",
+                              "report this as a buildctl bug: the wrapper sets the pin")
+        cxx = defines.get("CMAKE_CXX_COMPILER") or shutil.which("c++") or "c++"
+        provenance = BuildProvenance(
+            source=source_ref(req.project, req.source_dir, req.source_ref),
+            patches=patch_records(req.patches),
+            compilers={"CXX": compiler_identity(cxx)},
+            torch=torch_identity(env.python, target.variant),
+            cmake_defines={k: v for k, v in req.cmake_defines.items()},
+            source_date_epoch=epoch,
+        )
+        add_provenance(raw, provenance)
+        repaired_dir = staging / "repaired"
+        repaired = repair_wheel(raw, repaired_dir, torch_lib_dir=env.torch_lib_dir)
+        against = (
+            TorchLibs.from_path(req.verify_only_against)
+            if req.verify_only_against
+            else TorchLibs.from_installed(env.python)
+        )
+        result = verify_wheel(repaired.wheel, against)
+        result.raise_for_failure()
+        if req.smoke_snippet:
+            smoke_test(env, repaired.wheel, req.smoke_snippet).raise_for_failure(req.project)
+        placed = add_wheels(req.out_dir, label, [repaired.wheel])
+        write_pages(req.out_dir)
+        final = placed[0]
+        return WheelOutcome(
+            wheel=final,
+            label=label,
+            torch=target.spec,
+            size_bytes=final.stat().st_size,
+            wall_s=round(time.monotonic() - started, 2),
+            peak_rss_bytes=report.peak_total_rss_bytes,
+            verify_summary=result.render().splitlines()[0] if result.render() else "ok",
+            plat=repaired.plat,
+            build_dir=build_dir,
+            grafted=list(repaired.grafted),
+        )
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def describe(outcome: WheelOutcome) -> str:
+    return (
+        f"{outcome.wheel} ({host.format_size(outcome.size_bytes)}, {outcome.plat}); "
+        f"torch {outcome.torch}; peak RSS {host.format_size(outcome.peak_rss_bytes)}; "
+        f"{outcome.wall_s:.0f}s"
+    )
