@@ -47,6 +47,7 @@ from buildctl.govern.profiles import Prediction, ProfileDB, ProfileEntry, target
 from buildctl.report import BuildReport, Event, JobRecord
 
 MiB = 1024**2
+LINE_LIMIT = 16 * MiB
 CRASH_SIGNALS = {signal.SIGSEGV, signal.SIGFPE, signal.SIGILL, signal.SIGABRT, signal.SIGBUS}
 # What compilers print when they (or a process they drive) crash: gcc, clang/icpx, nvcc.
 ICE_TEXT = re.compile(
@@ -280,7 +281,10 @@ class Governor:
             path.unlink()
         old_umask = os.umask(0o177)  # the socket is born 0600
         try:
-            self._server = await asyncio.start_unix_server(self._handle, path=str(path))
+            # Lines carry a job's environment and output tail: far above asyncio's 64 KiB default.
+            self._server = await asyncio.start_unix_server(
+                self._handle, path=str(path), limit=LINE_LIMIT
+            )
         finally:
             os.umask(old_umask)
         os.chmod(path, 0o600)
@@ -375,8 +379,8 @@ class Governor:
                 await self._send(writer, **reply)
                 if reply["op"] != "retry":
                     return
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
+        except (ConnectionError, asyncio.IncompleteReadError, ValueError):
+            pass  # ValueError: an over-long or garbled line; the launcher sees EOF and says so
         finally:
             if job is not None and job.state != "done":
                 self._abandon(job)

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 TAIL_BYTES = 16 * 1024
 TAIL_PUSH_S = 1.0
@@ -44,29 +45,28 @@ def job_kind(argv: list[str]) -> str:
     return "other"
 
 
+def _prctl() -> Callable[..., int]:
+    """libc's prctl, resolved in the parent: the forked compiler child must not dlopen."""
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True).prctl
+
+
 def _die_with_parent(sig: int = signal.SIGTERM) -> None:
     """Ask the kernel to signal us when ninja dies, so a killed build leaves no launcher behind."""
     parent = os.getppid()
     try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
+        _prctl()(PR_SET_PDEATHSIG, sig, 0, 0, 0)
     except (OSError, AttributeError):
         return
     if os.getppid() != parent:  # the parent died before prctl took effect: no signal will come
         os.kill(os.getpid(), sig)
 
 
-def _child_setup(launcher_pid: int) -> None:
+def _child_setup(prctl: Callable[..., int], launcher_pid: int) -> None:
     """In the compiler child before exec: die with the launcher (SIGKILL of the launcher must not
     leave a compiler running with nobody to report to)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        return
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != launcher_pid:
         os._exit(128 + signal.SIGKILL)
 
@@ -133,9 +133,19 @@ def _run_once(argv: list[str], chan: _Channel) -> tuple[int, dict]:
     """Run the command once; return (exit status for ninja, rusage facts for the governor)."""
     started = time.monotonic()
     me = os.getpid()
-    proc = subprocess.Popen(
-        argv, stderr=subprocess.PIPE, process_group=0, preexec_fn=lambda: _child_setup(me)
-    )
+    try:
+        prctl = _prctl()
+        setup = lambda: _child_setup(prctl, me)  # noqa: E731
+    except (OSError, AttributeError):
+        setup = None
+    try:
+        proc = subprocess.Popen(argv, stderr=subprocess.PIPE, process_group=0, preexec_fn=setup)
+    except OSError as exc:
+        # Like a shell: 127, and the governor hears a normal (failed) run rather than silence.
+        sys.stderr.write(f"buildctl launcher: cannot run {argv[0]!r}: {exc.strerror}\n")
+        chan.send(op="started", pid=0, pgid=0)
+        return 127, {"rc": 127, "signal": 0, "maxrss": 0, "cpu_s": 0.0, "wall_s": 0.0,
+                     "stderr_tail": f"cannot run {argv[0]}: {exc.strerror}"}
 
     def kill_group(sig: int = signal.SIGKILL) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):

@@ -36,6 +36,9 @@ class TreeSample:
     io_bytes: int  # read + written chars of the tree
     major_faults: int
     procs: tuple[ProcInfo, ...] = field(default_factory=tuple)
+    # User time alone (live + reaped): page faults and reclaim burn *system* time, so a paging
+    # tree can show 30% CPU while doing almost no useful work.
+    user_s: float | None = None
 
     @property
     def heaviest(self) -> ProcInfo | None:
@@ -75,6 +78,7 @@ def sample_tree(root_pid: int, t: float) -> TreeSample | None:
         return None
     rss = 0
     cpu = 0.0
+    user = 0.0
     io_bytes = 0
     faults = 0
     infos: list[ProcInfo] = []
@@ -96,13 +100,14 @@ def sample_tree(root_pid: int, t: float) -> TreeSample | None:
         own_faults = _major_faults(proc.pid)
         rss += mem
         cpu += times.user + times.system + times.children_user + times.children_system
+        user += times.user + times.children_user
         faults += own_faults
         infos.append(
             ProcInfo(proc.pid, name, mem, state, ppid, times.user + times.system, own_faults)
         )
     if not infos:
         return None
-    return TreeSample(t, rss, cpu, io_bytes, faults, tuple(infos))
+    return TreeSample(t, rss, cpu, io_bytes, faults, tuple(infos), user)
 
 
 # --- verdicts (pure) -------------------------------------------------------------------------
@@ -112,7 +117,7 @@ def sample_tree(root_pid: int, t: float) -> TreeSample | None:
 class VerdictPolicy:
     hang_after_s: float = 600.0  # no progress at all for this long -> stalled
     thrash_faults_per_s: float = 200.0  # major faults/s that mean the tree is paging
-    thrash_max_cpu: float = 0.3  # ...while using less than this share of a core
+    thrash_max_cpu: float = 0.3  # ...while doing less than this share of a core of user work
     spin_ceiling_s: float | None = None  # from the job's own history (several x longest run)
     rate_window_s: float = 10.0  # CPU share, fault rate and RSS trend are measured over this
 
@@ -124,6 +129,7 @@ class Verdict:
     cpu_share: float = 0.0
     faults_per_s: float = 0.0
     since_progress_s: float = 0.0
+    user_share: float = 0.0
     rss: int = 0
     rss_trend_bps: float = 0.0  # bytes/s over the rate window (negative: shrinking)
     culprit: ProcInfo | None = None  # the process of the tree the verdict is about
@@ -134,6 +140,7 @@ class Verdict:
         out: dict[str, object] = {
             "state": self.state,
             "cpu_share": round(self.cpu_share, 3),
+            "user_share": round(self.user_share, 3),
             "faults_per_s": round(self.faults_per_s, 1),
             "since_progress_s": round(self.since_progress_s, 2),
             "rss": self.rss,
@@ -236,10 +243,17 @@ def verdict(
         start = samples[-2]
     span = max(last.t - start.t, 1e-6)
     cpu_share = max(last.cpu_s - start.cpu_s, 0.0) / span
+    if last.user_s is not None and start.user_s is not None:
+        user_share = max(last.user_s - start.user_s, 0.0) / span
+    else:
+        user_share = cpu_share
     faults_rate = max(last.major_faults - start.major_faults, 0) / span
     trend = (last.rss - start.rss) / span
+    cpu_text = f"CPU {cpu_share:.0%}"
+    if user_share < cpu_share - 0.05:
+        cpu_text += f" (user {user_share:.0%})"
     facts = (
-        f"CPU {cpu_share:.0%}, RSS {_fmt_mib(last.rss)} {_trend(trend)}, "
+        f"{cpu_text}, RSS {_fmt_mib(last.rss)} {_trend(trend)}, "
         f"{faults_rate:.0f} major faults/s"
     )
 
@@ -247,12 +261,13 @@ def verdict(
         evidence = f"{headline}; {facts}; {role} {_who(culprit)}" if headline else (
             f"{facts}; {role} {_who(culprit)}"
         )
-        return Verdict(state, evidence, cpu_share, faults_rate, since, last.rss, trend, culprit,
-                       last.procs)
+        return Verdict(state, evidence, cpu_share, faults_rate, since, user_share, last.rss,
+                       trend, culprit, last.procs)
 
-    if faults_rate >= policy.thrash_faults_per_s and cpu_share < policy.thrash_max_cpu:
+    if faults_rate >= policy.thrash_faults_per_s and user_share < policy.thrash_max_cpu:
         faulter, _ = _delta_by_pid(start, last, "major_faults")
-        return make("thrashing", "paging: many major faults at low CPU", faulter, "faulting")
+        return make("thrashing", "paging: many major faults, little user CPU", faulter,
+                    "faulting")
     if since >= policy.hang_after_s:
         # Every process idles; the leaf is the one the others wait for (drivers wait on it).
         leaf = max(_leaves(last.procs), key=lambda p: p.rss, default=None)

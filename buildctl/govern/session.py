@@ -26,7 +26,7 @@ from buildctl import __version__, host
 from buildctl.errors import BadInput
 from buildctl.govern.governor import Governor, GovernorOptions
 from buildctl.govern.profiles import ProfileDB
-from buildctl.report import BuildReport
+from buildctl.report import BuildReport, Event
 from buildctl.ui.live import View, make_view
 
 PR_SET_PDEATHSIG = 1
@@ -147,6 +147,7 @@ class GovernedSession:
         self.governor.stop()
         self.report.wall_s = round(time.monotonic() - self._t0, 3)
         self.governor.fill_report(self.report)
+        self.report.events.extend(split_events(self.build_dir))
         if self.interrupted:
             self.report.status = "interrupted"
         if self.opts.report_path:
@@ -236,6 +237,28 @@ class GovernedSession:
         # Launchers and compilers run in process groups of their own: sweep the descendants we
         # can still see (ninja's children were reparented when it exited).
         self.governor.kill_all()
+
+
+def split_events(build_dir: Path) -> list[Event]:
+    """The split hook's plans (written at configure time) as `split` report events."""
+    from buildctl.split.writer import load_plans
+
+    events = []
+    for plan in load_plans(build_dir):
+        events.append(
+            Event(
+                kind="split",
+                t_s=0.0,
+                output=plan.get("source"),
+                detail=f"{plan.get('entries')} entries -> {plan.get('n')} shard(s): "
+                f"{plan.get('reason', '')}",
+                data={k: plan.get(k) for k in (
+                    "n", "entries", "per_shard_entries", "predicted_whole_peak_bytes",
+                    "predicted_shard_peak_bytes", "shard_target_bytes", "forced", "model",
+                )},
+            )
+        )
+    return events
 
 
 def default_slots() -> int:

@@ -18,7 +18,7 @@ from buildctl.govern.governor import Snapshot
 from buildctl.host import format_size
 from buildctl.report import Event
 
-NINJA_STATUS = re.compile(r"^\[(\d+)/(\d+)\]")
+NINJA_STATUS = re.compile(r"^\s*\[(\d+)/(\d+)\]")
 
 
 class View(Protocol):

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 import zipfile
@@ -92,8 +93,9 @@ def _ensure_build_backend(env: TorchEnv) -> None:
     probe = run_snippet(env, "import scikit_build_core")
     if probe.ok:
         return
+    # The env has no pip of its own: buildctl's pip drives it (`pip --python`).
     proc = subprocess.run(
-        [str(env.python), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+        [*pip_for(env), "install", "-q", "--disable-pip-version-check",
          "scikit-build-core>=0.10"],
         capture_output=True, text=True, check=False,
     )
@@ -102,6 +104,10 @@ def _ensure_build_backend(env: TorchEnv) -> None:
             f"could not install scikit-build-core into {env.path}: {proc.stderr.strip()[-400:]}",
             "check that pip can reach PyPI (or a mirror) from this machine",
         )
+
+
+def pip_for(env: TorchEnv) -> list[str]:
+    return [sys.executable, "-m", "pip", "--python", str(env.python)]
 
 
 def _check_wheel_version(wheel: Path, label: str) -> str:
@@ -179,7 +185,7 @@ def build_wheel(req: WheelRequest, opts: SessionOptions, console: object = None)
                 "CMAKE_MAKE_PROGRAM": find_tool("ninja"),
             }
             argv = [
-                str(env.python), "-m", "pip", "wheel", "-v", "--no-build-isolation", "--no-deps",
+                *pip_for(env), "wheel", "-v", "--no-build-isolation", "--no-deps",
                 "--disable-pip-version-check", "-w", str(raw_dir), str(wrapper),
                 f"-Cbuild-dir={build_dir}",
                 *[f"-Ccmake.define.{k}={v}" for k, v in defines.items()],

@@ -235,8 +235,11 @@ inline void load_queries(GroupState<QGroup, HeadSize>& st, const T* q_row, std::
 // sliding window) reduce to one contiguous range per query token, so no per-key mask is needed.
 // Each key/value row is converted once and reused by all QGroup heads: that reuse is why the
 // q-group is a template axis.
+// noinline: one body per (q-group, head, page, dtype), shared by decode, prefill and all mask/sink
+// variants, instead of a copy in each of them (less code, faster builds). It is also what makes
+// the generated TU's memory scale with the number of such shapes (see README.md).
 template <int QGroup, int HeadSize, int BlockSize, typename T>
-inline void attend_range(GroupState<QGroup, HeadSize>& st, const PagedKV& kv,
+[[gnu::noinline]] void attend_range(GroupState<QGroup, HeadSize>& st, const PagedKV& kv,
                          const std::int32_t* table, std::int64_t kvh, std::int64_t lo,
                          std::int64_t hi) {
   const T* kc = static_cast<const T*>(kv.key_cache);

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from kernel_config import (  # noqa: E402  (path set up just above: this runs as a script)
+from kernel_config import (
     ConfigError,
     KernelConfig,
     list_presets,
@@ -57,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         for preset in list_presets(args.configs_dir):
             presets[preset] = load_config(args.configs_dir / f"{preset}.conf", preset)
     except ConfigError as exc:
-        print(f"pagedattn: bad kernel config\n{exc}", file=sys.stderr)
+        print(
+            f"pagedattn: bad kernel config (PAGEDATTN_CONFIG={args.config})\n{exc}", file=sys.stderr
+        )
         return EXIT_BAD_INPUT
 
     out = args.out_dir

@@ -43,7 +43,11 @@ DTYPE_ALIASES: dict[str, str] = {
     "float16": "half",
 }
 # C++ spellings used by the generated sources (types from pagedattn_api.h).
-CPP_TYPE: dict[str, str] = {"float": "float", "bf16": "pagedattn::bf16_t", "half": "pagedattn::half_t"}
+CPP_TYPE: dict[str, str] = {
+    "float": "float",
+    "bf16": "pagedattn::bf16_t",
+    "half": "pagedattn::half_t",
+}
 CPP_DTYPE_ENUM: dict[str, str] = {
     "float": "pagedattn::DType::Float",
     "bf16": "pagedattn::DType::BFloat16",
@@ -129,13 +133,13 @@ class Rule:
         out = []
         for kind in self.kinds:
             for q, h, p, c, lo, s, d in itertools.product(*axes):
-                out.append(KernelKey(kind, int(q), int(h), int(p), bool(c), bool(lo), bool(s), str(d)))
+                out.append(
+                    KernelKey(kind, int(q), int(h), int(p), bool(c), bool(lo), bool(s), str(d))
+                )
         return out
 
     def contains(self, key: KernelKey) -> bool:
-        return key.kind in self.kinds and all(
-            _axis_value(key, a) in self.values[a] for a in AXES
-        )
+        return key.kind in self.kinds and all(_axis_value(key, a) in self.values[a] for a in AXES)
 
     def to_json(self) -> dict[str, list[int | str]]:
         data: dict[str, list[int | str]] = {"kind": list(self.kinds)}
@@ -250,7 +254,9 @@ def parse_text(text: str, source: str = "<config>") -> tuple[list[Rule], list[Pr
             try:
                 values[axis] = _parse_list(axis, val)
             except ValueError as exc:
-                problems.append(Problem(loc, str(exc), f"allowed {axis} values: {_allowed_text(axis)} (or *)"))
+                problems.append(
+                    Problem(loc, str(exc), f"allowed {axis} values: {_allowed_text(axis)} (or *)")
+                )
                 line_ok = False
         missing = [a for a in AXES if a not in values]
         if line_ok and missing:
@@ -258,7 +264,8 @@ def parse_text(text: str, source: str = "<config>") -> tuple[list[Rule], list[Pr
                 Problem(
                     loc,
                     f"missing axis {', '.join(missing)}",
-                    "every line must give all of: " + " ".join(f"{a}=..." for a in AXES)
+                    "every line must give all of: "
+                    + " ".join(f"{a}=..." for a in AXES)
                     + " (use * for all values)",
                 )
             )
@@ -268,7 +275,9 @@ def parse_text(text: str, source: str = "<config>") -> tuple[list[Rule], list[Pr
     return rules, problems
 
 
-def build_config(name: str, path: Path, rules: Iterable[Rule]) -> tuple[KernelConfig, list[Problem]]:
+def build_config(
+    name: str, path: Path, rules: Iterable[Rule]
+) -> tuple[KernelConfig, list[Problem]]:
     """Expand rules into kernels, reporting kernels that two rules (or one line twice) produce."""
     rules = tuple(rules)
     keys: list[KernelKey] = []
@@ -288,10 +297,6 @@ def build_config(name: str, path: Path, rules: Iterable[Rule]) -> tuple[KernelCo
                 continue
             origins[key] = rule.location
             keys.append(key)
-    if not keys and not problems:
-        problems.append(
-            Problem(f"{path}:1", "config selects no kernels", "add at least one kernel line")
-        )
     return KernelConfig(name, path, rules, tuple(keys), origins), problems
 
 
@@ -306,6 +311,10 @@ def load_config(path: Path, name: str | None = None) -> KernelConfig:
     rules, problems = parse_text(text, source=path.name)
     config, more = build_config(name or path.stem, path, rules)
     problems += more
+    if not problems and not config.keys:
+        problems.append(
+            Problem(f"{path.name}:1", "config selects no kernels", "add at least one kernel line")
+        )
     if problems:
         raise ConfigError(problems)
     return config
@@ -354,8 +363,14 @@ def render_instances(config: KernelConfig) -> str:
         "",
         SPLIT_MARKER,
     ]
-    lines += [k.instantiation() for k in config.keys]
+    lines += [k.instantiation() for k in sorted(config.keys, key=shape_order)]
     return "\n".join(lines) + "\n"
+
+
+def shape_order(key: KernelKey) -> tuple[int, int, int, str, KernelKey]:
+    """Sort key that keeps kernels sharing one attend_range body (same q-group, head, page,
+    dtype) adjacent, so a contiguous split of the list gives shards with disjoint shapes."""
+    return (key.qgroup, key.head, key.page, key.dtype, key)
 
 
 def render_dispatch(config: KernelConfig) -> str:
@@ -417,7 +432,9 @@ def render_manifest(config: KernelConfig, presets: dict[str, KernelConfig]) -> s
         "schema": "pagedattn.built/1",
         "config": config.name,
         "kernels": [k.spec() for k in config.keys],
-        "presets": {name: [r.to_json() for r in cfg.rules] for name, cfg in sorted(presets.items())},
+        "presets": {
+            name: [r.to_json() for r in cfg.rules] for name, cfg in sorted(presets.items())
+        },
     }
     return json.dumps(data, indent=1) + "\n"
 

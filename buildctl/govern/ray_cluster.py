@@ -1,0 +1,423 @@
+"""Joining a Ray cluster, describing it, checking it shares our file system, and the code that
+runs on its nodes.
+
+Ray is an optional dependency (`pip install 'buildctl[ray]'`): nothing here imports it at module
+load; `import_ray()` does, and turns its absence into a `BadInput` that says how to fix it.
+
+The functions named `_node_*` run on cluster nodes. They use only the standard library, psutil
+(which Ray ships) and ray itself, and this module is registered with Ray's pickler *by value*,
+so a node needs Ray but not buildctl installed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import shutil
+import socket
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from buildctl.errors import BadInput
+
+MiB = 1024**2
+INSTALL_FIX = "install the extra: pip install 'buildctl[ray]'"
+OUTPUT_CAP = 1024 * 1024  # bytes of stdout/stderr a remote job sends back (the tail is kept)
+TAIL_BYTES = 16 * 1024
+
+# The job's direct child on the node. With PR_SET_PDEATHSIG it gets SIGTERM when the Ray worker
+# dies (node lost, killed by Ray's memory monitor, ray.cancel) and kills its whole process group,
+# so no compiler outlives its task and races the retry writing the same output. Arguments stay
+# positional ("$@"): the job's argv is never parsed by a shell.
+SUPERVISOR = 'trap "kill -KILL -$$" TERM\n"$@" &\nwait $!\n'
+
+_registered = False  # node-side functions registered with Ray's pickler by value
+
+
+def import_ray() -> ModuleType:
+    """`import ray`, or a BadInput naming the interpreter that lacks it."""
+    try:
+        import ray
+    except ImportError as exc:
+        raise BadInput(
+            f"the Ray executor needs the `ray` package, which {sys.executable} cannot import "
+            f"({exc})",
+            INSTALL_FIX,
+        ) from None
+    return ray
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """`HOST:PORT` (or `ray://HOST:PORT`) -> (host, port), else BadInput."""
+    text = address.strip()
+    if text.startswith("ray://"):
+        text = text[len("ray://") :]
+    host, sep, port_text = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise BadInput(
+            f"--ray-address {address!r} is not HOST:PORT",
+            "pass the head node's GCS address, e.g. --ray-address 10.0.0.5:6379",
+        )
+    return host, int(port_text)
+
+
+def _unreachable(address: str, why: str) -> BadInput:
+    _, port = parse_address(address)
+    return BadInput(
+        f"cannot reach a Ray cluster at {address}: {why}",
+        f"start one on the head node with `ray start --head --port {port}` (and "
+        f"`ray start --address {address}` on each worker), or pass the right --ray-address",
+    )
+
+
+def probe_tcp(address: str, timeout_s: float) -> None:
+    """Fail fast: ray.init() on a dead address retries for minutes before it gives up."""
+    host, port = parse_address(address)
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        raise _unreachable(address, exc.strerror or str(exc)) from None
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    node_id: str
+    ip: str
+    cpus: float
+    memory: int
+    resources: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return f"{self.ip}/{self.node_id[:12]}"
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    address: str
+    nodes: tuple[NodeInfo, ...]  # alive nodes that can run a job (>= 1 CPU, the extra resources)
+
+    @property
+    def total_memory(self) -> int:
+        return sum(n.memory for n in self.nodes)
+
+    @property
+    def total_cpus(self) -> int:
+        return int(sum(n.cpus for n in self.nodes))
+
+    @property
+    def largest_node_memory(self) -> int:
+        return max((n.memory for n in self.nodes), default=0)
+
+    def describe(self) -> str:
+        from buildctl.host import format_size
+
+        return (
+            f"Ray cluster {self.address}: {len(self.nodes)} nodes, {self.total_cpus} CPUs, "
+            f"{format_size(self.total_memory)} memory"
+        )
+
+
+def connect(address: str, connect_timeout_s: float = 5.0) -> tuple[ModuleType, bool]:
+    """Join the cluster at `address` as a driver; return the ray module and whether this call
+    joined (so the caller knows whether to leave). A process already joined stays joined."""
+    global _registered
+    ray = import_ray()
+    parse_address(address)
+    if not _registered:
+        # Ship the node-side functions by value: nodes need ray, not buildctl.
+        ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+        _registered = True
+    if ray.is_initialized():
+        return ray, False
+    probe_tcp(address, connect_timeout_s)
+    # A task killed by Ray's memory monitor must come back to us at once, so the retry can ask
+    # for more memory; Ray's own OOM retries reuse the same request. Read when the driver starts.
+    os.environ.setdefault("RAY_task_oom_retries", "0")
+    try:
+        ray.init(
+            address=address,
+            namespace="buildctl",
+            log_to_driver=False,  # worker logs would interleave with the build output
+            logging_level=logging.WARNING,
+        )
+    except Exception as exc:
+        raise _unreachable(address, f"{type(exc).__name__}: {exc}") from None
+    return ray, True
+
+
+def cluster_info(
+    ray: ModuleType, address: str, extra_resources: Mapping[str, float] | None = None
+) -> ClusterInfo:
+    nodes = []
+    for raw in ray.nodes():
+        if not raw.get("Alive"):
+            continue
+        res = raw.get("Resources", {})
+        if res.get("CPU", 0) < 1:
+            continue  # a driver-only head never runs a job
+        if any(res.get(k, 0) < v for k, v in (extra_resources or {}).items()):
+            continue
+        nodes.append(
+            NodeInfo(
+                node_id=raw["NodeID"],
+                ip=raw.get("NodeManagerAddress", "?"),
+                cpus=float(res.get("CPU", 0)),
+                memory=int(res.get("memory", 0)),
+                resources=dict(res),
+            )
+        )
+    if not nodes:
+        raise BadInput(
+            f"the Ray cluster at {address} has no alive node with a CPU"
+            + (f" and the resources {dict(extra_resources)}" if extra_resources else ""),
+            "start workers with `ray start --address ADDRESS --num-cpus N`",
+        )
+    return ClusterInfo(address=address, nodes=tuple(nodes))
+
+
+# --- the shared file system check ----------------------------------------------------------
+
+
+def _node_probe(paths: list[str], tools: list[str], marker: str, token: str) -> dict[str, Any]:
+    """Runs on one node: which of our paths does it not see the way the head does?"""
+    import os
+
+    import ray
+
+    missing = [p for p in paths if not os.path.exists(p)]
+    missing += [t for t in tools if not (os.path.isfile(t) and os.access(t, os.X_OK))]
+    marker_ok = False
+    if marker:
+        try:
+            with open(marker) as handle:
+                marker_ok = handle.read() == token
+        except OSError:
+            marker_ok = False
+        if not marker_ok:
+            missing.append(marker)
+    return {
+        "node_id": ray.get_runtime_context().get_node_id(),
+        "ip": ray.util.get_node_ip_address(),
+        "missing": missing,
+    }
+
+
+def check_shared_paths(
+    ray: ModuleType,
+    info: ClusterInfo,
+    paths: Iterable[Path | str] = (),
+    tools: Iterable[str] = (),
+    marker_dir: Path | None = None,
+    timeout_s: float = 60.0,
+    silent_nodes_fail: bool = True,
+) -> None:
+    """Every node that may run a job must see the build tree, the sources and the toolchain at
+    the same paths as this head. A marker written into `marker_dir` (the build dir) proves it is
+    the *same* tree, not an empty directory of the same name. Raises BadInput naming the node
+    and the path. With `silent_nodes_fail=False` a node that does not answer (it just died) is
+    not held against the cluster."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    token = secrets.token_hex(16)
+    marker: Path | None = None
+    if marker_dir is not None:
+        state = marker_dir / ".buildctl"
+        state.mkdir(parents=True, exist_ok=True)
+        marker = state / f"ray-check-{token[:12]}"
+        marker.write_text(token)
+    probe = ray.remote(_node_probe)
+    want = [str(p) for p in paths]
+    tool_paths = [resolve_tool(t) for t in tools]
+    problems = []
+    try:
+        refs = {
+            probe.options(
+                num_cpus=0,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False),
+                max_retries=0,
+            ).remote(want, tool_paths, str(marker or ""), token): node
+            for node in info.nodes
+        }
+        ready, not_ready = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s)
+        for ref in not_ready:
+            if silent_nodes_fail:
+                problems.append(f"node {refs[ref].label} did not answer within {timeout_s:.0f}s")
+            with contextlib.suppress(Exception):
+                ray.cancel(ref, force=True)
+        for ref in ready:
+            node = refs[ref]
+            try:
+                answer = ray.get(ref)
+            except Exception as exc:
+                if silent_nodes_fail:
+                    problems.append(f"node {node.label} could not run the check: {exc}")
+                continue
+            for path in answer["missing"]:
+                what = "the marker file the head wrote at" if path == str(marker) else "path"
+                problems.append(f"node {node.label} does not see {what} {path}")
+    finally:
+        if marker is not None:
+            with contextlib.suppress(OSError):
+                marker.unlink()
+    if problems:
+        raise BadInput(
+            "the build tree and toolchain must be at the same paths on every Ray node: "
+            + "; ".join(problems),
+            "mount the shared file system (build dir, sources, compilers, Python) at the same "
+            "path on every node, or remove that node from the cluster",
+        )
+
+
+def resolve_tool(tool: str, path_env: str | None = None) -> str:
+    found = shutil.which(tool, path=path_env) if os.sep not in tool else tool
+    return os.path.realpath(found or tool)
+
+
+# --- running one argv on a node --------------------------------------------------------------
+
+
+def _node_run(
+    argv: list[str], cwd: str | None, env: dict[str, str] | None, sample_interval_s: float
+) -> dict[str, Any]:
+    """Runs on a node: the exact argv in cwd, with its process tree's peak RSS (sampled sum),
+    wait4's ru_maxrss (largest single process) and CPU time, its output, and where it ran."""
+    import ctypes
+    import os
+    import signal
+    import subprocess
+    import threading
+    import time
+
+    import psutil  # Ray ships psutil for its own use
+    import ray
+
+    node_id = ray.get_runtime_context().get_node_id()
+    ip = ray.util.get_node_ip_address()
+    started = time.time()
+    libc = ctypes.CDLL(None, use_errno=True)
+    parent = os.getpid()
+
+    def die_with_worker() -> None:
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the worker died before prctl took effect
+            os._exit(137)
+
+    base = {"node": f"{ip}/{node_id[:12]}", "node_id": node_id, "node_ip": ip,
+            "started_epoch": started}
+    try:
+        proc = subprocess.Popen(
+            ["/bin/sh", "-c", SUPERVISOR, "buildctl-job", *argv],
+            cwd=cwd or None,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            preexec_fn=die_with_worker,
+        )
+    except OSError as exc:
+        msg = f"buildctl: cannot run {argv[0]!r} in {cwd} on node {base['node']}: {exc}\n"
+        return {**base, "rc": 127, "maxrss": 0, "tree_peak": 0, "cpu_s": 0.0, "wall_s": 0.0,
+                "stdout": "", "stderr": msg, "stderr_tail": msg, "ended_epoch": time.time()}
+
+    chunks: dict[str, list[bytes]] = {"out": [], "err": []}
+
+    def pump(stream: Any, key: str) -> None:
+        size = 0
+        for chunk in iter(lambda: stream.read1(65536), b""):
+            chunks[key].append(chunk)
+            size += len(chunk)
+            while size > OUTPUT_CAP and len(chunks[key]) > 1:  # keep the tail
+                size -= len(chunks[key].pop(0))
+        stream.close()
+
+    readers = [
+        threading.Thread(target=pump, args=(proc.stdout, "out"), daemon=True),
+        threading.Thread(target=pump, args=(proc.stderr, "err"), daemon=True),
+    ]
+    for reader in readers:
+        reader.start()
+    peak = [0, 0.0]  # tree RSS sum, tree CPU seconds (live processes)
+    done = threading.Event()
+
+    def sample() -> None:
+        try:
+            shell = psutil.Process(proc.pid)
+        except psutil.NoSuchProcess:
+            return
+        while not done.is_set():
+            rss = 0
+            cpu = 0.0
+            try:
+                kids = shell.children(recursive=True)
+            except psutil.NoSuchProcess:
+                return
+            for kid in kids:  # the job's tree, not the supervising shell
+                with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+                    rss += kid.memory_info().rss
+                    times = kid.cpu_times()
+                    cpu += times.user + times.system
+            peak[0] = max(peak[0], rss)
+            peak[1] = max(peak[1], cpu)
+            done.wait(sample_interval_s)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    while True:
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+            break
+        except InterruptedError:
+            continue
+    proc.returncode = os.waitstatus_to_exitcode(status)  # keeps Popen from waiting again
+    ended = time.time()
+    done.set()
+    sampler.join(2)
+    for reader in readers:
+        reader.join(10)
+    rc = proc.returncode
+    rc = rc if rc >= 0 else 128 - rc  # shell convention, as ninja sees it locally
+    out = b"".join(chunks["out"]).decode(errors="replace")
+    err = b"".join(chunks["err"]).decode(errors="replace")
+    return {
+        **base,
+        "rc": rc,
+        "maxrss": usage.ru_maxrss * 1024,  # Linux reports KiB; covers the waited-for tree
+        "tree_peak": peak[0],
+        "cpu_s": max(usage.ru_utime + usage.ru_stime, peak[1]),
+        "wall_s": ended - started,
+        "stdout": out,
+        "stderr": err,
+        "stderr_tail": err[-TAIL_BYTES:],
+        "ended_epoch": ended,
+    }
+
+
+def job_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment a remote job gets: ours (the one ninja would give a local compile),
+    minus what only makes sense on this host or to this process."""
+    drop_prefixes = ("RAY_", "BUILDCTL_SOCKET")
+    drop = {"PWD", "OLDPWD", "SHLVL", "_", "HOSTNAME", "XDG_RUNTIME_DIR", "TERM", "DISPLAY",
+            "SSH_AUTH_SOCK", "SSH_CONNECTION", "SSH_CLIENT", "SSH_TTY", "NINJA_STATUS"}
+    source = os.environ if base is None else base
+    return {k: v for k, v in source.items()
+            if k not in drop and not k.startswith(drop_prefixes)}
+
+
+def round_memory(num_bytes: float, step: int = 32 * MiB) -> int:
+    """Ray memory requests in whole steps, so near-equal predictions pack alike."""
+    steps = max(1, -(-int(num_bytes) // step))
+    return steps * step
+
+
+def is_oom(ray: ModuleType, exc: BaseException) -> bool:
+    return isinstance(exc, ray.exceptions.OutOfMemoryError)
