@@ -63,7 +63,8 @@ def test_a_job_far_over_its_own_history_is_spinning_killed_retried_then_failed(
     assert "over its ceiling" in job.verdict_evidence and "busy faultcc" in job.verdict_evidence
     spins = [e for e in report.events if e.kind == "spin"]
     assert len(spins) == 2 and not [e for e in report.events if e.kind in ("stall", "crash")]
-    assert all(e.data["cpu_share"] > 0.2 for e in spins)
+    # Busy, not stuck: it kept making progress (CPU share itself depends on machine load).
+    assert all(e.data["since_progress_s"] < 1.0 for e in spins)
     bundle = Path(job.repro_dir or "")
     assert json.loads((bundle / "stall.json").read_text())["verdict"]["state"] == "spinning"
     assert f"kept spinning on all 2 attempts and was killed each time; diagnostics: {bundle}" in (

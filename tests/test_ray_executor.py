@@ -75,6 +75,18 @@ class RayTestCluster:
         self.remember()
         return node
 
+    def remove(self, name: str) -> None:
+        """Kill a node's processes at once (a lost machine), then wait until the head knows."""
+        import ray
+
+        node = self.nodes.pop(name)
+        self.cluster.remove_node(node, allow_graceful=False)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and any(
+            n["Alive"] for n in ray.nodes() if n["NodeID"] == node.node_id
+        ):
+            time.sleep(0.1)
+
     def node_id(self, name: str) -> str:
         return self.nodes[name].node_id
 
@@ -427,6 +439,8 @@ def test_node_lost_mid_build_still_builds_the_same_library(
     lost_outputs, running = seen["outputs"], seen["running"]
     assert rc == 0, [(j.output, j.status, j.node) for j in report.jobs]
     assert all(j.status == "ok" for j in report.jobs)
+    assert any(e.kind == "info" and c_id[:12] in e.detail and "left the cluster" in e.detail
+               for e in report.events), report.events
     finished_on_c = [j.output for j in report.jobs if j.node and j.node.split("/")[1] == c_id[:12]]
     for output in lost_outputs:  # what C was running when it died was re-run elsewhere
         assert output not in finished_on_c
@@ -475,7 +489,7 @@ def test_oom_kill_requeues_with_more_memory_and_the_build_succeeds(
                                executor=executor, compiler=hogcc, prior=256 * MiB, source=src)
     finally:
         executor.close()
-        ray_cluster.cluster.remove_node(ray_cluster.nodes.pop("oom"), allow_graceful=False)
+        ray_cluster.remove("oom")
     assert rc == 0, [(j.output, j.status) for j in report.jobs]
     assert mark.exists()
     hog_runs = [r for r in executor.runs if r.output.endswith("hog.cpp.o")]
@@ -532,14 +546,30 @@ def test_a_node_that_does_not_see_the_build_dir_is_named(
     build = tmp_path / "hidden"
     build.mkdir()
     before = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
-    ray_bin = Path(sys.executable).parent / "ray"
-    script = (f"mount -t tmpfs buildctl-test {build} && exec {ray_bin} start --block "
-              f"--address {ray_cluster.address} --num-cpus 1 --memory {256 * MiB} "
-              f"--object-store-memory {OBJECT_STORE} --node-ip-address 127.0.0.1 "
-              "--disable-usage-stats")
+    # What Cluster.add_node does, in a process of its own (`ray start` refuses loopback-only
+    # clusters), so that its raylet and workers live in the namespace where the tmpfs hides it.
+    node_script = (
+        "import signal, sys, time\n"
+        "from ray._private.node import Node\n"
+        "from ray._private.parameter import RayParams\n"
+        f"params = RayParams(num_cpus=1, num_gpus=0, memory={256 * MiB}, "
+        f"object_store_memory={OBJECT_STORE}, node_ip_address='127.0.0.1', "
+        f"gcs_address='{ray_cluster.address}', include_log_monitor=False, node_manager_port=0, "
+        "min_worker_port=0, max_worker_port=0)\n"
+        "params.dashboard_agent_listen_port = None\n"
+        "node = Node(params, head=False, shutdown_at_exit=False, spawn_reaper=True)\n"
+        "def stop(*_):\n"
+        "    node.kill_all_processes(check_alive=False, allow_graceful=False, wait=True)\n"
+        "    sys.exit(0)\n"
+        "signal.signal(signal.SIGTERM, stop)\n"
+        "while True:\n"
+        "    time.sleep(1)\n"
+    )
+    script = f'mount -t tmpfs buildctl-test {build} && exec "$0" -c "$1"'
     log = tmp_path / "node.log"
     with log.open("w") as out:
-        proc = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+        proc = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c", script,
+                                 sys.executable, node_script],
                                 stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ))
     ray_cluster.extra.append(proc)
     try:

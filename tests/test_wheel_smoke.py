@@ -41,7 +41,7 @@ CHOLESKY_SNIPPET = (
 
 @pytest.fixture(scope="module")
 def torch_env() -> TorchEnv:
-    env_dir = probe_build.cache_root() / "torch-envs" / TARGET.spec
+    env_dir = probe_build.cache_root() / "envs" / TARGET.spec
     return ensure_torch_env(env_dir, TARGET, timeout=1800)
 
 

@@ -248,8 +248,10 @@ def check_shared_paths(
             for node in info.nodes
         }
         ready, not_ready = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s)
+        # A node that left meanwhile runs no job either: only live nodes can fail the check.
+        alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
         for ref in not_ready:
-            if silent_nodes_fail:
+            if silent_nodes_fail and refs[ref].node_id in alive:
                 problems.append(f"node {refs[ref].label} did not answer within {timeout_s:.0f}s")
             with contextlib.suppress(Exception):
                 ray.cancel(ref, force=True)
@@ -257,8 +259,10 @@ def check_shared_paths(
             node = refs[ref]
             try:
                 answer = ray.get(ref)
+            except ray.exceptions.TaskUnschedulableError:
+                continue  # "the node ... doesn't exist any more": it left the cluster
             except Exception as exc:
-                if silent_nodes_fail:
+                if silent_nodes_fail and node.node_id in alive:
                     problems.append(f"node {node.label} could not run the check: {exc}")
                 continue
             for path in answer["missing"]:
@@ -384,13 +388,16 @@ def _node_run(
     sampler.join(2)
     for reader in readers:
         reader.join(10)
-    rc = proc.returncode
-    rc = rc if rc >= 0 else 128 - rc  # shell convention, as ninja sees it locally
+    code = proc.returncode
+    # The supervising shell reports a job killed by signal N as 128+N, as ninja would show it.
+    sig = -code if code < 0 else (code - 128 if 128 < code <= 128 + 64 else 0)
+    rc = 128 + sig if sig else code
     out = b"".join(chunks["out"]).decode(errors="replace")
     err = b"".join(chunks["err"]).decode(errors="replace")
     return {
         **base,
         "rc": rc,
+        "signal": sig,
         "maxrss": usage.ru_maxrss * 1024,  # Linux reports KiB; covers the waited-for tree
         "tree_peak": peak[0],
         "cpu_s": max(usage.ru_utime + usage.ru_stime, peak[1]),

@@ -194,6 +194,9 @@ class RayExecutor:
         policy: RetryPolicy | None = None,
         sample_interval_s: float = 0.05,
         owns_connection: bool = True,
+        build_dir: Path | None = None,
+        check_paths: Sequence[Path | str] = (),
+        watch_interval_s: float = 1.0,
     ) -> None:
         self.ray = ray
         self.info = info
@@ -206,13 +209,22 @@ class RayExecutor:
         self._governor: Governor | None = None
         self._tools_ok: dict[str, str] = {}  # compiler path -> "" (ok) or the problem
         self._tool_locks: dict[str, asyncio.Lock] = {}
+        self._build_dir = build_dir
+        self._check_paths = list(check_paths)
+        self._watch_interval_s = watch_interval_s
+        self._watcher: threading.Thread | None = None
+        self._closing = threading.Event()
 
     # --- wiring ------------------------------------------------------------------------------
 
     def attach(self, governor: Governor) -> None:
         """Gives the executor the governor's clock (to report when a job really started on its
-        node) and its event log (retries after OOM kills and lost nodes)."""
+        node) and its event log (retries after OOM kills, nodes leaving and joining)."""
         self._governor = governor
+        if self._watcher is None:
+            self._watcher = threading.Thread(target=self._watch_nodes, name="ray-nodes",
+                                             daemon=True)
+            self._watcher.start()
 
     def describe(self) -> str:
         return self.info.describe()
@@ -222,6 +234,9 @@ class RayExecutor:
         self._submitter.cancel_all()
 
     def close(self) -> None:
+        self._closing.set()
+        if self._watcher is not None:
+            self._watcher.join(10)
         self.cancel_all()
         if self._owns_connection and self.ray.is_initialized():
             self.ray.shutdown()
@@ -230,14 +245,14 @@ class RayExecutor:
 
     async def run(self, job: Job) -> dict[str, Any]:
         entered = time.monotonic()
-        problem = await self._check_tool(job.argv[0] if job.argv else "")
+        problem = await self._check_tool(job.argv[0] if job.argv else "", job.env)
         if problem:
             return _failure(127, f"buildctl: {problem}\n")
         facts = await self._submitter.run(
             job.output,
             list(job.argv),
             job.cwd or None,
-            self.env,
+            ray_cluster.job_env(job.env) if job.env else self.env,
             job.prediction.bytes,
             1,
             self._note,
@@ -266,11 +281,11 @@ class RayExecutor:
         if self._governor is not None:
             self._governor.event(kind, output, detail, **data)
 
-    async def _check_tool(self, tool: str) -> str:
+    async def _check_tool(self, tool: str, job_env: Mapping[str, str] | None) -> str:
         """The first time a compiler shows up, check every node has it (cached)."""
         if not tool:
             return ""
-        path = ray_cluster.resolve_tool(tool, self.env.get("PATH"))
+        path = ray_cluster.resolve_tool(tool, (job_env or self.env).get("PATH"))
         if path in self._tools_ok:
             return self._tools_ok[path]
         lock = self._tool_locks.setdefault(path, asyncio.Lock())
@@ -290,12 +305,44 @@ class RayExecutor:
                     self._tools_ok[path] = exc.what
         return self._tools_ok[path]
 
-    def _alive_info(self) -> ClusterInfo:
+    def _watch_nodes(self) -> None:
+        """Put nodes leaving and joining in the report. Ray itself re-runs a lost node's tasks;
+        a node that joins is checked for the shared file system (Ray will use it either way, so
+        a failed check is the first thing to read when its jobs fail)."""
+        known = {n.node_id: n for n in self.info.nodes}
+        while not self._closing.wait(self._watch_interval_s):
+            try:
+                current = {n.node_id: n for n in self._alive_info(strict=True).nodes}
+            except Exception:
+                continue  # the head is busy or gone: the jobs' own errors will say so
+            for node_id in known.keys() - current.keys():
+                self._event("info", None, f"Ray node {known[node_id].label} left the cluster; "
+                            "Ray re-runs the jobs it was running on other nodes",
+                            node=known[node_id].label)
+            for node_id in current.keys() - known.keys():
+                node = current[node_id]
+                verdict = "it sees the build tree"
+                if self._build_dir is not None:
+                    try:
+                        ray_cluster.check_shared_paths(
+                            self.ray, ClusterInfo(self.info.address, (node,)),
+                            [self._build_dir, *self._check_paths], (), self._build_dir, 30.0,
+                        )
+                    except BadInput as exc:
+                        verdict = f"WARNING: {exc.what}"
+                self._event("info", None, f"Ray node {node.label} joined the cluster "
+                            f"({node.cpus:g} CPUs, {format_size(node.memory)}); {verdict}",
+                            node=node.label)
+            known = current
+
+    def _alive_info(self, strict: bool = False) -> ClusterInfo:
         try:
             return ray_cluster.cluster_info(
                 self.ray, self.info.address, self._submitter.extra_resources
             )
         except BadInput:
+            if strict:
+                raise
             return self.info
 
 
@@ -328,7 +375,7 @@ def make_ray_executor(
             ray.shutdown()
         raise
     executor = RayExecutor(ray, info, env=env, extra_resources=extra_resources, policy=policy,
-                           owns_connection=joined)
+                           owns_connection=joined, build_dir=build_dir, check_paths=check_paths)
     return executor, info
 
 
