@@ -126,3 +126,16 @@ def test_verify_rejects_files_that_are_not_safe_wheels(tmp_path: Path) -> None:
     result = run_buildctl("verify", str(evil), "--against", sys.executable)
     assert result.returncode == 2, result.stdout + result.stderr
     assert not (tmp_path.parent / "escape.so").exists()
+
+
+def test_matrix_builds_each_torch_and_summarises_failures(built: dict, tmp_path: Path) -> None:
+    out = tmp_path / "wh"
+    result = run_buildctl("matrix", "--torch", "2.13.0+cpu", "--torch", "2.13.7+cpu", "--preset",
+                          "tiny", "--plain", "--out", str(out), "--cache-dir", str(CACHE),
+                          timeout=1800)
+    assert result.returncode == 1, result.stdout[-3000:]  # one of two failed
+    summary = (out / "SUMMARY.md").read_text()
+    assert "2.13.0+cpu" in summary and "pass" in summary
+    assert "2.13.7+cpu" in summary and "fail" in summary
+    assert list((out / "pt213cpu").rglob("*.whl"))
+    assert (out / "pt213cpu" / "simple" / "index.html").exists()
