@@ -13,6 +13,7 @@ from pathlib import Path
 
 from buildctl.errors import BadInput, BuildFailed
 from buildctl.govern.session import GovernedSession, SessionOptions
+from buildctl.govern.session import _set_pdeathsig as die_with_parent
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_PROJECT = REPO_ROOT / "kernels" / "pagedattn"
@@ -90,7 +91,9 @@ def configure(session: GovernedSession, req: BuildRequest) -> None:
         *req.cmake_args,
     ]
     session.console.print(f"[bold]buildctl[/bold]: configuring {req.source_dir}", highlight=False)
-    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    # Tied to our life like ninja: a killed buildctl leaves no cmake behind.
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False,
+                          preexec_fn=die_with_parent)
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-25:])
         raise BuildFailed(

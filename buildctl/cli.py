@@ -163,6 +163,10 @@ def _summarize(console: Console, session, rc: int, report_path: Path | None) -> 
         + (f"; report {report_path}" if report_path else ""),
         highlight=False,
     )
+    from buildctl.govern.repro import failure_lines
+
+    for line in failure_lines(rep):
+        console.print(line, highlight=False, markup=False)
     if session.interrupted:
         console.print("buildctl: interrupted; finished objects are kept, rerun to continue")
         return EXIT_INTERRUPTED
@@ -333,6 +337,22 @@ def cmd_verify(args: argparse.Namespace, console: Console) -> int:
     return 0 if result.ok else 1
 
 
+def cmd_repro(args: argparse.Namespace, console: Console) -> int:
+    from buildctl.govern.repro import default_root, list_repros, resolve_repro, show_repro
+
+    root = default_root(args.build_dir.resolve())
+    if args.repro_cmd == "list":
+        items = list_repros(root)
+        if not items:
+            console.print(f"no repros in {root}", highlight=False)
+        for i, it in enumerate(items, 1):
+            console.print(f"{i:3} {it.kind:5} {it.output}  {it.created}\n      {it.reason}\n"
+                          f"      {it.path}", highlight=False, markup=False)
+    else:
+        console.print(show_repro(resolve_repro(root, args.ref)), highlight=False, markup=False)
+    return 0
+
+
 def cmd_doctor(args: argparse.Namespace, console: Console) -> int:
     from buildctl.govern.profiles import ProfileDB
     from buildctl.toolchain.compat import resolve
@@ -481,6 +501,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a torch wheel file (read, not installed), a torch dir or a python")
     v.add_argument("--cache-dir", type=Path, default=Path(".buildctl-cache"), metavar="DIR")
     v.set_defaults(func=cmd_verify)
+
+    r = sub.add_parser(
+        "repro",
+        help="list or show compiler-crash repros and hang bundles of a build",
+        description="Crash repros hold rerun.sh (exact argv, env, cwd), the compiler version, the "
+        "preprocessed input and a README for the bug report; hang bundles hold /proc evidence. "
+        "They live in BUILD_DIR/.buildctl/repro.",
+    )
+    r.add_argument("--build-dir", type=Path, default=Path.cwd(), metavar="DIR")
+    rs = r.add_subparsers(dest="repro_cmd", metavar="ACTION", required=True)
+    rs.add_parser("list", help="saved repros and bundles, oldest first")
+    rshow = rs.add_parser("show", help="what happened and how to re-run it")
+    rshow.add_argument("ref", help="a path, a directory name, or a number from list (-1 = newest)")
+    r.set_defaults(func=cmd_repro)
 
     d = sub.add_parser(
         "doctor",

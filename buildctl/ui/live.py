@@ -106,6 +106,7 @@ class RichView:
         table.add_column("pred.", justify="right")
         table.add_column("time", justify="right")
         table.add_column("state")
+        table.add_column("evidence", overflow="ellipsis", max_width=70)
         for job in snap.running:
             state = job.verdict + (" (alone)" if job.exclusive else "")
             if job.attempts > 1:
@@ -117,6 +118,7 @@ class RichView:
                 format_size(job.predicted),
                 _fmt_s(job.elapsed_s),
                 Text(state, style=style),
+                Text(job.evidence, style="dim"),
             )
         used = max(snap.reserved, snap.live_rss)
         bar = ProgressBar(total=snap.budget, completed=min(used, snap.budget), width=40)

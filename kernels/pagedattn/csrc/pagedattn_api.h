@@ -1,7 +1,7 @@
 // pagedattn: the kernel API shared by every translation unit.
 //
-// Deliberately free of torch headers: the generated instance TU and the dispatch TU include only
-// this (and pagedattn_kernels.h), so they stay pure template C++ that is cheap to split into shards.
+// Deliberately free of torch headers: the generated instance TU (via pagedattn_kernels.h) and the
+// generated dispatch TU (this file only) stay pure C++, cheap to compile and to split into shards.
 #pragma once
 
 #include <cstdint>
