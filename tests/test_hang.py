@@ -70,7 +70,7 @@ def test_busy_silent_job_is_healthy_and_a_blocked_one_is_stalled_retried_then_fa
     out, _ = proc.communicate(timeout=120)
 
     assert proc.returncode == 1, out
-    assert blocked_for <= 2 * WINDOW + 0.5, blocked_for
+    assert blocked_for <= 2 * WINDOW + 1.0, blocked_for  # tick jitter on a loaded 2-core VM
     report = json.loads(report_path.read_text())
     jobs = {Path(j["output"]).name: j for j in report["jobs"]}
 
@@ -90,7 +90,7 @@ def test_busy_silent_job_is_healthy_and_a_blocked_one_is_stalled_retried_then_fa
     retries = _events(report, "retry", hung["output"])
     assert len(retries) == 1  # --retries 1: one re-run, then give up
     # Attempt 2 was called stalled within two windows of its start.
-    assert stalls[1]["t_s"] - retries[0]["t_s"] <= 2 * WINDOW + 0.5
+    assert stalls[1]["t_s"] - retries[0]["t_s"] <= 2 * WINDOW + 1.0
     for event in stalls:
         data = event["data"]
         assert data["cpu_share"] < 0.05 and data["since_progress_s"] >= WINDOW
