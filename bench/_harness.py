@@ -28,7 +28,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -303,6 +303,8 @@ def _jsonable(value: object) -> object:
             if report is not None:  # jobs and events, not the RSS time series
                 data["report"] = {k: v for k, v in report.items() if k != "samples"}
         return data
+    if is_dataclass(value) and not isinstance(value, type):
+        return asdict(value)
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON serialisable: {type(value)}")

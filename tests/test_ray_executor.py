@@ -12,6 +12,7 @@ import contextlib
 import importlib.util
 import io
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -330,6 +331,23 @@ def test_unreachable_address_is_bad_input_with_the_start_command(
     assert time.monotonic() - started < 60
 
 
+def test_addresses_and_memory_requests() -> None:
+    from buildctl.errors import BadInput
+    from buildctl.govern.ray_cluster import job_env, parse_address, round_memory
+
+    assert parse_address("10.0.0.5:6379") == ("10.0.0.5", 6379)
+    assert parse_address("ray://head:10001") == ("head", 10001)
+    assert parse_address("[::1]:6379") == ("::1", 6379)
+    for bad in ("head", "head:", ":6379", "head:99999", "head:port"):
+        with pytest.raises(BadInput, match="HOST:PORT"):
+            parse_address(bad)
+    assert round_memory(1) == 32 * MiB
+    assert round_memory(192 * MiB) == 192 * MiB
+    assert round_memory(192 * MiB + 1) == 224 * MiB
+    env = job_env({"PATH": "/usr/bin", "BUILDCTL_SOCKET": "/s", "RAY_ADDRESS": "x", "PWD": "/"})
+    assert env == {"PATH": "/usr/bin"}
+
+
 # --- on the cluster --------------------------------------------------------------------------
 
 
@@ -395,6 +413,78 @@ def test_build_spreads_over_nodes_within_each_nodes_memory(
     finally:
         db.close()
     assert (build / "libmemjobs.so").exists()
+
+
+def test_compile_error_on_the_cluster_reaches_the_log_and_the_report(
+    ray_cluster: RayTestCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "CMakeLists.txt").write_text("cmake_minimum_required(VERSION 3.21)\nproject(p CXX)\n"
+                                        "add_library(p STATIC bad.cpp)\n")
+    (src / "bad.cpp").write_text("int f() { return undeclared_thing; }\n")
+    build = tmp_path / "bad"
+    executor = executor_for(ray_cluster, build)
+    try:
+        rc, report = ray_build(tmp_path, build, Path("/dev/null"), count=0, mb=0, hold_ms=0,
+                               executor=executor, compiler=Path(shutil.which("g++") or "g++"),
+                               source=src)
+    finally:
+        executor.close()
+    assert rc == 1
+    out = capsys.readouterr().out
+    assert "undeclared_thing" in out  # the node's stderr, replayed to ninja by the launcher
+    [job] = report.jobs
+    assert job.status == "failed" and job.exit_code == 1 and job.node, job
+
+
+def test_cancel_all_kills_the_remote_trees(ray_cluster: RayTestCluster, tmp_path: Path) -> None:
+    """What Ctrl-C must do (the session calls executor.cancel_all()): no job keeps running on
+    the cluster, and a cancelled job is not mistaken for a lost one and re-run."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from buildctl.govern.profiles import Prediction
+
+    marker = f"buildctl-cancel-{os.getpid()}"
+    script = tmp_path / "job.sh"
+    script.write_text(f"#!/bin/sh\n# {marker}\nsleep 60 & sleep 60\nwait\n")
+    script.chmod(0o755)
+    executor = executor_for(ray_cluster, tmp_path)
+    job = SimpleNamespace(output="slow.o", argv=[str(script)], cwd=str(tmp_path), env=None,
+                          prediction=Prediction(64 * MiB, "prior"), peak_rss=0, cpu_s=0.0,
+                          started_at=0.0)
+    result: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: result.update(asyncio.run(executor.run(job))))
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        tree: list[psutil.Process] = []
+        while time.monotonic() < deadline and not tree:
+            tree = [p for proc in processes_with(marker) for p in
+                    [proc, *proc.children(recursive=True)]]
+            time.sleep(0.05)
+        assert tree, "the job never started"
+        started = time.monotonic()
+        executor.cancel_all()
+        thread.join(30)
+        assert not thread.is_alive()
+        assert time.monotonic() - started < 15
+    finally:
+        executor.close()
+    assert result["rc"] == 130 and "cancelled" in result["stderr"], result
+    time.sleep(0.5)
+    assert not [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert [r.outcome for r in executor.runs] == ["lost"]  # one attempt, not resubmitted
+
+
+def processes_with(text: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            if any(text in arg for arg in proc.info["cmdline"] or []):
+                found.append(proc)
+    return found
 
 
 def _running_under(pid: int, name: str) -> list[psutil.Process]:
@@ -593,11 +683,16 @@ def test_a_node_that_does_not_see_the_build_dir_is_named(
         hidden = new.pop()
         ray_cluster.pids.update(p.pid for p in [psutil.Process(proc.pid),
                                                *psutil.Process(proc.pid).children(True)])
+        compiler = build / "bin" / "mycc"  # a toolchain inside the hidden tree
+        compiler.parent.mkdir()
+        compiler.write_text("#!/bin/sh\nexec g++ \"$@\"\n")
+        compiler.chmod(0o755)
         with pytest.raises(BadInput) as err:
-            executor_for(ray_cluster, build)
+            executor_for(ray_cluster, build, tools=[str(compiler)])
         text = err.value.what
-        assert hidden[:12] in text and "marker" in text and str(build) in text, text
-        assert text.count("does not see") == 1, text  # only that node
+        assert f"node 127.0.0.1/{hidden[:12]} sees a different {build} than the head" in text
+        assert f"node 127.0.0.1/{hidden[:12]} does not see {compiler}" in text
+        assert set(re.findall(r"node 127\.0\.0\.1/(\w+)", text)) == {hidden[:12]}, text
         assert "same path" in err.value.fix
     finally:
         proc.terminate()

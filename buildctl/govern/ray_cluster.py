@@ -130,8 +130,8 @@ def connect(address: str, connect_timeout_s: float = 5.0) -> tuple[ModuleType, b
     """Join the cluster at `address` as a driver; return the ray module and whether this call
     joined (so the caller knows whether to leave). A process already joined stays joined."""
     global _registered
-    ray = import_ray()
     parse_address(address)
+    ray = import_ray()
     if not _registered:
         # Ship the node-side functions by value: nodes need ray, not buildctl.
         ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -266,8 +266,13 @@ def check_shared_paths(
                     problems.append(f"node {node.label} could not run the check: {exc}")
                 continue
             for path in answer["missing"]:
-                what = "the marker file the head wrote at" if path == str(marker) else "path"
-                problems.append(f"node {node.label} does not see {what} {path}")
+                if path == str(marker):
+                    problems.append(
+                        f"node {node.label} sees a different {marker_dir} than the head (the "
+                        f"marker file {marker} the head just wrote is not there)"
+                    )
+                else:
+                    problems.append(f"node {node.label} does not see {path}")
     finally:
         if marker is not None:
             with contextlib.suppress(OSError):

@@ -43,12 +43,10 @@ if TYPE_CHECKING:
     from buildctl.govern.governor import Governor, Job
     from buildctl.govern.session import GovernedSession, SessionOptions
 
-MiB = 1024**2
-
 
 @dataclass(frozen=True)
 class RemoteRun:
-    """One attempt of one job on the cluster (what the tests and `describe` look at)."""
+    """One attempt of one job on the cluster, as the executor saw it (node-side clock)."""
 
     output: str
     memory_request: int
@@ -61,6 +59,8 @@ class RemoteRun:
 
 @dataclass
 class RetryPolicy:
+    """How often a job is re-run after the cluster, not the job, failed."""
+
     ray_max_retries: int = 3  # Ray's own re-runs after a worker or node dies
     lost_resubmits: int = 2  # ours, after Ray gave up
     oom_resubmits: int = 3
@@ -87,6 +87,7 @@ class _Submitter:
         self.remote = ray.remote(ray_cluster._node_run)
         self.inflight: set[Any] = set()
         self.lock = threading.Lock()
+        self.cancelled = False  # Ctrl-C or close(): a cancelled task is not "lost", never rerun
 
     def request_for(self, predicted: float) -> int:
         """Rounded up, never above the largest node: Ray would keep that task pending forever."""
@@ -123,6 +124,8 @@ class _Submitter:
                 raise
             except Exception as exc:
                 now = time.time()
+                if self.cancelled:
+                    return _failure(130, f"buildctl: {output} was cancelled on the Ray cluster\n")
                 if ray_cluster.is_oom(self.ray, exc):
                     note(RemoteRun(output, request, "oom", ended_epoch=now, detail=str(exc)))
                     bigger = self.request_for(request * self.policy.oom_growth)
@@ -170,6 +173,7 @@ class _Submitter:
 
     def cancel_all(self) -> None:
         with self.lock:
+            self.cancelled = True
             refs = list(self.inflight)
         for ref in refs:
             with contextlib.suppress(Exception):
@@ -319,6 +323,8 @@ class RayExecutor:
                 self._event("info", None, f"Ray node {known[node_id].label} left the cluster; "
                             "Ray re-runs the jobs it was running on other nodes",
                             node=known[node_id].label)
+            if current.keys() != known.keys():  # memory requests are capped by the largest node
+                self._submitter.info = ClusterInfo(self.info.address, tuple(current.values()))
             for node_id in current.keys() - known.keys():
                 node = current[node_id]
                 verdict = "it sees the build tree"

@@ -56,6 +56,10 @@ class SimJob:
     target: str = ""
     # What the governor predicts when it admits the job; None = the measured peak (a warm profile).
     predicted_bytes: int | None = None
+    # When ninja's launcher registers it at the earliest (replays: the order launchers really
+    # arrived in, since the governor admits whatever fits as soon as it arrives). Jobs with
+    # dependencies arrive when those end, whatever this says.
+    arrival_s: float = 0.0
 
     @property
     def predicted(self) -> int:
@@ -226,8 +230,12 @@ def simulate(
     # Ready, waiting for a place in ninja's window: a heap on (-path length, input order).
     pending: list[tuple[float, int]] = []
     arriving: list[tuple[float, int]] = []  # (ready at, index): launchers still starting up
-    for index in range(len(jobs)):
-        if not deps.get(index):
+    for index, job in enumerate(jobs):
+        if deps.get(index):
+            continue
+        if job.arrival_s > 0:
+            heapq.heappush(arriving, (job.arrival_s, index))
+        else:
             heapq.heappush(pending, (-priority[index], index))
     visible: dict[int, float] = {}  # job index -> enqueued_at (ninja started its launcher)
     running: dict[int, bool] = {}  # index -> exclusive
@@ -317,13 +325,23 @@ def simulate(
 
 def jobs_from_report(report: BuildReport, *, replay: bool = False) -> list[SimJob]:
     """The jobs of a build report. `replay=True` keeps what the governor predicted at the time
-    (to check the simulator against that very run); otherwise predictions are the measured peaks,
-    as in a rebuild with a warm profile DB. Jobs that did not finish cleanly are left out: their
+    and the order the first launchers arrived in (to check the simulator against that very run);
+    otherwise predictions are the measured peaks, as in a rebuild with a warm profile DB, and
+    every job is there from the start. Jobs that did not finish cleanly are left out: their
     times say nothing about a normal run."""
+    records = [r for r in report.jobs if r.status in ("ok", "killed-retried")]
+    if not records:
+        return []
+    first_start = min(r.started_at_s for r in records)
+    first_end = min(r.started_at_s + r.wall_s for r in records)
     jobs = []
-    for record in report.jobs:
-        if record.status not in ("ok", "killed-retried"):
-            continue
+    for record in records:
+        arrival = 0.0
+        registered = record.started_at_s - record.queued_s
+        if replay and record.kind != "link" and registered < first_end:
+            # Launchers that registered before anything finished: their real arrival order
+            # decided who got the first slots. Later ones were held back by ninja's window.
+            arrival = max(0.0, registered - first_start)
         jobs.append(
             SimJob(
                 output=record.output,
@@ -333,6 +351,7 @@ def jobs_from_report(report: BuildReport, *, replay: bool = False) -> list[SimJo
                 cpu_s=record.cpu_s,
                 target=record.target,
                 predicted_bytes=record.predicted_rss_bytes if replay else None,
+                arrival_s=arrival,
             )
         )
     return jobs
