@@ -92,8 +92,9 @@ def configure(session: GovernedSession, req: BuildRequest) -> None:
     ]
     session.console.print(f"[bold]buildctl[/bold]: configuring {req.source_dir}", highlight=False)
     # Tied to our life like ninja: a killed buildctl leaves no cmake behind.
-    proc = subprocess.run(argv, capture_output=True, text=True, check=False,
-                          preexec_fn=die_with_parent)
+    proc = subprocess.run(
+        argv, capture_output=True, text=True, check=False, preexec_fn=die_with_parent
+    )
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-25:])
         raise BuildFailed(

@@ -43,37 +43,79 @@ def _duration(text: str) -> float:
             return float(text[:-1]) * units[text[-1]]
         return float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"cannot read duration {text!r}; write e.g. 90s, 10m, 1h") from None
+        raise argparse.ArgumentTypeError(
+            f"cannot read duration {text!r}; write e.g. 90s, 10m, 1h"
+        ) from None
 
 
 def add_governor_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("memory and scheduling")
-    g.add_argument("--mem-budget", type=_size, metavar="SIZE",
-                   help="memory the build may use, e.g. 28G, 512M, 1.5GiB "
-                        "(default: min(RAM, cgroup limit) minus a reserve)")
-    g.add_argument("--low-ram", action="store_true",
-                   help="trade speed for memory: tighter budget and memory-saving build settings")
-    g.add_argument("-j", "--jobs", type=int, metavar="N",
-                   help="CPU slots: jobs running at once at most (default: cores)")
-    g.add_argument("--prior-rss", type=_size, metavar="SIZE",
-                   help="predicted peak for jobs never measured before (default 1 GiB compile, "
-                        "1.5 GiB link)")
-    g.add_argument("--profiles", type=Path, metavar="DB",
-                   help="profile database (default ~/.cache/buildctl/profiles.sqlite or "
-                        "$BUILDCTL_PROFILE_DB)")
-    g.add_argument("--low-water", type=_size, metavar="SIZE",
-                   help="pause admission when host available memory falls below this")
-    g.add_argument("--critical", type=_size, metavar="SIZE",
-                   help="kill and re-queue the youngest job below this host available memory")
-    g.add_argument("--hang-after", type=_duration, default=600.0, metavar="DURATION",
-                   help="a job with no CPU, I/O or process change for this long is stalled "
-                        "(default 10m; a busy silent compile is never stalled)")
-    g.add_argument("--retries", type=int, default=1, metavar="N",
-                   help="re-runs of a job killed as stalled or crashed (default 1)")
+    g.add_argument(
+        "--mem-budget",
+        type=_size,
+        metavar="SIZE",
+        help="memory the build may use, e.g. 28G, 512M, 1.5GiB "
+        "(default: min(RAM, cgroup limit) minus a reserve)",
+    )
+    g.add_argument(
+        "--low-ram",
+        action="store_true",
+        help="trade speed for memory: tighter budget and memory-saving build settings",
+    )
+    g.add_argument(
+        "-j",
+        "--jobs",
+        type=int,
+        metavar="N",
+        help="CPU slots: jobs running at once at most (default: cores)",
+    )
+    g.add_argument(
+        "--prior-rss",
+        type=_size,
+        metavar="SIZE",
+        help="predicted peak for jobs never measured before (default 1 GiB compile, 1.5 GiB link)",
+    )
+    g.add_argument(
+        "--profiles",
+        type=Path,
+        metavar="DB",
+        help="profile database (default ~/.cache/buildctl/profiles.sqlite or $BUILDCTL_PROFILE_DB)",
+    )
+    g.add_argument(
+        "--low-water",
+        type=_size,
+        metavar="SIZE",
+        help="pause admission when host available memory falls below this",
+    )
+    g.add_argument(
+        "--critical",
+        type=_size,
+        metavar="SIZE",
+        help="kill and re-queue the youngest job below this host available memory",
+    )
+    g.add_argument(
+        "--hang-after",
+        type=_duration,
+        default=600.0,
+        metavar="DURATION",
+        help="a job with no CPU, I/O or process change for this long is stalled "
+        "(default 10m; a busy silent compile is never stalled)",
+    )
+    g.add_argument(
+        "--retries",
+        type=int,
+        default=1,
+        metavar="N",
+        help="re-runs of a job killed as stalled or crashed (default 1)",
+    )
     o = parser.add_argument_group("output")
     o.add_argument("--report", type=Path, metavar="FILE", help="write the JSON build report here")
-    o.add_argument("--plain", action="store_true", default=None,
-                   help="plain line log instead of the live view (automatic when not a terminal)")
+    o.add_argument(
+        "--plain",
+        action="store_true",
+        default=None,
+        help="plain line log instead of the live view (automatic when not a terminal)",
+    )
 
 
 def resolve_budget(args: argparse.Namespace) -> tuple[int, int]:
@@ -131,8 +173,10 @@ def cmd_build(args: argparse.Namespace, console: Console) -> int:
     else:
         source = args.source.resolve()
         if not source.is_dir():
-            raise BadInput(f"--source {args.source} is not a directory",
-                           "pass the top directory of a CMake project")
+            raise BadInput(
+                f"--source {args.source} is not a directory",
+                "pass the top directory of a CMake project",
+            )
         build_dir = args.build_dir or (source / "build-buildctl")
     opts = session_options(args, build_dir, f"buildctl build {source.name}", str(source))
     req = BuildRequest(
@@ -196,19 +240,34 @@ def cmd_profile(args: argparse.Namespace, console: Console) -> int:
                 return 0
             table = Table(title=f"expected peak memory per target ({db.path})")
             for col in ("target", "jobs", "max peak", "link peak", "CPU s", "heaviest job"):
-                table.add_column(col, justify="right" if col in ("jobs", "max peak", "link peak", "CPU s") else "left")
+                table.add_column(
+                    col,
+                    justify="right"
+                    if col in ("jobs", "max peak", "link peak", "CPU s")
+                    else "left",
+                )
             for s in summarize_by_target(entries):
-                table.add_row(s.target, str(s.jobs), host.format_size(s.max_peak_bytes),
-                              host.format_size(s.link_peak_bytes) if s.link_peak_bytes else "-",
-                              f"{s.total_cpu_s:.1f}", s.heaviest_output)
+                table.add_row(
+                    s.target,
+                    str(s.jobs),
+                    host.format_size(s.max_peak_bytes),
+                    host.format_size(s.link_peak_bytes) if s.link_peak_bytes else "-",
+                    f"{s.total_cpu_s:.1f}",
+                    s.heaviest_output,
+                )
             console.print(table)
             if args.jobs_detail:
                 jt = Table(title="per job (latest run)")
                 for col in ("output", "kind", "peak", "wall s", "compiler"):
                     jt.add_column(col)
                 for e in entries:
-                    jt.add_row(e.output, e.kind, host.format_size(e.peak_rss_bytes),
-                               f"{e.wall_s:.1f}", e.compiler)
+                    jt.add_row(
+                        e.output,
+                        e.kind,
+                        host.format_size(e.peak_rss_bytes),
+                        f"{e.wall_s:.1f}",
+                        e.compiler,
+                    )
                 console.print(jt)
         elif args.profile_cmd == "export":
             text = db.export_json()
@@ -223,8 +282,10 @@ def cmd_profile(args: argparse.Namespace, console: Console) -> int:
             try:
                 text = Path(args.file).read_text()
             except OSError as exc:
-                raise BadInput(f"cannot read {args.file}: {exc.strerror}",
-                               "pass a file written by `buildctl profile export`") from None
+                raise BadInput(
+                    f"cannot read {args.file}: {exc.strerror}",
+                    "pass a file written by `buildctl profile export`",
+                ) from None
             count = db.import_json(text, str(args.file))
             console.print(f"imported {count} job profiles into {db.path}")
     finally:
@@ -238,9 +299,17 @@ def _wheel_request(args: argparse.Namespace, torch: str):
 
     budget, slots = resolve_budget(args)
     project = resolve_project(
-        name=args.project, source=args.source, preset=args.preset, low_ram=args.low_ram,
-        budget_bytes=budget, slots=slots, torch=torch, cache_dir=args.cache_dir,
-        oneapi_roots=args.oneapi_root or [], compiler=args.compiler, aot=args.aot,
+        name=args.project,
+        source=args.source,
+        preset=args.preset,
+        low_ram=args.low_ram,
+        budget_bytes=budget,
+        slots=slots,
+        torch=torch,
+        cache_dir=args.cache_dir,
+        oneapi_roots=args.oneapi_root or [],
+        compiler=args.compiler,
+        aot=args.aot,
     )
     return WheelRequest(
         torch=torch,
@@ -266,14 +335,20 @@ def cmd_wheel(args: argparse.Namespace, console: Console) -> int:
 
     parse_torch(args.torch, allow_prerelease=args.allow_prerelease)  # bad versions: exit 2 now
     req = _wheel_request(args, args.torch)
-    opts = session_options(args, req.cache_dir, f"buildctl wheel {req.project} torch {args.torch}",
-                           str(req.source_dir))
-    console.print(f"[bold]buildctl wheel[/bold]: {req.project} for torch {args.torch}, budget "
-                  f"{host.format_size(opts.budget_bytes)}, {opts.slots} CPU slots", highlight=False)
+    opts = session_options(
+        args, req.cache_dir, f"buildctl wheel {req.project} torch {args.torch}", str(req.source_dir)
+    )
+    console.print(
+        f"[bold]buildctl wheel[/bold]: {req.project} for torch {args.torch}, budget "
+        f"{host.format_size(opts.budget_bytes)}, {opts.slots} CPU slots",
+        highlight=False,
+    )
     outcome = build_wheel(req, opts)
     console.print(f"buildctl: wheel ready: {describe(outcome)}", highlight=False)
-    console.print(f"  install: pip install --find-links {req.out_dir / outcome.label} "
-                  f"{req.project}", highlight=False)
+    console.print(
+        f"  install: pip install --find-links {req.out_dir / outcome.label} {req.project}",
+        highlight=False,
+    )
     return 0
 
 
@@ -288,20 +363,39 @@ def cmd_matrix(args: argparse.Namespace, console: Console) -> int:
     failed = 0
     for spec in args.torch:
         req = _wheel_request(args, spec)
-        opts = session_options(args, req.cache_dir, f"buildctl matrix {req.project} torch {spec}",
-                               str(req.source_dir))
+        opts = session_options(
+            args, req.cache_dir, f"buildctl matrix {req.project} torch {spec}", str(req.source_dir)
+        )
         if args.report:
-            opts.report_path = args.report.with_name(f"{args.report.stem}-{spec}{args.report.suffix}")
+            opts.report_path = args.report.with_name(
+                f"{args.report.stem}-{spec}{args.report.suffix}"
+            )
         try:
             out = build_wheel(req, opts)
-            rows.append(WheelSummary(torch=spec, wheel=out.wheel.name, size_bytes=out.size_bytes,
-                                     peak_rss_bytes=out.peak_rss_bytes, wall_s=out.wall_s,
-                                     verify="pass"))
+            rows.append(
+                WheelSummary(
+                    torch=spec,
+                    wheel=out.wheel.name,
+                    size_bytes=out.size_bytes,
+                    peak_rss_bytes=out.peak_rss_bytes,
+                    wall_s=out.wall_s,
+                    verify="pass",
+                )
+            )
         except BuildctlError as exc:
             failed += 1
             console.print(exc.render(), highlight=False, markup=False)
-            rows.append(WheelSummary(torch=spec, wheel="-", size_bytes=0, peak_rss_bytes=0,
-                                     wall_s=0.0, verify="fail", note=exc.what.splitlines()[0]))
+            rows.append(
+                WheelSummary(
+                    torch=spec,
+                    wheel="-",
+                    size_bytes=0,
+                    peak_rss_bytes=0,
+                    wall_s=0.0,
+                    verify="fail",
+                    note=exc.what.splitlines()[0],
+                )
+            )
     table = SummaryTable(rows=rows)
     console.print(table.to_rich())
     from buildctl.report import write_text_atomic
@@ -315,8 +409,10 @@ def cmd_verify(args: argparse.Namespace, console: Console) -> int:
     from buildctl.wheel.verify import TorchLibs, verify_wheel
 
     if bool(args.torch) == bool(args.against):
-        raise BadInput("verify needs exactly one of --torch VERSION or --against PATH",
-                       "e.g. --against /path/to/torch-2.14.1-...whl or --against .venv/bin/python")
+        raise BadInput(
+            "verify needs exactly one of --torch VERSION or --against PATH",
+            "e.g. --against /path/to/torch-2.14.1-...whl or --against .venv/bin/python",
+        )
     if args.against:
         path = args.against
         if path.suffix == ".whl":
@@ -346,8 +442,11 @@ def cmd_repro(args: argparse.Namespace, console: Console) -> int:
         if not items:
             console.print(f"no repros in {root}", highlight=False)
         for i, it in enumerate(items, 1):
-            console.print(f"{i:3} {it.kind:5} {it.output}  {it.created}\n      {it.reason}\n"
-                          f"      {it.path}", highlight=False, markup=False)
+            console.print(
+                f"{i:3} {it.kind:5} {it.output}  {it.created}\n      {it.reason}\n      {it.path}",
+                highlight=False,
+                markup=False,
+            )
     else:
         console.print(show_repro(resolve_repro(root, args.ref)), highlight=False, markup=False)
     return 0
@@ -395,24 +494,50 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"buildctl {__version__}")
     sub = parser.add_subparsers(dest="cmd", metavar="COMMAND")
 
-    b = sub.add_parser("build", help="configure and build a CMake project under a memory budget",
-                       description="Configure a CMake project with Ninja and buildctl's launchers, "
-                       "then build it with every job admitted against the memory budget.",
-                       epilog=EPILOG_BUILD, formatter_class=argparse.RawDescriptionHelpFormatter)
-    b.add_argument("--source", type=Path, metavar="DIR",
-                   help="CMake project to build (default: the bundled pagedattn kernel project)")
-    b.add_argument("--build-dir", type=Path, metavar="DIR",
-                   help="build directory (default: DIR/build-buildctl, or _build/pagedattn-PRESET)")
-    b.add_argument("--preset", default="default", metavar="NAME",
-                   help="kernel config preset of the bundled project: tiny, default, full")
-    b.add_argument("--no-split", action="store_true",
-                   help="build heavy generated sources whole (bundled project); for comparisons")
+    b = sub.add_parser(
+        "build",
+        help="configure and build a CMake project under a memory budget",
+        description="Configure a CMake project with Ninja and buildctl's launchers, "
+        "then build it with every job admitted against the memory budget.",
+        epilog=EPILOG_BUILD,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    b.add_argument(
+        "--source",
+        type=Path,
+        metavar="DIR",
+        help="CMake project to build (default: the bundled pagedattn kernel project)",
+    )
+    b.add_argument(
+        "--build-dir",
+        type=Path,
+        metavar="DIR",
+        help="build directory (default: DIR/build-buildctl, or _build/pagedattn-PRESET)",
+    )
+    b.add_argument(
+        "--preset",
+        default="default",
+        metavar="NAME",
+        help="kernel config preset of the bundled project: tiny, default, full",
+    )
+    b.add_argument(
+        "--no-split",
+        action="store_true",
+        help="build heavy generated sources whole (bundled project); for comparisons",
+    )
     b.add_argument("--target", action="append", metavar="NAME", help="build only this ninja target")
-    b.add_argument("--ninja-width", type=int, metavar="N",
-                   help="jobs ninja may start at once; buildctl admits them (default max(4xslots,16))")
+    b.add_argument(
+        "--ninja-width",
+        type=int,
+        metavar="N",
+        help="jobs ninja may start at once; buildctl admits them (default max(4xslots,16))",
+    )
     add_governor_args(b)
-    b.add_argument("cmake_args", nargs=argparse.REMAINDER,
-                   help="after --: extra arguments for cmake, e.g. -- -DFOO=1")
+    b.add_argument(
+        "cmake_args",
+        nargs=argparse.REMAINDER,
+        help="after --: extra arguments for cmake, e.g. -- -DFOO=1",
+    )
     b.set_defaults(func=cmd_build)
 
     p = sub.add_parser("profile", help="show, export or import measured peak-RSS profiles")
@@ -429,33 +554,66 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add_wheel_args(w: argparse.ArgumentParser) -> None:
         src = w.add_argument_group("what to build")
-        src.add_argument("--project", metavar="NAME",
-                         help="a kernel project buildctl knows: pagedattn (default, bundled) or "
-                              "vllm-xpu-kernels")
-        src.add_argument("--source", type=Path, metavar="DIR",
-                         help="a source checkout to build instead of the project's default")
-        src.add_argument("--preset", default=None, metavar="NAME",
-                         help="kernel config preset (pagedattn: tiny/default/full)")
-        src.add_argument("--out", type=Path, default=Path("wheelhouse"), metavar="DIR",
-                         help="wheelhouse: one folder and index per torch target (default "
-                              "./wheelhouse)")
-        src.add_argument("--cache-dir", type=Path, default=Path(".buildctl-cache"), metavar="DIR",
-                         help="torch envs and per-torch build dirs (default ./.buildctl-cache)")
+        src.add_argument(
+            "--project",
+            metavar="NAME",
+            help="a kernel project buildctl knows: pagedattn (default, bundled) or "
+            "vllm-xpu-kernels",
+        )
+        src.add_argument(
+            "--source",
+            type=Path,
+            metavar="DIR",
+            help="a source checkout to build instead of the project's default",
+        )
+        src.add_argument(
+            "--preset",
+            default=None,
+            metavar="NAME",
+            help="kernel config preset (pagedattn: tiny/default/full)",
+        )
+        src.add_argument(
+            "--out",
+            type=Path,
+            default=Path("wheelhouse"),
+            metavar="DIR",
+            help="wheelhouse: one folder and index per torch target (default ./wheelhouse)",
+        )
+        src.add_argument(
+            "--cache-dir",
+            type=Path,
+            default=Path(".buildctl-cache"),
+            metavar="DIR",
+            help="torch envs and per-torch build dirs (default ./.buildctl-cache)",
+        )
         idx = w.add_argument_group("where torch comes from")
-        idx.add_argument("--torch-index", metavar="URL",
-                         help="pip index for torch (default: pip's configuration; see "
-                              "`buildctl wheel --help`)")
+        idx.add_argument(
+            "--torch-index",
+            metavar="URL",
+            help="pip index for torch (default: pip's configuration; see `buildctl wheel --help`)",
+        )
         idx.add_argument("--extra-index-url", action="append", metavar="URL")
         idx.add_argument("--find-links", action="append", metavar="DIR_OR_URL")
-        idx.add_argument("--allow-prerelease", action="store_true",
-                         help="accept nightly/dev torch versions")
+        idx.add_argument(
+            "--allow-prerelease", action="store_true", help="accept nightly/dev torch versions"
+        )
         xpu = w.add_argument_group("Intel XPU (vllm-xpu-kernels)")
-        xpu.add_argument("--compiler", metavar="VERSION",
-                         help="oneAPI compiler to pin (default: the one the torch version needs)")
-        xpu.add_argument("--oneapi-root", action="append", metavar="DIR",
-                         help="oneAPI install root (default /opt/intel/oneapi, $ONEAPI_ROOT)")
-        xpu.add_argument("--aot", metavar="DEVICES",
-                         help="AOT device list or GPU name, e.g. bmg-g31 for Arc Pro B70")
+        xpu.add_argument(
+            "--compiler",
+            metavar="VERSION",
+            help="oneAPI compiler to pin (default: the one the torch version needs)",
+        )
+        xpu.add_argument(
+            "--oneapi-root",
+            action="append",
+            metavar="DIR",
+            help="oneAPI install root (default /opt/intel/oneapi, $ONEAPI_ROOT)",
+        )
+        xpu.add_argument(
+            "--aot",
+            metavar="DEVICES",
+            help="AOT device list or GPU name, e.g. bmg-g31 for Arc Pro B70",
+        )
         add_governor_args(w)
 
     w = sub.add_parser(
@@ -472,8 +630,12 @@ def build_parser() -> argparse.ArgumentParser:
         "  buildctl wheel --torch 2.11.0+xpu --project vllm-xpu-kernels --aot bmg-g31 --low-ram\n"
         "\nexit codes: 0 wheel ready, 1 build or verification failed, 2 bad input.",
     )
-    w.add_argument("--torch", required=True, metavar="VERSION",
-                   help="torch build, e.g. 2.13.0+cpu, 2.11.0+xpu, 2.14.1")
+    w.add_argument(
+        "--torch",
+        required=True,
+        metavar="VERSION",
+        help="torch build, e.g. 2.13.0+cpu, 2.11.0+xpu, 2.14.1",
+    )
     add_wheel_args(w)
     w.set_defaults(func=cmd_wheel)
 
@@ -497,8 +659,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     v.add_argument("wheel", type=Path)
     v.add_argument("--torch", metavar="VERSION", help="verify against this torch (env is made)")
-    v.add_argument("--against", type=Path, metavar="PATH",
-                   help="a torch wheel file (read, not installed), a torch dir or a python")
+    v.add_argument(
+        "--against",
+        type=Path,
+        metavar="PATH",
+        help="a torch wheel file (read, not installed), a torch dir or a python",
+    )
     v.add_argument("--cache-dir", type=Path, default=Path(".buildctl-cache"), metavar="DIR")
     v.set_defaults(func=cmd_verify)
 
@@ -534,12 +700,16 @@ def build_parser() -> argparse.ArgumentParser:
         "env",
         help="print the environment of one pinned oneAPI compiler, for eval",
         description="Sources exactly one oneAPI compiler's vars script in a clean subshell "
-        "(never setvars.sh) and prints export lines. Use: eval \"$(buildctl env --compiler "
-        "2025.3)\"",
+        '(never setvars.sh) and prints export lines. Use: eval "$(buildctl env --compiler '
+        '2025.3)"',
     )
     e.add_argument("--compiler", required=True, metavar="VERSION", help="e.g. 2025.3")
-    e.add_argument("--oneapi-root", action="append", metavar="DIR",
-                   help="extra oneAPI install root (default /opt/intel/oneapi, $ONEAPI_ROOT)")
+    e.add_argument(
+        "--oneapi-root",
+        action="append",
+        metavar="DIR",
+        help="extra oneAPI install root (default /opt/intel/oneapi, $ONEAPI_ROOT)",
+    )
     e.set_defaults(func=cmd_env)
     return parser
 

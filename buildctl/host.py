@@ -87,7 +87,7 @@ class HostInfo:
 
 
 def default_reserve(limit_bytes: int) -> int:
-    """Memory kept free for the OS, the desktop and buildctl itself: 10%, at least 1 GiB, at most 4."""
+    """Memory kept for the OS, the desktop and buildctl itself: 10%, within 1 to 4 GiB."""
     return int(min(max(limit_bytes * 0.10, 1024**3), 4 * 1024**3))
 
 
@@ -122,7 +122,7 @@ def cgroup_memory_limit(root: Path = Path("/sys/fs/cgroup")) -> int | None:
     except OSError:
         lines = []
     for line in lines:
-        hierarchy, controllers, rel = (line.split(":", 2) + ["", "", ""])[:3]
+        hierarchy, controllers, rel = [*line.split(":", 2), "", "", ""][:3]
         rel = rel.lstrip("/")
         if hierarchy == "0" and controllers == "":
             value = _read_int(root / rel / "memory.max")

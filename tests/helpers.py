@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -108,4 +109,4 @@ def processes_mentioning(text: str) -> list[psutil.Process]:
 
 def intervals_overlap(jobs: list[dict]) -> bool:
     spans = sorted((j["started_at_s"], j["started_at_s"] + j["wall_s"]) for j in jobs)
-    return any(b[0] < a[1] - 0.05 for a, b in zip(spans, spans[1:], strict=False))
+    return any(b[0] < a[1] - 0.05 for a, b in itertools.pairwise(spans))

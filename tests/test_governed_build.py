@@ -11,17 +11,16 @@ from pathlib import Path
 
 import psutil
 import pytest
-
 from helpers import (
     FIXTURES,
     TreeSampler,
     build_memcc,
     buildctl_cmd,
     intervals_overlap,
+    isolated_env,
     processes_mentioning,
     read_report,
     run_buildctl,
-    isolated_env,
 )
 
 MiB = 1024**2
@@ -33,18 +32,29 @@ def memcc(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_memcc(tmp_path_factory.mktemp("memcc"))
 
 
-def memjobs_args(build: Path, memcc: Path, *extra: str, count: int = 6, mb: int = 150,
-                 hold_ms: int = 1500) -> list[str]:
+def memjobs_args(
+    build: Path, memcc: Path, *extra: str, count: int = 6, mb: int = 150, hold_ms: int = 1500
+) -> list[str]:
     return [
-        "build", "--source", str(FIXTURES / "memjobs"), "--build-dir", str(build), "--plain",
-        *extra, "--", f"-DCMAKE_CXX_COMPILER={memcc}", f"-DMEMJOBS_COUNT={count}",
-        f"-DMEMJOBS_MB={mb}", f"-DMEMJOBS_HOLD_MS={hold_ms}",
+        "build",
+        "--source",
+        str(FIXTURES / "memjobs"),
+        "--build-dir",
+        str(build),
+        "--plain",
+        *extra,
+        "--",
+        f"-DCMAKE_CXX_COMPILER={memcc}",
+        f"-DMEMJOBS_COUNT={count}",
+        f"-DMEMJOBS_MB={mb}",
+        f"-DMEMJOBS_HOLD_MS={hold_ms}",
     ]
 
 
 def governed_run(args: list[str], env: dict[str, str]) -> tuple[int, TreeSampler, str]:
-    proc = subprocess.Popen(buildctl_cmd(*args), env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        buildctl_cmd(*args), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     sampler = TreeSampler(proc.pid)
     sampler.start()
     out, _ = proc.communicate(timeout=600)
@@ -56,8 +66,18 @@ def test_budget_holds_and_jobs_run_concurrently_when_they_fit(tmp_path: Path, me
     env = isolated_env(tmp_path)
     budget = 400 * MiB
     rc, sampler, out = governed_run(
-        memjobs_args(tmp_path / "b", memcc, "--mem-budget", "400M", "-j", "2",
-                     "--prior-rss", "190M", "--report", str(tmp_path / "r.json")),
+        memjobs_args(
+            tmp_path / "b",
+            memcc,
+            "--mem-budget",
+            "400M",
+            "-j",
+            "2",
+            "--prior-rss",
+            "190M",
+            "--report",
+            str(tmp_path / "r.json"),
+        ),
         env,
     )
     assert rc == 0, out
@@ -81,8 +101,19 @@ def test_tight_budget_serialises_and_second_build_predicts_within_15_percent(
     env = isolated_env(tmp_path)
     budget = 250 * MiB
     rc, sampler, out = governed_run(
-        memjobs_args(tmp_path / "b", memcc, "--mem-budget", "250M", "-j", "2",
-                     "--prior-rss", "190M", "--report", str(tmp_path / "r1.json"), count=4),
+        memjobs_args(
+            tmp_path / "b",
+            memcc,
+            "--mem-budget",
+            "250M",
+            "-j",
+            "2",
+            "--prior-rss",
+            "190M",
+            "--report",
+            str(tmp_path / "r1.json"),
+            count=4,
+        ),
         env,
     )
     assert rc == 0, out
@@ -90,25 +121,46 @@ def test_tight_budget_serialises_and_second_build_predicts_within_15_percent(
     assert not intervals_overlap([j for j in first["jobs"] if j["kind"] == "compile"])
     assert sampler.max_total <= budget
     # Second build from clean: predictions now come from the measured profile.
-    subprocess.run(["ninja", "-C", str(tmp_path / "b"), "-t", "clean"], check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["ninja", "-C", str(tmp_path / "b"), "-t", "clean"], check=True, capture_output=True
+    )
     rc, _, out = governed_run(
-        memjobs_args(tmp_path / "b", memcc, "--mem-budget", "250M", "-j", "2",
-                     "--report", str(tmp_path / "r2.json"), count=4),
+        memjobs_args(
+            tmp_path / "b",
+            memcc,
+            "--mem-budget",
+            "250M",
+            "-j",
+            "2",
+            "--report",
+            str(tmp_path / "r2.json"),
+            count=4,
+        ),
         env,
     )
     assert rc == 0, out
     second = read_report(tmp_path / "r2.json")
     for job in second["jobs"]:
         assert job["prediction_source"] == "exact"
-        assert abs(job["predicted_rss_bytes"] - job["peak_rss_bytes"]) <= 0.15 * job["peak_rss_bytes"]
+        assert (
+            abs(job["predicted_rss_bytes"] - job["peak_rss_bytes"]) <= 0.15 * job["peak_rss_bytes"]
+        )
 
 
 def test_real_gxx_build_then_plain_ninja_has_no_work(tmp_path: Path) -> None:
     env = isolated_env(tmp_path)
     build = tmp_path / "b"
-    result = run_buildctl("build", "--source", str(FIXTURES / "cxxproj"), "--build-dir",
-                          str(build), "--plain", "--report", str(tmp_path / "r.json"), env=env)
+    result = run_buildctl(
+        "build",
+        "--source",
+        str(FIXTURES / "cxxproj"),
+        "--build-dir",
+        str(build),
+        "--plain",
+        "--report",
+        str(tmp_path / "r.json"),
+        env=env,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     demo = subprocess.run([str(build / "shapes_demo")], capture_output=True, text=True, check=True)
     assert demo.stdout.strip() == "14 5.0"
@@ -127,11 +179,19 @@ def test_real_gxx_build_then_plain_ninja_has_no_work(tmp_path: Path) -> None:
 def test_compile_error_exits_1_with_the_compiler_message(tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()
-    (src / "CMakeLists.txt").write_text("cmake_minimum_required(VERSION 3.21)\nproject(p CXX)\n"
-                                        "add_library(p STATIC bad.cpp)\n")
+    (src / "CMakeLists.txt").write_text(
+        "cmake_minimum_required(VERSION 3.21)\nproject(p CXX)\nadd_library(p STATIC bad.cpp)\n"
+    )
     (src / "bad.cpp").write_text("int f() { return undeclared_thing; }\n")
-    result = run_buildctl("build", "--source", str(src), "--plain", "--report",
-                          str(tmp_path / "r.json"), env=isolated_env(tmp_path))
+    result = run_buildctl(
+        "build",
+        "--source",
+        str(src),
+        "--plain",
+        "--report",
+        str(tmp_path / "r.json"),
+        env=isolated_env(tmp_path),
+    )
     assert result.returncode == 1
     assert "undeclared_thing" in result.stdout
     assert "error: the build failed" in result.stdout
@@ -151,7 +211,9 @@ def test_compile_error_exits_1_with_the_compiler_message(tmp_path: Path) -> None
     ],
 )
 def test_bad_input_exits_2(tmp_path: Path, args: list[str], needle: str) -> None:
-    result = run_buildctl("build", *args, "--build-dir", str(tmp_path / "b"), env=isolated_env(tmp_path))
+    result = run_buildctl(
+        "build", *args, "--build-dir", str(tmp_path / "b"), env=isolated_env(tmp_path)
+    )
     assert result.returncode == 2, result.stdout + result.stderr
     assert needle in result.stdout + result.stderr
 
@@ -159,8 +221,21 @@ def test_bad_input_exits_2(tmp_path: Path, args: list[str], needle: str) -> None
 def test_job_above_budget_runs_alone_with_a_swap_warning(tmp_path: Path, memcc: Path) -> None:
     env = isolated_env(tmp_path)
     rc, sampler, out = governed_run(
-        memjobs_args(tmp_path / "b", memcc, "--mem-budget", "120M", "-j", "2", "--prior-rss",
-                     "300M", "--report", str(tmp_path / "r.json"), count=3, mb=60, hold_ms=800),
+        memjobs_args(
+            tmp_path / "b",
+            memcc,
+            "--mem-budget",
+            "120M",
+            "-j",
+            "2",
+            "--prior-rss",
+            "300M",
+            "--report",
+            str(tmp_path / "r.json"),
+            count=3,
+            mb=60,
+            hold_ms=800,
+        ),
         env,
     )
     assert rc == 0, out
@@ -182,15 +257,33 @@ def test_outside_memory_hog_triggers_the_guard_and_the_build_still_succeeds(
         pytest.skip("needs ~7 GiB free RAM to stage an outside memory hog safely")
     low = avail - 1 * 1024**3
     critical = avail - 2 * 1024**3
-    args = memjobs_args(tmp_path / "b", memcc, "--mem-budget", "400M", "-j", "2", "--prior-rss",
-                        "160M", "--low-water", str(low), "--critical", str(critical),
-                        "--report", str(tmp_path / "r.json"), count=4, mb=100, hold_ms=20000)
-    proc = subprocess.Popen(buildctl_cmd(*args), env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    args = memjobs_args(
+        tmp_path / "b",
+        memcc,
+        "--mem-budget",
+        "400M",
+        "-j",
+        "2",
+        "--prior-rss",
+        "160M",
+        "--low-water",
+        str(low),
+        "--critical",
+        str(critical),
+        "--report",
+        str(tmp_path / "r.json"),
+        count=4,
+        mb=100,
+        hold_ms=20000,
+    )
+    proc = subprocess.Popen(
+        buildctl_cmd(*args), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     # Wait until two jobs run, then start the hog: it holds 3 GiB for 5 s.
     _wait_for_jobs(proc.pid, ("memcc",), 2)
-    hog = subprocess.Popen(["python3", "-c",
-                            f"b = bytearray(b'1') * {hog_bytes}; import time; time.sleep(5)"])
+    hog = subprocess.Popen(
+        ["python3", "-c", f"b = bytearray(b'1') * {hog_bytes}; import time; time.sleep(5)"]
+    )
     out, _ = proc.communicate(timeout=600)
     hog.wait()
     assert proc.returncode == 0, out
@@ -228,7 +321,9 @@ def _assert_nothing_left(marker: str, timeout: float = 10) -> None:
     left = processes_mentioning(marker)
     while left and time.time() < deadline:
         time.sleep(0.1)
-        left = [p for p in processes_mentioning(marker) if p.is_running() and p.status() != "zombie"]
+        left = [
+            p for p in processes_mentioning(marker) if p.is_running() and p.status() != "zombie"
+        ]
     assert not left, [p.cmdline() for p in left]
 
 
@@ -238,10 +333,22 @@ def test_killing_buildctl_leaves_no_job_and_a_rerun_finishes(
 ) -> None:
     env = isolated_env(tmp_path)
     build = tmp_path / "b"
-    args = memjobs_args(build, memcc, "--mem-budget", "400M", "-j", "2", "--prior-rss", "150M",
-                        count=6, mb=50, hold_ms=3000)
-    proc = subprocess.Popen(buildctl_cmd(*args), env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    args = memjobs_args(
+        build,
+        memcc,
+        "--mem-budget",
+        "400M",
+        "-j",
+        "2",
+        "--prior-rss",
+        "150M",
+        count=6,
+        mb=50,
+        hold_ms=3000,
+    )
+    proc = subprocess.Popen(
+        buildctl_cmd(*args), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     _wait_for_jobs(proc.pid, ("memcc",), 2)
     time.sleep(3.5)  # let the first two finish so there is something to keep
     _wait_for_jobs(proc.pid, ("memcc",), 1)
@@ -253,8 +360,9 @@ def test_killing_buildctl_leaves_no_job_and_a_rerun_finishes(
     _assert_nothing_left(str(build))
     objects_kept = list((build / "CMakeFiles" / "memjobs.dir" / "gen").glob("*.o"))
     assert objects_kept, "finished objects must survive the kill"
-    rerun = subprocess.run(buildctl_cmd(*args), env=env, capture_output=True, text=True,
-                           timeout=600)
+    rerun = subprocess.run(
+        buildctl_cmd(*args), env=env, capture_output=True, text=True, timeout=600
+    )
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     # Incremental: the kept objects were not rebuilt.
     rebuilt = rerun.stdout.count("Building CXX object")
@@ -268,18 +376,41 @@ def test_report_schema(tmp_path: Path, memcc: Path) -> None:
 
     env = isolated_env(tmp_path)
     rc, _, out = governed_run(
-        memjobs_args(tmp_path / "b", memcc, "--mem-budget", "1G", "--report",
-                     str(tmp_path / "r.json"), count=2, mb=20, hold_ms=200),
+        memjobs_args(
+            tmp_path / "b",
+            memcc,
+            "--mem-budget",
+            "1G",
+            "--report",
+            str(tmp_path / "r.json"),
+            count=2,
+            mb=20,
+            hold_ms=200,
+        ),
         env,
     )
     assert rc == 0, out
     raw = read_report(tmp_path / "r.json")
     assert raw["schema"] == "buildctl.report/1"
-    for key in ("budget_bytes", "wall_s", "peak_total_rss_bytes", "host_min_available_bytes",
-                "jobs", "events"):
+    for key in (
+        "budget_bytes",
+        "wall_s",
+        "peak_total_rss_bytes",
+        "host_min_available_bytes",
+        "jobs",
+        "events",
+    ):
         assert key in raw
-    for key in ("output", "kind", "predicted_rss_bytes", "peak_rss_bytes", "wall_s", "cpu_s",
-                "attempts", "status"):
+    for key in (
+        "output",
+        "kind",
+        "predicted_rss_bytes",
+        "peak_rss_bytes",
+        "wall_s",
+        "cpu_s",
+        "attempts",
+        "status",
+    ):
         assert key in raw["jobs"][0]
     assert BuildReport.read(tmp_path / "r.json").budget_bytes == 1024**3
     assert os.path.getsize(tmp_path / "r.json") > 0

@@ -12,11 +12,18 @@ import psutil
 from buildctl.govern.monitor import ProcInfo, TreeSample, VerdictPolicy, sample_tree, verdict
 
 
-def series(n: int, dt: float, cpu_step: float, io_step: int = 0, faults_step: int = 0,
-           procs: int = 1) -> list[TreeSample]:
+def series(
+    n: int, dt: float, cpu_step: float, io_step: int = 0, faults_step: int = 0, procs: int = 1
+) -> list[TreeSample]:
     return [
-        TreeSample(i * dt, 100, i * cpu_step, i * io_step, i * faults_step,
-                   tuple(ProcInfo(10 + k, "cc1plus", 100, "R") for k in range(procs)))
+        TreeSample(
+            i * dt,
+            100,
+            i * cpu_step,
+            i * io_step,
+            i * faults_step,
+            tuple(ProcInfo(10 + k, "cc1plus", 100, "R") for k in range(procs)),
+        )
         for i in range(n)
     ]
 
@@ -60,7 +67,10 @@ def test_spinning_uses_a_ceiling_from_history() -> None:
 
 def test_sample_tree_sums_a_real_tree() -> None:
     child = "x = bytearray(b'1') * (60 << 20); import time; time.sleep(30)"
-    code = f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {child!r}]); time.sleep(30)"
+    code = (
+        "import subprocess, sys, time; "
+        f"subprocess.Popen([sys.executable, '-c', {child!r}]); time.sleep(30)"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code])
     try:
         deadline = time.time() + 20

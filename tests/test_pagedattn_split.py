@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 from elftools.elf.elffile import ELFFile
-
 from helpers import isolated_env, read_report, run_buildctl
 
 pytestmark = pytest.mark.slow
@@ -22,7 +21,8 @@ def exported(library: Path) -> set[str]:
     with library.open("rb") as handle:
         dynsym = ELFFile(handle).get_section_by_name(".dynsym")
         return {
-            s.name for s in dynsym.iter_symbols()
+            s.name
+            for s in dynsym.iter_symbols()
             if s.name and s["st_shndx"] != "SHN_UNDEF" and s["st_info"]["bind"] != "STB_LOCAL"
         }
 
@@ -35,8 +35,10 @@ def kernel_definitions(library: Path) -> set[str]:
     with library.open("rb") as handle:
         symtab = ELFFile(handle).get_section_by_name(".symtab")
         return {
-            s.name for s in symtab.iter_symbols()
-            if s.name.startswith(KERNEL_PREFIXES) and s["st_shndx"] != "SHN_UNDEF"
+            s.name
+            for s in symtab.iter_symbols()
+            if s.name.startswith(KERNEL_PREFIXES)
+            and s["st_shndx"] != "SHN_UNDEF"
             and s["st_info"]["type"] == "STT_FUNC"
         }
 
@@ -45,9 +47,20 @@ def test_split_build_exports_the_same_symbols_and_passes_the_reference(
     pagedattn_tiny_build, tmp_path: Path
 ) -> None:
     build = tmp_path / "split"
-    result = run_buildctl("build", "--preset", "tiny", "--build-dir", str(build), "--plain",
-                          "--report", str(tmp_path / "r.json"), "--", "-DBUILDCTL_SPLIT_SHARDS=3",
-                          env=isolated_env(tmp_path), timeout=1200)
+    result = run_buildctl(
+        "build",
+        "--preset",
+        "tiny",
+        "--build-dir",
+        str(build),
+        "--plain",
+        "--report",
+        str(tmp_path / "r.json"),
+        "--",
+        "-DBUILDCTL_SPLIT_SHARDS=3",
+        env=isolated_env(tmp_path),
+        timeout=1200,
+    )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     shards = sorted((build / "buildctl-split").rglob("*.shard-*.cpp"))
     assert len(shards) == 3
@@ -66,12 +79,16 @@ def test_split_build_exports_the_same_symbols_and_passes_the_reference(
     assert kernel_definitions(split_lib) == kernels
 
     site = tmp_path / "site"
-    subprocess.run(["cmake", "--install", str(build), "--prefix", str(site)], check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["cmake", "--install", str(build), "--prefix", str(site)], check=True, capture_output=True
+    )
     env = {**os.environ, "PYTHONPATH": str(site)}
     check = subprocess.run(
         [sys.executable, "-c", "import pagedattn.reference as r; print(r.self_check(seed=1))"],
-        capture_output=True, text=True, env=env, check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
     )
     assert check.returncode == 0, check.stderr[-3000:]
     assert json.dumps(check.stdout)  # printed a summary

@@ -22,8 +22,9 @@ GXX = "g++: g++ (Debian 12.2.0) 12.2.0"
 
 
 def entry(output: str, mb: int, kind: str = "compile", compiler: str = GXX) -> ProfileEntry:
-    return ProfileEntry(output=output, kind=kind, compiler=compiler, peak_rss_bytes=mb * M,
-                        wall_s=2.0, cpu_s=1.9)
+    return ProfileEntry(
+        output=output, kind=kind, compiler=compiler, peak_rss_bytes=mb * M, wall_s=2.0, cpu_s=1.9
+    )
 
 
 def test_target_of_cmake_object_paths() -> None:
@@ -109,7 +110,9 @@ def test_export_import_roundtrip(tmp_path: Path) -> None:
     assert summary[0].target == "t" and summary[0].max_peak_bytes == 150 * M
 
 
-@pytest.mark.parametrize("text", ["not json", '{"entries": 3}', '{"schema": "other/9", "entries": []}'])
+@pytest.mark.parametrize(
+    "text", ["not json", '{"entries": 3}', '{"schema": "other/9", "entries": []}']
+)
 def test_import_rejects_bad_files(tmp_path: Path, text: str) -> None:
     db = ProfileDB(tmp_path / "p.sqlite")
     with pytest.raises(BadInput):

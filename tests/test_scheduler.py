@@ -81,7 +81,9 @@ def test_random_states_never_overcommit(seed: int) -> None:
     rng = random.Random(seed)
     budget = rng.randint(100, 2000) * M
     slots = rng.randint(1, 8)
-    running = [r(100 + i, rng.randint(1, 600), rng.randint(0, 700)) for i in range(rng.randint(0, 4))]
+    running = [
+        r(100 + i, rng.randint(1, 600), rng.randint(0, 700)) for i in range(rng.randint(0, 4))
+    ]
     waiting = [w(i, rng.randint(1, 2500), rng.random()) for i in range(rng.randint(0, 10))]
     d = decide(waiting, running, budget, slots, now=rng.random())
     predicted = {x.job_id: x.predicted for x in waiting}

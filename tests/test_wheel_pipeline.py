@@ -11,7 +11,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
 from helpers import ROOT, read_report, run_buildctl
 
 CACHE = ROOT / ".buildctl-cache"  # shared with the other wheel tests: one torch env per session
@@ -22,9 +21,21 @@ pytestmark = pytest.mark.slow
 def built(tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = tmp_path_factory.mktemp("wheelhouse")
     report = out.parent / "wheel-report.json"
-    result = run_buildctl("wheel", "--torch", "2.13.0+cpu", "--preset", "tiny", "--plain",
-                          "--out", str(out), "--cache-dir", str(CACHE), "--report", str(report),
-                          timeout=1800)
+    result = run_buildctl(
+        "wheel",
+        "--torch",
+        "2.13.0+cpu",
+        "--preset",
+        "tiny",
+        "--plain",
+        "--out",
+        str(out),
+        "--cache-dir",
+        str(CACHE),
+        "--report",
+        str(report),
+        timeout=1800,
+    )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     wheels = list((out / "pt213cpu").rglob("*.whl"))
     assert len(wheels) == 1
@@ -76,13 +87,25 @@ def test_pip_installs_from_the_index_and_ops_match_reference(built: dict) -> Non
     pip = [sys.executable, "-m", "pip", "--python", str(env.python)]
     subprocess.run([*pip, "uninstall", "-y", "-q", "pagedattn"], capture_output=True, check=False)
     install = subprocess.run(
-        [*pip, "install", "-q", "--no-index", "--find-links", str(built["out"] / "pt213cpu"),
-         "pagedattn==0.1.0+pt213cpu"], capture_output=True, text=True, check=False,
+        [
+            *pip,
+            "install",
+            "-q",
+            "--no-index",
+            "--find-links",
+            str(built["out"] / "pt213cpu"),
+            "pagedattn==0.1.0+pt213cpu",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert install.returncode == 0, install.stderr
     check = subprocess.run(
         [str(env.python), "-c", "import pagedattn.reference as r; print(r.self_check(seed=3))"],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert check.returncode == 0, check.stderr
     assert "ok" in check.stdout.lower() or "pass" in check.stdout.lower(), check.stdout
@@ -94,8 +117,19 @@ def test_rebuild_from_clean_is_byte_identical(built: dict, tmp_path: Path) -> No
     for d in build_dirs:
         subprocess.run(["rm", "-rf", str(d)], check=True)
     out = tmp_path / "wh2"
-    result = run_buildctl("wheel", "--torch", "2.13.0+cpu", "--preset", "tiny", "--plain",
-                          "--out", str(out), "--cache-dir", str(CACHE), timeout=1800)
+    result = run_buildctl(
+        "wheel",
+        "--torch",
+        "2.13.0+cpu",
+        "--preset",
+        "tiny",
+        "--plain",
+        "--out",
+        str(out),
+        "--cache-dir",
+        str(CACHE),
+        timeout=1800,
+    )
     assert result.returncode == 0, result.stdout[-3000:]
     second = next((out / "pt213cpu").rglob("*.whl")).read_bytes()
     assert hashlib.sha256(first).hexdigest() == hashlib.sha256(second).hexdigest()
@@ -105,10 +139,23 @@ def test_rebuild_from_clean_is_byte_identical(built: dict, tmp_path: Path) -> No
     ("torch", "needle"),
     [("2.11", "incomplete"), ("banana", "not a torch version"), ("2.13.7+cpu", "2.13.7")],
 )
-def test_bad_torch_versions_exit_2_and_write_nothing(tmp_path: Path, torch: str, needle: str) -> None:
+def test_bad_torch_versions_exit_2_and_write_nothing(
+    tmp_path: Path, torch: str, needle: str
+) -> None:
     out = tmp_path / "wh"
-    result = run_buildctl("wheel", "--torch", torch, "--preset", "tiny", "--plain", "--out",
-                          str(out), "--cache-dir", str(CACHE), timeout=900)
+    result = run_buildctl(
+        "wheel",
+        "--torch",
+        torch,
+        "--preset",
+        "tiny",
+        "--plain",
+        "--out",
+        str(out),
+        "--cache-dir",
+        str(CACHE),
+        timeout=900,
+    )
     assert result.returncode == 2, result.stdout + result.stderr
     assert needle in result.stdout + result.stderr
     assert not out.exists() or not any(out.rglob("*.whl"))
@@ -130,9 +177,21 @@ def test_verify_rejects_files_that_are_not_safe_wheels(tmp_path: Path) -> None:
 
 def test_matrix_builds_each_torch_and_summarises_failures(built: dict, tmp_path: Path) -> None:
     out = tmp_path / "wh"
-    result = run_buildctl("matrix", "--torch", "2.13.0+cpu", "--torch", "2.13.7+cpu", "--preset",
-                          "tiny", "--plain", "--out", str(out), "--cache-dir", str(CACHE),
-                          timeout=1800)
+    result = run_buildctl(
+        "matrix",
+        "--torch",
+        "2.13.0+cpu",
+        "--torch",
+        "2.13.7+cpu",
+        "--preset",
+        "tiny",
+        "--plain",
+        "--out",
+        str(out),
+        "--cache-dir",
+        str(CACHE),
+        timeout=1800,
+    )
     assert result.returncode == 1, result.stdout[-3000:]  # one of two failed
     summary = (out / "SUMMARY.md").read_text()
     assert "2.13.0+cpu" in summary and "pass" in summary

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from buildctl.errors import BadInput
 from buildctl.kernels import merge_hooks
@@ -16,14 +16,24 @@ def test_wrapper_sets_label_pin_and_absolute_paths(tmp_path: Path) -> None:
     (tmp_path / "pkg").mkdir()
     (tmp_path / "pkg" / "_version.py").write_text('__version__ = "0.2.0"\n')
     pyproject = {
-        "project": {"name": "pkg", "dynamic": ["version"], "dependencies": ["torch", "numpy>=1"],
-                    "requires-python": ">=3.10"},
-        "tool": {"scikit-build": {
-            "wheel": {"packages": ["pkg"], "py-api": "py3"},
-            "metadata": {"version": {"provider": "scikit_build_core.metadata.regex",
-                                     "input": "pkg/_version.py"}},
-            "build-dir": "build/x",
-        }},
+        "project": {
+            "name": "pkg",
+            "dynamic": ["version"],
+            "dependencies": ["torch", "numpy>=1"],
+            "requires-python": ">=3.10",
+        },
+        "tool": {
+            "scikit-build": {
+                "wheel": {"packages": ["pkg"], "py-api": "py3"},
+                "metadata": {
+                    "version": {
+                        "provider": "scikit_build_core.metadata.regex",
+                        "input": "pkg/_version.py",
+                    }
+                },
+                "build-dir": "build/x",
+            }
+        },
     }
     text = wrapper_pyproject(pyproject, tmp_path, "pt213cpu", "torch==2.13.0")
     doc = tomllib.loads(text)
@@ -37,8 +47,15 @@ def test_wrapper_sets_label_pin_and_absolute_paths(tmp_path: Path) -> None:
 
 
 def test_manifest_fills_in_for_sources_without_pyproject(tmp_path: Path) -> None:
-    text = wrapper_pyproject({}, tmp_path, "pt211xpu", "torch==2.11.0", name="vllm-xpu-kernels",
-                             version="0.1.9", scikit_build={"wheel": {"py-api": "cp38"}})
+    text = wrapper_pyproject(
+        {},
+        tmp_path,
+        "pt211xpu",
+        "torch==2.11.0",
+        name="vllm-xpu-kernels",
+        version="0.1.9",
+        scikit_build={"wheel": {"py-api": "cp38"}},
+    )
     doc = tomllib.loads(text)
     assert doc["project"]["name"] == "vllm-xpu-kernels"
     assert doc["project"]["version"] == "0.1.9+pt211xpu"

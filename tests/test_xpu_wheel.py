@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures"))
-from oneapi_trees import make_field_trap_tree  # noqa: E402
+from helpers import ROOT
+from oneapi_trees import make_field_trap_tree
 
-from buildctl.govern.session import SessionOptions  # noqa: E402
-from buildctl.kernels.xpu import xpu_project  # noqa: E402
-from buildctl.wheel.pipeline import WheelRequest, build_wheel  # noqa: E402
-from helpers import ROOT  # noqa: E402
+from buildctl.govern.session import SessionOptions
+from buildctl.kernels.xpu import xpu_project
+from buildctl.wheel.pipeline import WheelRequest, build_wheel
 
 FIXTURE = ROOT / "tests" / "fixtures" / "xpu_kernels_fixture"
 GiB = 1024**3
@@ -37,7 +37,7 @@ if [ "$1" = "--version" ]; then
 fi
 exec g++ "$@"
 """
-ICX_TO_GCC = "#!/bin/sh\nexec gcc \"$@\"\n"
+ICX_TO_GCC = '#!/bin/sh\nexec gcc "$@"\n'
 
 
 def _git_repo_from(src: Path, dest: Path) -> str:
@@ -45,8 +45,9 @@ def _git_repo_from(src: Path, dest: Path) -> str:
     run = {"cwd": dest, "check": True, "capture_output": True}
     subprocess.run(["git", "init", "-q"], **run)
     subprocess.run(["git", "add", "-A"], **run)
-    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"],
-                   **run)
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"], **run
+    )
     return subprocess.run(["git", "rev-parse", "HEAD"], text=True, **run).stdout.strip()
 
 
@@ -57,15 +58,24 @@ def test_xpu_project_pins_2025_3_and_builds_a_verified_wheel(tmp_path: Path) -> 
     (good / "icx").write_text(ICX_TO_GCC)
     (good / "icx").chmod(0o755)
     overrides = {
-        key: (str(tmp_path / "up" / key),
-              _git_repo_from(FIXTURE / "standins" / key, tmp_path / "up" / key))
+        key: (
+            str(tmp_path / "up" / key),
+            _git_repo_from(FIXTURE / "standins" / key, tmp_path / "up" / key),
+        )
         for key in ("sycl-tla", "oneDNN")
     }
     source = tmp_path / "src"
     shutil.copytree(FIXTURE, source)
     project = xpu_project(
-        torch="2.12.0+xpu", source=source, preset=None, low_ram=True, budget_bytes=16 * GiB,
-        cache_dir=tmp_path / "cache", oneapi_roots=[str(root)], compiler=None, aot="B70",
+        torch="2.12.0+xpu",
+        source=source,
+        preset=None,
+        low_ram=True,
+        budget_bytes=16 * GiB,
+        cache_dir=tmp_path / "cache",
+        oneapi_roots=[str(root)],
+        compiler=None,
+        aot="B70",
         dep_overrides=overrides,
     )
     # Pinned to the compiler the torch row needs, not to what `latest`/setvars.sh select.
@@ -78,13 +88,24 @@ def test_xpu_project_pins_2025_3_and_builds_a_verified_wheel(tmp_path: Path) -> 
 
     cache = ROOT / ".buildctl-cache"  # the torch env is shared with the other wheel tests
     req = WheelRequest(
-        torch="2.13.0+cpu", project=project.name, source_dir=project.source_dir,
-        out_dir=tmp_path / "wheelhouse", cache_dir=cache, cmake_defines=project.cmake_defines,
-        build_env=project.build_env, source_ref=project.source_ref, patches=project.patches,
+        torch="2.13.0+cpu",
+        project=project.name,
+        source_dir=project.source_dir,
+        out_dir=tmp_path / "wheelhouse",
+        cache_dir=cache,
+        cmake_defines=project.cmake_defines,
+        build_env=project.build_env,
+        source_ref=project.source_ref,
+        patches=project.patches,
     )
-    opts = SessionOptions(build_dir=tmp_path / "unused", budget_bytes=16 * GiB, slots=2,
-                          report_path=tmp_path / "report.json", plain=True,
-                          profile_db=tmp_path / "profiles.sqlite")
+    opts = SessionOptions(
+        build_dir=tmp_path / "unused",
+        budget_bytes=16 * GiB,
+        slots=2,
+        report_path=tmp_path / "report.json",
+        plain=True,
+        profile_db=tmp_path / "profiles.sqlite",
+    )
     outcome = build_wheel(req, opts)
     assert outcome.wheel.is_file() and "+pt213cpu" in outcome.wheel.name
     hook = json.loads((outcome.build_dir / "buildctl" / "xpu_hook.json").read_text())

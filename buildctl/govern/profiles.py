@@ -155,7 +155,9 @@ class ProfileDB:
             return Prediction(max(r[0] for r in rows), "output", max(r[1] for r in rows))
         target = target_of(output)
         if target:
-            peaks = self._latest_peaks("target=? AND compiler=? AND kind=?", (target, compiler, kind))
+            peaks = self._latest_peaks(
+                "target=? AND compiler=? AND kind=?", (target, compiler, kind)
+            )
             if peaks:
                 return Prediction(max(peaks), "target")
         peaks = self._latest_peaks(

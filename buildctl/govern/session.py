@@ -94,7 +94,11 @@ class GovernedSession:
         self._t0 = 0.0
         priors = None
         if opts.prior_bytes:
-            priors = {"compile": opts.prior_bytes, "link": opts.prior_bytes, "other": opts.prior_bytes}
+            priors = {
+                "compile": opts.prior_bytes,
+                "link": opts.prior_bytes,
+                "other": opts.prior_bytes,
+            }
         self.profiles = ProfileDB(opts.profile_db, priors)
         self.governor = Governor(
             GovernorOptions(
@@ -179,7 +183,9 @@ class GovernedSession:
 
     # --- running ----------------------------------------------------------------------------
 
-    def run(self, argv: list[str], cwd: Path | None = None, env: dict[str, str] | None = None) -> int:
+    def run(
+        self, argv: list[str], cwd: Path | None = None, env: dict[str, str] | None = None
+    ) -> int:
         """Run the build command under the governor; Ctrl-C/SIGTERM kill every job tree."""
         env = self.child_env(env)
         proc = subprocess.Popen(
@@ -252,10 +258,19 @@ def split_events(build_dir: Path) -> list[Event]:
                 output=plan.get("source"),
                 detail=f"{plan.get('entries')} entries -> {plan.get('n')} shard(s): "
                 f"{plan.get('reason', '')}",
-                data={k: plan.get(k) for k in (
-                    "n", "entries", "per_shard_entries", "predicted_whole_peak_bytes",
-                    "predicted_shard_peak_bytes", "shard_target_bytes", "forced", "model",
-                )},
+                data={
+                    k: plan.get(k)
+                    for k in (
+                        "n",
+                        "entries",
+                        "per_shard_entries",
+                        "predicted_whole_peak_bytes",
+                        "predicted_shard_peak_bytes",
+                        "shard_target_bytes",
+                        "forced",
+                        "model",
+                    )
+                },
             )
         )
     return events

@@ -4,9 +4,10 @@ each is set up: sources, CMake defines, environment, smoke test, patches."""
 from __future__ import annotations
 
 import sys
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import tomllib
 
 from buildctl.errors import BadInput
 
@@ -91,7 +92,9 @@ print("pagedattn smoke:", result)
 """
 
 
-def bundled_project(preset: str | None, budget_bytes: int, slots: int, split: bool = True) -> ProjectBuild:
+def bundled_project(
+    preset: str | None, budget_bytes: int, slots: int, split: bool = True
+) -> ProjectBuild:
     source = KERNELS_DIR / BUNDLED
     if not (source / "CMakeLists.txt").is_file():
         raise BadInput(
@@ -113,7 +116,7 @@ def bundled_project(preset: str | None, budget_bytes: int, slots: int, split: bo
 def bundled_build_settings(
     preset: str | None, low_ram: bool, budget_bytes: int = 0, slots: int = 1, split: bool = True
 ) -> tuple[Path, dict[str, str], Path]:
-    """(source dir, CMake defines, default build dir) for `buildctl build` of the bundled project."""
+    """(source dir, CMake defines, default build dir) of the bundled project for `build`."""
     import torch  # the bundled project is a torch extension
 
     project = bundled_project(preset, budget_bytes, slots, split=split)
@@ -148,21 +151,31 @@ def resolve_project(
         from buildctl.kernels.xpu import xpu_project
 
         project = xpu_project(
-            torch=torch, source=source, preset=preset, low_ram=low_ram,
-            budget_bytes=budget_bytes, cache_dir=cache_dir, oneapi_roots=oneapi_roots,
-            compiler=compiler, aot=aot,
+            torch=torch,
+            source=source,
+            preset=preset,
+            low_ram=low_ram,
+            budget_bytes=budget_bytes,
+            cache_dir=cache_dir,
+            oneapi_roots=oneapi_roots,
+            compiler=compiler,
+            aot=aot,
         )
     elif name is None and source is not None:
         src = source.resolve()
         if not src.is_dir():
-            raise BadInput(f"--source {source} is not a directory",
-                           "pass the top directory of a scikit-build-core project")
+            raise BadInput(
+                f"--source {source} is not a directory",
+                "pass the top directory of a scikit-build-core project",
+            )
         project = ProjectBuild(name=src.name, source_dir=src)
     elif name == BUNDLED:
         project = bundled_project(preset, budget_bytes, slots)
         project.source_dir = source.resolve() if source else project.source_dir
     else:
-        raise BadInput(f"no kernel project named {name!r}",
-                       f"use one of {', '.join(KNOWN)}, or pass --source DIR")
+        raise BadInput(
+            f"no kernel project named {name!r}",
+            f"use one of {', '.join(KNOWN)}, or pass --source DIR",
+        )
     project.cmake_defines = merge_hooks(project.cmake_defines)
     return project

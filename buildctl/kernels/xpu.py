@@ -36,7 +36,9 @@ def fetch_source(repo: str, ref: str, cache_dir: Path) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     proc = subprocess.run(
         ["git", "clone", "--quiet", "--depth", "1", "--branch", ref, repo, str(dest)],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if proc.returncode != 0:
         raise BuildFailed(
@@ -75,17 +77,21 @@ def xpu_project(
     else:
         src = source.resolve()
         if not (src / "CMakeLists.txt").is_file():
-            raise BadInput(f"--source {source} has no CMakeLists.txt",
-                           "pass the top directory of a vllm-xpu-kernels checkout")
+            raise BadInput(
+                f"--source {source} has no CMakeLists.txt",
+                "pass the top directory of a vllm-xpu-kernels checkout",
+            )
     patches = xpu_adapter.patches_for(resolution)
     if patches:
         apply_patches(src, patches)
-    staged = xpu_adapter.prestage_deps(manifest, resolution.kernel_ref, cache_dir / "deps",
-                                       overrides=dep_overrides)
+    staged = xpu_adapter.prestage_deps(
+        manifest, resolution.kernel_ref, cache_dir / "deps", overrides=dep_overrides
+    )
     xpu_adapter.populate_submodules(src, staged)
     aot_devices = xpu_adapter.aot_devices_for(aot, manifest) if aot else None
-    defines = xpu_adapter.cmake_defines_for(resolution, budget_bytes, aot_devices, preset,
-                                            low_ram, staged)
+    defines = xpu_adapter.cmake_defines_for(
+        resolution, budget_bytes, aot_devices, preset, low_ram, staged
+    )
     defines["CMAKE_PROJECT_INCLUDE"] = str(xpu_adapter.HOOK_PATH)
     defines["CMAKE_CXX_COMPILER"] = str(install.icpx)
     has_pyproject = (src / "pyproject.toml").is_file() and "scikit_build_core" in (

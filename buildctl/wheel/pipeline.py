@@ -41,7 +41,6 @@ from buildctl.wheel.verify import TorchLibs, verify_wheel
 from buildctl.wheel.wrapper import read_pyproject, wrapper_pyproject, write_wrapper
 
 
-
 @dataclass
 class WheelRequest:
     torch: str
@@ -95,9 +94,10 @@ def _ensure_build_backend(env: TorchEnv) -> None:
         return
     # The env has no pip of its own: buildctl's pip drives it (`pip --python`).
     proc = subprocess.run(
-        [*pip_for(env), "install", "-q", "--disable-pip-version-check",
-         "scikit-build-core>=0.10"],
-        capture_output=True, text=True, check=False,
+        [*pip_for(env), "install", "-q", "--disable-pip-version-check", "scikit-build-core>=0.10"],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if proc.returncode != 0:
         raise BuildFailed(
@@ -124,15 +124,20 @@ def _metadata_requires(wheel: Path) -> list[str]:
     with zipfile.ZipFile(wheel) as zf:
         meta = next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))
         text = zf.read(meta).decode()
-    return [line.split(":", 1)[1].strip() for line in text.splitlines()
-            if line.startswith("Requires-Dist:")]
+    return [
+        line.split(":", 1)[1].strip()
+        for line in text.splitlines()
+        if line.startswith("Requires-Dist:")
+    ]
 
 
 def source_ref(project: str, source_dir: Path, ref: str) -> SourceRef:
     """The commit the sources came from, when they are in git (dirty = uncommitted changes)."""
+
     def git(*args: str) -> str:
-        proc = subprocess.run(["git", "-C", str(source_dir), *args], capture_output=True,
-                              text=True, check=False)
+        proc = subprocess.run(
+            ["git", "-C", str(source_dir), *args], capture_output=True, text=True, check=False
+        )
         return proc.stdout.strip() if proc.returncode == 0 else ""
 
     commit = git("rev-parse", "HEAD")
@@ -156,8 +161,13 @@ def build_wheel(req: WheelRequest, opts: SessionOptions, console: object = None)
             "add a scikit-build-core pyproject.toml, or build it with --project NAME",
         )
     wrapper_text = wrapper_pyproject(
-        pyproject, req.source_dir, label, requires_dist(target),
-        name=req.dist_name, version=req.base_version, scikit_build=req.scikit_build,
+        pyproject,
+        req.source_dir,
+        label,
+        requires_dist(target),
+        name=req.dist_name,
+        version=req.base_version,
+        scikit_build=req.scikit_build,
     )
     env = ensure_torch_env(
         req.cache_dir / "envs" / target.spec,
@@ -185,8 +195,15 @@ def build_wheel(req: WheelRequest, opts: SessionOptions, console: object = None)
                 "CMAKE_MAKE_PROGRAM": find_tool("ninja"),
             }
             argv = [
-                *pip_for(env), "wheel", "-v", "--no-build-isolation", "--no-deps",
-                "--disable-pip-version-check", "-w", str(raw_dir), str(wrapper),
+                *pip_for(env),
+                "wheel",
+                "-v",
+                "--no-build-isolation",
+                "--no-deps",
+                "--disable-pip-version-check",
+                "-w",
+                str(raw_dir),
+                str(wrapper),
                 f"-Cbuild-dir={build_dir}",
                 *[f"-Ccmake.define.{k}={v}" for k, v in defines.items()],
             ]
@@ -199,17 +216,22 @@ def build_wheel(req: WheelRequest, opts: SessionOptions, console: object = None)
             raise BuildFailed(
                 f"the wheel build for torch {target.spec} failed"
                 + (f" at {', '.join(failed[:3])}" if failed else ""),
-                "read the compiler output above; rerun continues incrementally in " + str(build_dir),
+                "read the compiler output above; rerun continues incrementally in "
+                + str(build_dir),
             )
         wheels = sorted(raw_dir.glob("*.whl"))
         if len(wheels) != 1:
-            raise BuildFailed(f"expected one wheel in {raw_dir}, found {len(wheels)}",
-                              "check the project's pyproject.toml")
+            raise BuildFailed(
+                f"expected one wheel in {raw_dir}, found {len(wheels)}",
+                "check the project's pyproject.toml",
+            )
         raw = wheels[0]
         _check_wheel_version(raw, label)
         if requires_dist(target) not in _metadata_requires(raw):
-            raise BuildFailed(f"{raw.name} does not pin {requires_dist(target)}",
-                              "report this as a buildctl bug: the wrapper sets the pin")
+            raise BuildFailed(
+                f"{raw.name} does not pin {requires_dist(target)}",
+                "report this as a buildctl bug: the wrapper sets the pin",
+            )
         cxx = defines.get("CMAKE_CXX_COMPILER") or shutil.which("c++") or "c++"
         provenance = BuildProvenance(
             source=source_ref(req.project, req.source_dir, req.source_ref),

@@ -11,12 +11,12 @@ never edited. Pure: dicts and text in, TOML text out.
 from __future__ import annotations
 
 import re
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import tomli_w
+import tomllib
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.version import InvalidVersion, Version
 
@@ -32,7 +32,9 @@ def read_pyproject(source_dir: Path) -> dict[str, Any]:
     except FileNotFoundError:
         return {}
     except tomllib.TOMLDecodeError as exc:
-        raise BadInput(f"{path} is not valid TOML: {exc}", "fix the project's pyproject.toml") from None
+        raise BadInput(
+            f"{path} is not valid TOML: {exc}", "fix the project's pyproject.toml"
+        ) from None
 
 
 def base_version(pyproject: Mapping[str, Any], source_dir: Path) -> str:
@@ -40,17 +42,23 @@ def base_version(pyproject: Mapping[str, Any], source_dir: Path) -> str:
     project = pyproject.get("project", {})
     if "version" in project:
         return str(project["version"])
-    provider = pyproject.get("tool", {}).get("scikit-build", {}).get("metadata", {}).get("version", {})
+    provider = (
+        pyproject.get("tool", {}).get("scikit-build", {}).get("metadata", {}).get("version", {})
+    )
     if provider.get("provider") == "scikit_build_core.metadata.regex" and provider.get("input"):
         path = source_dir / provider["input"]
         try:
             text = path.read_text()
         except OSError:
-            raise BadInput(f"version file {path} is missing", "fix [tool.scikit-build.metadata.version]") from None
+            raise BadInput(
+                f"version file {path} is missing", "fix [tool.scikit-build.metadata.version]"
+            ) from None
         match = re.search(provider.get("regex", _DEFAULT_VERSION_RE), text, re.MULTILINE)
         if match:
             return match.group("value")
-        raise BadInput(f"no version found in {path}", "check the regex in [tool.scikit-build.metadata.version]")
+        raise BadInput(
+            f"no version found in {path}", "check the regex in [tool.scikit-build.metadata.version]"
+        )
     raise BadInput(
         f"cannot tell the version of the project in {source_dir}",
         "give [project] a static version or use scikit-build-core's regex version provider",
@@ -61,7 +69,9 @@ def labelled_version(base: str, label: str) -> str:
     try:
         version = Version(base)
     except InvalidVersion:
-        raise BadInput(f"project version {base!r} is not PEP 440", "fix the project's version") from None
+        raise BadInput(
+            f"project version {base!r} is not PEP 440", "fix the project's version"
+        ) from None
     if version.local:
         raise BadInput(
             f"project version {base!r} already has a local label",
@@ -114,7 +124,11 @@ def wrapper_pyproject(
             project[key] = project_in[key]
     if "license" in project_in and isinstance(project_in["license"], str):
         project["license"] = project_in["license"]
-    skb = dict(scikit_build if scikit_build is not None else pyproject.get("tool", {}).get("scikit-build", {}))
+    skb = dict(
+        scikit_build
+        if scikit_build is not None
+        else pyproject.get("tool", {}).get("scikit-build", {})
+    )
     skb.pop("metadata", None)
     skb.pop("sdist", None)
     skb.pop("build-dir", None)
