@@ -116,6 +116,8 @@ class Run:
     budget_bytes: int
     report: dict[str, Any] | None = None
     note: str = ""
+    load_before: float = 0.0  # 1-minute load average: how busy the shared machine was
+    load_after: float = 0.0
 
     @property
     def exceeded(self) -> bool:
@@ -143,6 +145,7 @@ def measure(
     if report_path is not None:
         report_path.unlink(missing_ok=True)
     print(f"  $ {shlex.join(argv)}", flush=True)
+    load0 = os.getloadavg()[0]
     cpu0 = _children_cpu()
     t0 = time.monotonic()
     proc = subprocess.Popen(
@@ -180,6 +183,8 @@ def measure(
         budget_bytes=budget,
         report=report,
         note=note,
+        load_before=load0,
+        load_after=os.getloadavg()[0],
     )
 
 
@@ -200,6 +205,8 @@ def median_run(runs: list[Run]) -> Run:
         budget_bytes=mid.budget_bytes,
         report=mid.report,
         note=mid.note,
+        load_before=statistics.median(r.load_before for r in runs),
+        load_after=statistics.median(r.load_after for r in runs),
     )
 
 
@@ -249,7 +256,8 @@ def heuristic_jobs(cores: int, budget: int) -> int:
 def table(runs: list[Run], reference: Run, bounds: Bounds) -> str:
     head = (
         "| method | wall s | CPU s | peak RSS jobs | peak RSS all | budget | exceeded | failures "
-        "| × buildctl | × lower bound |\n|---|---:|---:|---:|---:|---:|---|---:|---:|---:|"
+        "| × buildctl | × lower bound | load |\n"
+        "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"
     )
     rows = [head]
     for run in runs:
@@ -258,7 +266,8 @@ def table(runs: list[Run], reference: Run, bounds: Bounds) -> str:
         rows.append(
             f"| {run.method} | {run.wall_s:.1f} | {run.cpu_s:.1f} | {mib(run.peak_jobs_bytes)} "
             f"| {mib(run.peak_all_bytes)} | {mib(run.budget_bytes)} | {over} | {run.failures} "
-            f"| {run.wall_s / reference.wall_s:.2f} | {lb:.2f} |"
+            f"| {run.wall_s / reference.wall_s:.2f} | {lb:.2f} "
+            f"| {run.load_before:.1f}→{run.load_after:.1f} |"
         )
     return "\n".join(rows)
 

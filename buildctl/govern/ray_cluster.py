@@ -31,11 +31,60 @@ INSTALL_FIX = "install the extra: pip install 'buildctl[ray]'"
 OUTPUT_CAP = 1024 * 1024  # bytes of stdout/stderr a remote job sends back (the tail is kept)
 TAIL_BYTES = 16 * 1024
 
-# The job's direct child on the node. With PR_SET_PDEATHSIG it gets SIGTERM when the Ray worker
-# dies (node lost, killed by Ray's memory monitor, ray.cancel) and kills its whole process group,
-# so no compiler outlives its task and races the retry writing the same output. Arguments stay
-# positional ("$@"): the job's argv is never parsed by a shell.
-SUPERVISOR = 'trap "kill -KILL -$$" TERM\n"$@" &\nwait $!\n'
+# The job's guardian on the node, started by the task with the worker's Python. It leaves the
+# worker (fork, parent exits), so Ray's cleanup of a dead worker's direct children (SIGKILL, no
+# chance to clean up) does not reach it; it runs the job in a process group of its own, reports
+# the job's pid and wait4 rusage on a pipe, and kills the whole group as soon as a "life" pipe
+# held only by the task reaches EOF: the worker died (node lost, killed by Ray's memory monitor,
+# ray.cancel). So no compiler outlives its task and races the re-run writing the same output.
+# argv: life_fd result_fd job_argv... (the job's argv is exec'd as is, never parsed by a shell)
+GUARDIAN = """
+import json, os, signal, sys, threading
+life, res, argv = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
+if os.fork():
+    os._exit(0)
+pid = os.fork()
+if pid == 0:
+    os.close(life)
+    os.close(res)
+    os.setpgid(0, 0)
+    try:
+        os.execvp(argv[0], argv)
+    except OSError as exc:
+        os.write(2, ("buildctl: cannot run %r: %s\\n" % (argv[0], exc)).encode())
+    os._exit(127)
+try:
+    os.setpgid(pid, pid)
+except OSError:
+    pass
+os.write(res, (json.dumps({"pid": pid}) + "\\n").encode())
+finished = threading.Event()
+def watch():
+    while True:
+        try:
+            if not os.read(life, 1):
+                break
+        except InterruptedError:
+            continue
+        except OSError:
+            break
+    if not finished.is_set():
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except OSError:
+            pass
+threading.Thread(target=watch, daemon=True).start()
+while True:
+    try:
+        _, status, usage = os.wait4(pid, 0)
+        break
+    except InterruptedError:
+        continue
+finished.set()
+os.write(res, (json.dumps({"status": status, "maxrss": usage.ru_maxrss,
+                           "cpu_s": usage.ru_utime + usage.ru_stime}) + "\\n").encode())
+os._exit(0)
+"""
 
 _registered = False  # node-side functions registered with Ray's pickler by value
 
@@ -85,6 +134,25 @@ def probe_tcp(address: str, timeout_s: float) -> None:
             pass
     except OSError as exc:
         raise _unreachable(address, exc.strerror or str(exc)) from None
+
+
+def probe_grpc(address: str, timeout_s: float) -> None:
+    """Something listens there: is it a gRPC server (Ray's GCS is one)? ray.init() would spend
+    minutes retrying a port that accepts connections but never speaks HTTP/2."""
+    import grpc  # a dependency of ray
+
+    host, port = parse_address(address)
+    target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    channel = grpc.insecure_channel(target)
+    try:
+        grpc.channel_ready_future(channel).result(timeout=max(timeout_s, 2.0))
+    except grpc.FutureTimeoutError:
+        raise _unreachable(
+            address, f"the port accepts connections but no Ray GCS answered within "
+            f"{max(timeout_s, 2.0):.0f}s"
+        ) from None
+    finally:
+        channel.close()
 
 
 @dataclass(frozen=True)
@@ -139,6 +207,7 @@ def connect(address: str, connect_timeout_s: float = 5.0) -> tuple[ModuleType, b
     if ray.is_initialized():
         return ray, False
     probe_tcp(address, connect_timeout_s)
+    probe_grpc(address, connect_timeout_s)
     # A task killed by Ray's memory monitor must come back to us at once, so the retry can ask
     # for more memory; Ray's own OOM retries reuse the same request. Read when the driver starts.
     os.environ.setdefault("RAY_task_oom_retries", "0")
@@ -150,7 +219,14 @@ def connect(address: str, connect_timeout_s: float = 5.0) -> tuple[ModuleType, b
             logging_level=logging.WARNING,
         )
     except Exception as exc:
-        raise _unreachable(address, f"{type(exc).__name__}: {exc}") from None
+        with contextlib.suppress(Exception):
+            ray.shutdown()  # a half-made connection must not linger
+        raise BadInput(
+            f"cannot join the Ray cluster at {address}: {type(exc).__name__}: {exc}",
+            f"this Python's ray ({getattr(ray, '__version__', '?')}) must match the cluster's "
+            "(`ray --version` on the head), and the address must be the head's GCS port "
+            "(`ray start --head --port PORT`)",
+        ) from None
     return ray, True
 
 
@@ -299,10 +375,11 @@ def _node_run(
 ) -> dict[str, Any]:
     """Runs on a node: the exact argv in cwd, with its process tree's peak RSS (sampled sum),
     wait4's ru_maxrss (largest single process) and CPU time, its output, and where it ran."""
-    import ctypes
+    import json
     import os
     import signal
     import subprocess
+    import sys
     import threading
     import time
 
@@ -312,32 +389,35 @@ def _node_run(
     node_id = ray.get_runtime_context().get_node_id()
     ip = ray.util.get_node_ip_address()
     started = time.time()
-    libc = ctypes.CDLL(None, use_errno=True)
-    parent = os.getpid()
-
-    def die_with_worker() -> None:
-        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
-        if os.getppid() != parent:  # the worker died before prctl took effect
-            os._exit(137)
-
     base = {"node": f"{ip}/{node_id[:12]}", "node_id": node_id, "node_ip": ip,
             "started_epoch": started}
+
+    def failed(message: str) -> dict[str, Any]:
+        return {**base, "rc": 127, "signal": 0, "maxrss": 0, "tree_peak": 0, "cpu_s": 0.0,
+                "wall_s": time.time() - started, "stdout": "", "stderr": message,
+                "stderr_tail": message, "ended_epoch": time.time()}
+
+    if env is not None:
+        env = {**env, "BUILDCTL_RAY_NODE": node_id}  # where it runs, for wrappers and debugging
+    life_r, life_w = os.pipe()
+    res_r, res_w = os.pipe()
     try:
-        proc = subprocess.Popen(
-            ["/bin/sh", "-c", SUPERVISOR, "buildctl-job", *argv],
+        guardian = subprocess.Popen(
+            [sys.executable, "-c", GUARDIAN, str(life_r), str(res_w), *argv],
             cwd=cwd or None,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
+            pass_fds=(life_r, res_w),
             start_new_session=True,
-            preexec_fn=die_with_worker,
         )
     except OSError as exc:
-        msg = f"buildctl: cannot run {argv[0]!r} in {cwd} on node {base['node']}: {exc}\n"
-        return {**base, "rc": 127, "maxrss": 0, "tree_peak": 0, "cpu_s": 0.0, "wall_s": 0.0,
-                "stdout": "", "stderr": msg, "stderr_tail": msg, "ended_epoch": time.time()}
-
+        for fd in (life_r, life_w, res_r, res_w):
+            os.close(fd)
+        return failed(f"buildctl: cannot run a job in {cwd} on node {base['node']}: {exc}\n")
+    os.close(life_r)
+    os.close(res_w)
     chunks: dict[str, list[bytes]] = {"out": [], "err": []}
 
     def pump(stream: Any, key: str) -> None:
@@ -350,62 +430,69 @@ def _node_run(
         stream.close()
 
     readers = [
-        threading.Thread(target=pump, args=(proc.stdout, "out"), daemon=True),
-        threading.Thread(target=pump, args=(proc.stderr, "err"), daemon=True),
+        threading.Thread(target=pump, args=(guardian.stdout, "out"), daemon=True),
+        threading.Thread(target=pump, args=(guardian.stderr, "err"), daemon=True),
     ]
     for reader in readers:
         reader.start()
-    peak = [0, 0.0]  # tree RSS sum, tree CPU seconds (live processes)
+    peak = [0, 0.0]  # tree RSS sum, tree CPU seconds (of live processes)
     done = threading.Event()
+    job_pid = [0]
 
     def sample() -> None:
-        try:
-            shell = psutil.Process(proc.pid)
-        except psutil.NoSuchProcess:
-            return
         while not done.is_set():
             rss = 0
             cpu = 0.0
             try:
-                kids = shell.children(recursive=True)
+                root = psutil.Process(job_pid[0])
+                tree = [root, *root.children(recursive=True)]
             except psutil.NoSuchProcess:
                 return
-            for kid in kids:  # the job's tree, not the supervising shell
+            for proc in tree:
                 with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-                    rss += kid.memory_info().rss
-                    times = kid.cpu_times()
+                    rss += proc.memory_info().rss
+                    times = proc.cpu_times()
                     cpu += times.user + times.system
             peak[0] = max(peak[0], rss)
             peak[1] = max(peak[1], cpu)
             done.wait(sample_interval_s)
 
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    while True:
-        try:
-            _, status, usage = os.wait4(proc.pid, 0)
-            break
-        except InterruptedError:
-            continue
-    proc.returncode = os.waitstatus_to_exitcode(status)  # keeps Popen from waiting again
+    result: dict[str, Any] = {}
+    try:
+        with os.fdopen(res_r, "rb") as res:
+            first = res.readline()
+            if first:
+                job_pid[0] = int(json.loads(first)["pid"])
+                threading.Thread(target=sample, daemon=True).start()
+                last = res.readline()  # EOF here: the guardian itself was killed
+                result = json.loads(last) if last else {}
+        guardian.wait()
+    finally:
+        # A task interrupted here (ray.cancel) takes the job down with it; so does the
+        # guardian once the worker is gone and this end of the life pipe closes.
+        if not result and job_pid[0]:
+            with contextlib.suppress(OSError):
+                os.killpg(job_pid[0], signal.SIGKILL)
+        done.set()
+        os.close(life_w)
     ended = time.time()
-    done.set()
-    sampler.join(2)
     for reader in readers:
         reader.join(10)
-    code = proc.returncode
-    # The supervising shell reports a job killed by signal N as 128+N, as ninja would show it.
-    sig = -code if code < 0 else (code - 128 if 128 < code <= 128 + 64 else 0)
-    rc = 128 + sig if sig else code
+    if "status" in result:
+        code = os.waitstatus_to_exitcode(int(result["status"]))
+    else:
+        code = -signal.SIGKILL
+    sig = -code if code < 0 else 0
+    rc = 128 + sig if sig else code  # what a shell (and ninja) would report
     out = b"".join(chunks["out"]).decode(errors="replace")
     err = b"".join(chunks["err"]).decode(errors="replace")
     return {
         **base,
         "rc": rc,
         "signal": sig,
-        "maxrss": usage.ru_maxrss * 1024,  # Linux reports KiB; covers the waited-for tree
+        "maxrss": int(result.get("maxrss", 0)) * 1024,  # Linux: KiB; covers the waited-for tree
         "tree_peak": peak[0],
-        "cpu_s": max(usage.ru_utime + usage.ru_stime, peak[1]),
+        "cpu_s": max(float(result.get("cpu_s", 0.0)), peak[1]),
         "wall_s": ended - started,
         "stdout": out,
         "stderr": err,

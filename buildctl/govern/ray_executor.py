@@ -50,7 +50,7 @@ class RemoteRun:
 
     output: str
     memory_request: int
-    outcome: str  # ok | failed | oom | lost
+    outcome: str  # ok | failed | oom | lost | cancelled
     node: str | None = None
     started_epoch: float = 0.0
     ended_epoch: float = 0.0
@@ -125,6 +125,7 @@ class _Submitter:
             except Exception as exc:
                 now = time.time()
                 if self.cancelled:
+                    note(RemoteRun(output, request, "cancelled", ended_epoch=now))
                     return _failure(130, f"buildctl: {output} was cancelled on the Ray cluster\n")
                 if ray_cluster.is_oom(self.ray, exc):
                     note(RemoteRun(output, request, "oom", ended_epoch=now, detail=str(exc)))
@@ -158,6 +159,10 @@ class _Submitter:
             finally:
                 with self.lock:
                     self.inflight.discard(ref)
+            if self.cancelled and facts.get("rc") != 0:  # it died of the cancel, not of itself
+                note(RemoteRun(output, request, "cancelled", node=facts.get("node"),
+                               ended_epoch=time.time()))
+                return _failure(130, f"buildctl: {output} was cancelled on the Ray cluster\n")
             facts["memory_request"] = request
             note(
                 RemoteRun(

@@ -23,6 +23,8 @@ Approximations (each one is a knob or a documented limit, not a hidden guess):
   processed the launcher's `done`: profile write, report record) and `dispatch_s` to every job
   that becomes ready mid-build (ninja starts a launcher, a Python process, which registers).
   The defaults were measured on the 2-core test machine (bench/README.md).
+- CPU: a job takes one slot; jobs with inner parallelism (CPU time above wall time: parallel
+  device links, ThinLTO) are not slowed down when they share too few cores.
 - Memory: a running job holds its peak for its whole run, so the predicted peak total is an upper
   bound of a sampled one; the governor reserves `max(predicted, current RSS)`, and predicted is
   the profile's peak unless a replay passes what the governor predicted at the time.
@@ -38,6 +40,7 @@ from pathlib import PurePosixPath
 
 from buildctl.govern import scheduler
 from buildctl.govern.profiles import ProfileEntry, target_of
+from buildctl.host import default_budget
 from buildctl.report import BuildReport
 
 GiB = 1024**3
@@ -80,6 +83,14 @@ class HostShape:
         return max(1, self.slots if self.slots is not None else self.cores)
 
     @property
+    def usable_bytes(self) -> int:
+        """What one job running alone may use without swapping: RAM minus buildctl's reserve
+        (never less than the budget)."""
+        if self.mem_bytes is None:
+            return self.budget_bytes
+        return max(self.budget_bytes, default_budget(self.mem_bytes, None))
+
+    @property
     def effective_width(self) -> int:
         if self.ninja_width is not None:
             return max(1, self.ninja_width)
@@ -111,9 +122,10 @@ class SimResult:
     peak_total_bytes: int
     schedule: tuple[Scheduled, ...]
     alone: tuple[Alone, ...]
-    swap_needed_bytes: int
+    swap_needed_bytes: int  # the largest job running alone minus the host's usable RAM
     fits: bool  # nothing above the budget
-    fits_with_swap: bool  # what is above the budget fits into the host's swap
+    fits_in_ram: bool  # what is above the budget still fits in RAM when it runs alone
+    fits_with_swap: bool  # ...or at least in RAM plus swap
     lower_bound_s: float
     total_cpu_s: float
     busy_peak_slots: int
@@ -191,17 +203,21 @@ def _path_lengths(jobs: Sequence[SimJob], deps: dict[int, frozenset[int]]) -> li
 # --- bounds -----------------------------------------------------------------------------------
 
 
-def lower_bound(jobs: Iterable[SimJob], cores: int, budget: int) -> float:
+def lower_bound(
+    jobs: Iterable[SimJob], cores: int, budget: int, slots: int | None = None
+) -> float:
     """No schedule of these jobs on `cores` within `budget` can be shorter than this:
-    max(total CPU / cores, sum(peak x wall) / budget, longest job). A job above the budget
-    occupies the whole budget (it runs alone)."""
+    max(total CPU / cores, sum(peak x wall) / budget, longest job), and with `slots`,
+    sum(wall) / slots (a scheduler running at most that many jobs at once; it binds for jobs
+    that wait more than they compute). A job above the budget occupies the whole budget."""
     jobs = list(jobs)
     if not jobs:
         return 0.0
     cpu = sum(j.cpu_s for j in jobs) / max(1, cores)
     mem = sum(min(j.peak_bytes, budget) * j.wall_s for j in jobs) / max(1, budget)
     longest = max(j.wall_s for j in jobs)
-    return max(cpu, mem, longest)
+    slot = sum(j.wall_s for j in jobs) / slots if slots else 0.0
+    return max(cpu, mem, longest, slot)
 
 
 # --- the simulation ---------------------------------------------------------------------------
@@ -303,7 +319,8 @@ def simulate(
         for j in sorted(jobs, key=lambda j: -j.peak_bytes)
         if j.predicted > budget
     )
-    swap_needed = max((a.over_budget_bytes for a in alone), default=0)
+    swap_needed = max((a.peak_bytes - host.usable_bytes for a in alone), default=0)
+    swap_needed = max(0, swap_needed)
     schedule.sort(key=lambda s: (s.start_s, s.output))
     return SimResult(
         makespan_s=max((s.end_s for s in schedule), default=0.0),
@@ -312,8 +329,9 @@ def simulate(
         alone=alone,
         swap_needed_bytes=swap_needed,
         fits=not alone,
+        fits_in_ram=swap_needed == 0,
         fits_with_swap=swap_needed <= host.swap_bytes,
-        lower_bound_s=lower_bound(jobs, host.cores, budget),
+        lower_bound_s=lower_bound(jobs, host.cores, budget, slots),
         total_cpu_s=sum(j.cpu_s for j in jobs),
         busy_peak_slots=busy_peak,
         link_deps=notes,
