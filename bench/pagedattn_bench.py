@@ -149,11 +149,14 @@ def run_budget(label: str, preset: str, budget: int, work: Path, repeat: int, co
     print()
     print(table(rows, reference, bounds))
     checks = {}
+    idle = bounds_from_report(reference.report, cores, budget, durations="cpu_s")
     lines = [
         "",
         f"lower bound (from the first row's jobs) {bounds.lower_bound_s:.1f}s = max(CPU/cores "
         f"{bounds.cpu_term_s:.1f}s, sum(peak x wall)/B {bounds.mem_term_s:.1f}s, longest job "
-        f"{bounds.longest_s:.1f}s)",
+        f"{bounds.longest_s:.1f}s); with each job's CPU time as its duration (an idle machine) "
+        f"{idle.lower_bound_s:.1f}s (memory term {idle.mem_term_s:.1f}s, longest "
+        f"{idle.longest_s:.1f}s)",
     ]
     for run in runs:
         if run.report is None:
@@ -195,6 +198,8 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, help="repetitions per method (default 3, quick 1)")
     parser.add_argument("--preset", default="default", help="tiny, default or full")
     parser.add_argument("--budget", help="tight budget (default: 1.3 x the largest job)")
+    parser.add_argument("--budgets", default=None,
+                        help="which budgets: tight,default (default: both; quick: tight)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/buildctl-bench-pagedattn"))
     args = parser.parse_args()
     header = print_header(f"pagedattn ({args.preset}): buildctl vs ninja vs MAX_JOBS vs -j1")
@@ -216,8 +221,11 @@ def main() -> int:
         print(f"sizing build: largest job {mib(largest)} -> tight budget {mib(tight)}")
     print(f"cores {cores}; repetitions {repeat} (medians; peaks are the max over repetitions); "
           "measurements are noisy: other builds share this machine", flush=True)
-    budgets = [("tight", tight)]
-    if not args.quick:
+    wanted = (args.budgets or ("tight" if args.quick else "tight,default")).split(",")
+    budgets = []
+    if "tight" in wanted:
+        budgets.append(("tight", tight))
+    if "default" in wanted:
         budgets.append(("default", host.default_budget(info.total_ram_bytes,
                                                         info.cgroup_limit_bytes)))
     results = [run_budget(label, args.preset, b, work, repeat, cores, [True, False])

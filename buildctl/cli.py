@@ -108,6 +108,13 @@ def add_governor_args(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="re-runs of a job killed as stalled or crashed (default 1)",
     )
+    x = parser.add_argument_group("where jobs run")
+    x.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="local (default) or ray: every admitted job becomes a Ray task asking "
+                   "for its predicted memory; needs `pip install 'buildctl[ray]'` and a shared "
+                   "filesystem (same paths on every node)")
+    x.add_argument("--ray-address", metavar="HOST:PORT",
+                   help="the Ray cluster to use with --executor ray (e.g. 127.0.0.1:6379)")
     o = parser.add_argument_group("output")
     o.add_argument("--report", type=Path, metavar="FILE", help="write the JSON build report here")
     o.add_argument(
@@ -134,10 +141,28 @@ def resolve_budget(args: argparse.Namespace) -> tuple[int, int]:
     return budget, slots
 
 
+def remote_executor(args: argparse.Namespace, build_dir: Path, source: str):
+    """The Ray executor and the cluster's totals, or (None, None) for local builds."""
+    if getattr(args, "executor", "local") != "ray":
+        return None, None
+    if not args.ray_address:
+        raise BadInput("--executor ray needs --ray-address HOST:PORT",
+                       "start a cluster with `ray start --head --port 6379` and pass its address")
+    from buildctl.govern.ray_executor import make_ray_executor
+
+    build_dir.mkdir(parents=True, exist_ok=True)
+    return make_ray_executor(args.ray_address, build_dir.resolve(), check_paths=[source])
+
+
 def session_options(args: argparse.Namespace, build_dir: Path, title: str, source: str):
     from buildctl.govern.session import SessionOptions
 
     budget, slots = resolve_budget(args)
+    executor, cluster = remote_executor(args, build_dir, source)
+    if cluster is not None:
+        # The cluster's memory and CPUs are the budget: Ray packs tasks per node by memory.
+        budget = args.mem_budget or cluster.total_memory
+        slots = args.jobs or cluster.total_cpus
     return SessionOptions(
         build_dir=build_dir,
         budget_bytes=budget,
@@ -153,6 +178,7 @@ def session_options(args: argparse.Namespace, build_dir: Path, title: str, sourc
         retries=args.retries,
         command=sys.argv,
         source_dir=source,
+        executor=executor,
     )
 
 
@@ -194,7 +220,11 @@ def cmd_build(args: argparse.Namespace, console: Console) -> int:
         f"{opts.slots} CPU slots, build dir {req.build_dir}",
         highlight=False,
     )
-    rc, session = governed_build(req, opts)
+    try:
+        rc, session = governed_build(req, opts)
+    finally:
+        if opts.executor is not None:
+            opts.executor.close()
     return _summarize(console, session, rc, args.report)
 
 
@@ -343,7 +373,11 @@ def cmd_wheel(args: argparse.Namespace, console: Console) -> int:
         f"{host.format_size(opts.budget_bytes)}, {opts.slots} CPU slots",
         highlight=False,
     )
-    outcome = build_wheel(req, opts)
+    try:
+        outcome = build_wheel(req, opts)
+    finally:
+        if opts.executor is not None:
+            opts.executor.close()
     console.print(f"buildctl: wheel ready: {describe(outcome)}", highlight=False)
     console.print(
         f"  install: pip install --find-links {req.out_dir / outcome.label} {req.project}",
@@ -359,6 +393,8 @@ def cmd_matrix(args: argparse.Namespace, console: Console) -> int:
 
     for spec in args.torch:
         parse_torch(spec, allow_prerelease=args.allow_prerelease)
+    if args.executor == "ray":
+        return _matrix_on_ray(args, console)
     rows: list[WheelSummary] = []
     failed = 0
     for spec in args.torch:
@@ -403,6 +439,71 @@ def cmd_matrix(args: argparse.Namespace, console: Console) -> int:
     write_text_atomic(args.out / "SUMMARY.md", table.to_markdown())
     console.print(f"buildctl: summary in {args.out / 'SUMMARY.md'}; index pages under {args.out}")
     return 1 if failed else 0
+
+
+def _forwarded_wheel_args(args: argparse.Namespace) -> list[str]:
+    """The `buildctl wheel` arguments a matrix entry passes on to each build."""
+    out: list[str] = []
+    for flag, value in (
+        ("--project", args.project), ("--source", args.source), ("--preset", args.preset),
+        ("--out", args.out.resolve()), ("--cache-dir", args.cache_dir.resolve()),
+        ("--torch-index", args.torch_index), ("--compiler", args.compiler), ("--aot", args.aot),
+        ("--profiles", args.profiles), ("--prior-rss", args.prior_rss),
+    ):
+        if value is not None:
+            out += [flag, str(value)]
+    for flag, values in (("--extra-index-url", args.extra_index_url),
+                         ("--find-links", args.find_links), ("--oneapi-root", args.oneapi_root)):
+        for value in values or []:
+            out += [flag, str(value)]
+    if args.allow_prerelease:
+        out.append("--allow-prerelease")
+    if args.low_ram:
+        out.append("--low-ram")
+    return out
+
+
+def _matrix_on_ray(args: argparse.Namespace, console: Console) -> int:
+    """Each torch version's whole wheel build becomes one Ray task asking for its budget."""
+    from buildctl.govern.ray_executor import MatrixBuild, run_matrix_on_ray
+    from buildctl.report import write_text_atomic
+    from buildctl.wheel.index import SummaryTable, WheelSummary, write_pages
+    from buildctl.wheel.torchspec import local_label, parse_torch
+
+    if not args.ray_address:
+        raise BadInput("--executor ray needs --ray-address HOST:PORT",
+                       "start a cluster with `ray start --head --port 6379` and pass its address")
+    budget, slots = resolve_budget(args)
+    builds = []
+    for spec in args.torch:
+        argv = [sys.executable, "-m", "buildctl.cli", "wheel", "--torch", spec,
+                *_forwarded_wheel_args(args), "--mem-budget", str(budget), "-j", str(slots),
+                "--plain"]
+        if args.report:
+            argv += ["--report", str(args.report.with_name(
+                f"{args.report.stem}-{spec}{args.report.suffix}").resolve())]
+        builds.append(MatrixBuild(name=spec, argv=argv, memory_bytes=budget, cpus=slots,
+                                  cwd=str(Path.cwd())))
+    paths = [args.out.resolve(), args.cache_dir.resolve()]
+    results = run_matrix_on_ray(builds, args.ray_address, check_paths=paths,
+                                on_event=lambda text: console.print(text, highlight=False))
+    rows = []
+    for res in results:
+        label = local_label(parse_torch(res.name, allow_prerelease=True))
+        wheels = sorted((args.out / label).rglob("*.whl"))
+        ok = res.rc == 0 and wheels
+        rows.append(WheelSummary(
+            torch=res.name, wheel=wheels[-1].name if ok else "-",
+            size_bytes=wheels[-1].stat().st_size if ok else 0, peak_rss_bytes=res.peak_rss_bytes,
+            wall_s=res.wall_s, verify="pass" if ok else "fail",
+            note=f"node {res.node}" + ("" if ok else f"; exit {res.rc}: "
+                                       + (res.stderr.strip().splitlines() or [""])[-1][:120]),
+        ))
+    write_pages(args.out)
+    table = SummaryTable(rows=rows)
+    console.print(table.to_rich())
+    write_text_atomic(args.out / "SUMMARY.md", table.to_markdown())
+    return 0 if all(r.verify == "pass" for r in rows) else 1
 
 
 def cmd_verify(args: argparse.Namespace, console: Console) -> int:

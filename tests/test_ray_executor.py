@@ -347,6 +347,21 @@ def test_addresses_and_memory_requests() -> None:
     assert env == {"PATH": "/usr/bin"}
 
 
+@needs_ray
+def test_a_port_that_is_not_ray_fails_fast(tmp_path: Path) -> None:
+    """Something accepts connections but never speaks Ray: exit 2 in seconds, not minutes."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        address = f"127.0.0.1:{server.getsockname()[1]}"
+        started = time.monotonic()
+        result = checker(address, tmp_path / "b")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"cannot reach a Ray cluster at {address}" in result.stderr
+    assert "no Ray GCS answered" in result.stderr
+    assert time.monotonic() - started < 30
+
+
 # --- on the cluster --------------------------------------------------------------------------
 
 

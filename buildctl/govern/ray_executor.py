@@ -391,13 +391,17 @@ def make_ray_executor(
 
 
 def ray_session(opts: SessionOptions, executor: RayExecutor) -> GovernedSession:
-    """A GovernedSession whose admitted jobs run on the cluster. (Until SessionOptions has an
-    `executor` field: the session builds its Governor itself, so we set it afterwards.)"""
+    """A GovernedSession whose admitted jobs run on the cluster, with the executor attached to
+    its governor. Works whether or not SessionOptions has an `executor` field yet."""
+    import dataclasses
+
     from buildctl.govern.session import GovernedSession
 
+    if any(f.name == "executor" for f in dataclasses.fields(opts)):
+        opts = dataclasses.replace(opts, executor=executor)  # type: ignore[call-arg]
     session = GovernedSession(opts)
     session.governor.opts.executor = executor
-    executor.attach(session.governor)
+    executor.attach(session.governor)  # idempotent if the session attached it already
     return session
 
 

@@ -24,7 +24,7 @@ from rich.console import Console
 
 from buildctl import __version__, host
 from buildctl.errors import BadInput
-from buildctl.govern.governor import Governor, GovernorOptions
+from buildctl.govern.governor import Governor, GovernorOptions, RemoteExecutor
 from buildctl.govern.profiles import ProfileDB
 from buildctl.report import BuildReport, Event
 from buildctl.ui.live import View, make_view
@@ -65,6 +65,7 @@ class SessionOptions:
     command: list[str] = field(default_factory=list)
     source_dir: str = ""
     console: Console | None = None
+    executor: RemoteExecutor | None = None  # e.g. a RayExecutor; None runs jobs locally
 
 
 def _set_pdeathsig() -> None:
@@ -111,9 +112,12 @@ class GovernedSession:
                 hang_after_s=opts.hang_after_s,
                 retries=opts.retries,
                 sample_interval_s=opts.sample_interval_s,
+                executor=opts.executor,
             ),
             self.profiles,
         )
+        if opts.executor is not None and hasattr(opts.executor, "attach"):
+            opts.executor.attach(self.governor)
         self.view: View = make_view(self.console, opts.title, opts.plain)
 
     # --- context ----------------------------------------------------------------------------
@@ -243,6 +247,8 @@ class GovernedSession:
         # Launchers and compilers run in process groups of their own: sweep the descendants we
         # can still see (ninja's children were reparented when it exited).
         self.governor.kill_all()
+        if self.opts.executor is not None and hasattr(self.opts.executor, "cancel_all"):
+            self.opts.executor.cancel_all()  # remote jobs are out of kill_all's reach
 
 
 def split_events(build_dir: Path) -> list[Event]:

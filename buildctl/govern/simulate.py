@@ -16,13 +16,15 @@ Approximations (each one is a knob or a documented limit, not a hidden guess):
   compile waits for all compiles. Links never wait for other links (profiles do not record
   which libraries a link consumes).
 - Ninja's window: ninja starts at most `ninja_width` commands (launchers) at once; the governor
-  only chooses among those. Ready jobs enter the window longest-path first (ninja >= 1.12
-  schedules by critical path; its `.ninja_log` weights are wall times, like ours).
+  only chooses among those. Ready jobs enter the window longest-path first, as ninja >= 1.12
+  does (critical path weighted by `.ninja_log` times); older ninja goes by manifest order,
+  which profiles do not record.
 - Durations: each job takes its measured wall time (same per-core speed on the other host).
-  `settle_s` is added to every job (the governor keeps a job's slot and memory until it has
-  processed the launcher's `done`: profile write, report record) and `dispatch_s` to every job
-  that becomes ready mid-build (ninja starts a launcher, a Python process, which registers).
-  The defaults were measured on the 2-core test machine (bench/README.md).
+  `settle_s` can be added to every job (time the slot stays taken after the job's recorded end;
+  0 for buildctl's reports, whose wall time already ends when the governor has processed
+  `done`) and `dispatch_s` is added to every job that becomes ready mid-build (ninja starts a
+  launcher, a Python process, which registers). The defaults were measured on the 2-core test
+  machine.
 - CPU: a job takes one slot; jobs with inner parallelism (CPU time above wall time: parallel
   device links, ThinLTO) are not slowed down when they share too few cores.
 - Memory: a running job holds its peak for its whole run, so the predicted peak total is an upper
@@ -43,10 +45,13 @@ from buildctl.govern.profiles import ProfileEntry, target_of
 from buildctl.host import default_budget
 from buildctl.report import BuildReport
 
-GiB = 1024**3
 DEFAULT_MAX_BYPASS_S = 60.0  # the governor's default (GovernorOptions.max_bypass_s)
-DEFAULT_SETTLE_S = 0.1
-DEFAULT_DISPATCH_S = 0.15
+# A report's wall_s runs from admission to the governor having processed `done`, so the next
+# admission follows at once (measured: 0-4 ms): nothing to add by default.
+DEFAULT_SETTLE_S = 0.0
+# ninja starting a link's launcher (a Python process) until it registers: 80-110 ms measured on
+# the 2-core test machine (up to 2 s under heavy load).
+DEFAULT_DISPATCH_S = 0.1
 
 
 @dataclass(frozen=True)
