@@ -166,10 +166,12 @@ def run_budget(label: str, preset: str, budget: int, work: Path, repeat: int, co
         replay = simulate(jobs_from_report(rep, replay=True), hs)
         span = job_span(run.report)
         jb = bounds_from_report(run.report, cores, budget)
+        # buildctl samples every 250 ms, we every 50 ms: the larger is the better measurement.
+        measured_peak = max(run.report["peak_total_rss_bytes"], run.peak_jobs_bytes)
         checks[run.method] = {
             "predicted_makespan_s": replay.makespan_s, "measured_job_span_s": span,
             "predicted_peak_bytes": replay.peak_total_bytes,
-            "measured_peak_bytes": run.report["peak_total_rss_bytes"],
+            "measured_peak_bytes": measured_peak,
             "lower_bound_s": jb.lower_bound_s,
         }
         lines.append(
@@ -177,8 +179,7 @@ def run_budget(label: str, preset: str, budget: int, work: Path, repeat: int, co
             f"torch import, governor start, configure check); span / its own lower bound "
             f"{span / jb.lower_bound_s:.2f}; plan check: predicted {replay.makespan_s:.1f}s "
             f"({replay.makespan_s / span - 1:+.0%}), peak {mib(replay.peak_total_bytes)} vs "
-            f"{mib(run.report['peak_total_rss_bytes'])} "
-            f"({replay.peak_total_bytes / max(1, run.report['peak_total_rss_bytes']) - 1:+.0%})"
+            f"{mib(measured_peak)} ({replay.peak_total_bytes / max(1, measured_peak) - 1:+.0%})"
         )
         heavy = sorted(rep.jobs, key=lambda j: -j.peak_rss_bytes)[:3]
         lines.append("  heaviest jobs: " + "; ".join(

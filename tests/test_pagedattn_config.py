@@ -232,3 +232,19 @@ def test_generator_cli_writes_files_and_exits_2_on_bad_config(tmp_path: Path) ->
     assert "bad.conf:1: unknown head size 100" in proc.stderr and "fix:" in proc.stderr
     missing = subprocess.run([*cmd, "--config", "nosuch"], capture_output=True, text=True)
     assert missing.returncode == 2 and "nosuch" in missing.stderr
+
+
+def test_buildctl_reports_a_bad_config_as_bad_input_before_configure(tmp_path: Path) -> None:
+
+    bad = tmp_path / "mine.conf"
+    bad.write_text(
+        "decode qgroup=4 head=128 page=16 causal=0 local=0 sink=0 dtype=bf16\n"
+        "decode qgroup=4 head=128 page=16 causal=0 local=0 sink=0 dtype=bf16\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "buildctl.cli", "build", "--preset", str(bad), "--build-dir",
+         str(tmp_path / "b")], capture_output=True, text=True, check=False,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "mine.conf:2" in result.stderr and "fix:" in result.stderr
+    assert not (tmp_path / "b" / "CMakeCache.txt").exists()

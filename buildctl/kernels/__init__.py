@@ -64,13 +64,36 @@ def load_manifest(name: str) -> dict:
 def _preset_value(preset: str | None) -> str:
     preset = preset or "default"
     if preset in PRESETS:
-        return preset
-    if Path(preset).is_file():
-        return str(Path(preset).resolve())
-    raise BadInput(
-        f"unknown kernel config preset {preset!r}",
-        f"use one of {', '.join(PRESETS)} or a path to a .conf file",
-    )
+        value, path = preset, KERNELS_DIR / BUNDLED / "configs" / f"{preset}.conf"
+    elif Path(preset).is_file():
+        value = str(Path(preset).resolve())
+        path = Path(value)
+    else:
+        raise BadInput(
+            f"unknown kernel config preset {preset!r}",
+            f"use one of {', '.join(PRESETS)} or a path to a .conf file",
+        )
+    check_kernel_config(path)
+    return value
+
+
+def check_kernel_config(path: Path) -> None:
+    """Parse a pagedattn kernel config before CMake does, so a bad line is bad input (exit 2)
+    with file:line, not a failed configure."""
+    import importlib.util
+
+    tool = KERNELS_DIR / BUNDLED / "tools" / "kernel_config.py"
+    spec = importlib.util.spec_from_file_location("_pagedattn_kernel_config", tool)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while being created
+    spec.loader.exec_module(module)
+    try:
+        module.load_config(path)
+    except module.ConfigError as exc:
+        first = exc.problems[0]
+        more = f" (and {len(exc.problems) - 1} more)" if len(exc.problems) > 1 else ""
+        raise BadInput(f"{first.location}: {first.what}{more}", first.fix) from None
 
 
 def split_defines(manifest: dict, budget_bytes: int, slots: int) -> dict[str, str]:
