@@ -514,6 +514,9 @@ def cmd_verify(args: argparse.Namespace, console: Console) -> int:
             "verify needs exactly one of --torch VERSION or --against PATH",
             "e.g. --against /path/to/torch-2.14.1-...whl or --against .venv/bin/python",
         )
+    from buildctl.wheel.runtime_libs import load_runtime
+
+    python = None
     if args.against:
         path = args.against
         if path.suffix == ".whl":
@@ -522,6 +525,7 @@ def cmd_verify(args: argparse.Namespace, console: Console) -> int:
             libs = TorchLibs.from_path(path)
         else:
             libs = TorchLibs.from_installed(path)
+            python = path
     else:
         from buildctl.wheel.smoke import ensure_torch_env
         from buildctl.wheel.torchspec import parse_torch
@@ -529,7 +533,9 @@ def cmd_verify(args: argparse.Namespace, console: Console) -> int:
         target = parse_torch(args.torch, allow_prerelease=True)
         env = ensure_torch_env(args.cache_dir / "envs" / target.spec, target)
         libs = TorchLibs.from_installed(env.python)
-    result = verify_wheel(args.wheel, libs)
+        python = env.python
+    runtime = load_runtime(args.runtime, python=python)
+    result = verify_wheel(args.wheel, libs, runtime=runtime)
     console.print(result.render(), highlight=False, markup=False)
     return 0 if result.ok else 1
 
@@ -766,6 +772,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="a torch wheel file (read, not installed), a torch dir or a python",
     )
+    v.add_argument("--runtime", action="append", default=[], metavar="WHEEL|DIR|DIST",
+                   help="runtime to check SYCL/oneAPI sonames and symbols against: a runtime "
+                   "wheel such as intel-sycl-rt (read, not installed), a directory of its "
+                   "libraries, or an installed distribution name; repeatable, searched in order "
+                   "(without it those families are listed as unchecked)")
     v.add_argument("--cache-dir", type=Path, default=Path(".buildctl-cache"), metavar="DIR")
     v.set_defaults(func=cmd_verify)
 
@@ -816,7 +827,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    console = Console()
+    # Logs and CI: no wrapping at 80 columns, so paths and symbols stay greppable.
+    console = Console() if sys.stdout.isatty() else Console(width=160, soft_wrap=True)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -12,6 +12,11 @@ What is deliberately not checked, and reported as such:
   Symbols that may come from them are listed as "unchecked", never as passing silently. Symbols
   in torch's own namespaces (at::, c10::, torch::, caffe2::) can never come from them, so those
   always fail when torch does not export them.
+  Unless the runtime is given (`verify_wheel(..., runtime=[RuntimeLibs...])`, e.g. the
+  intel-sycl-rt, intel-cmplr-lib-ur and intel-cmplr-lib-rt wheels): then every soname of a family
+  it ships is checked like torch's (found, or a failure naming the versions it does ship), its
+  symbols resolve against it, and the runtime libraries' own DT_NEEDED closure and versioned
+  references to each other are checked too (`runtime_libs.py`).
 
 Only the libraries needed to settle the extension's symbols are indexed (lazily, in DT_NEEDED
 breadth-first order), and each index is cached on disk (`elfsyms`), so verifying against a 2 GB
@@ -24,11 +29,9 @@ import io
 import re
 import shutil
 import subprocess
-import tempfile
 import time
-import zipfile
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -38,10 +41,10 @@ from pydantic import BaseModel, Field
 from buildctl.errors import BadInput, BuildFailed
 from buildctl.wheel import elfsyms
 from buildctl.wheel.elfsyms import ElfIndex, UndefinedSymbol
+from buildctl.wheel.runtime_libs import SHARED_OBJECT_RE, LibRef, RuntimeLibs, RuntimeSet, index_ref
 from buildctl.wheel.sonames import external_family
 from buildctl.wheel.wheelzip import open_wheel, read_member
 
-SHARED_OBJECT_RE = re.compile(r"\.so(\.\d+)*$")
 _TORCH_LIB_MEMBER_RE = re.compile(r"^torch/lib/[^/]+\.so(\.\d+)*$")
 _VERSION_PY_RE = re.compile(r"""__version__\s*=\s*['"]([^'"]+)['"]""")
 # Mangled names in torch's namespaces: _ZN2at..., _ZNK3c10..., _ZTVN5torch..., _ZNR5torch...
@@ -54,23 +57,13 @@ GLOBAL_DEPS = "libtorch_global_deps.so"
 # ------------------------------------------------------------------ torch libraries
 
 
-@dataclass(frozen=True)
-class _LibRef:
-    name: str
-    path: Path | None = None  # an installed file
-    wheel: Path | None = None  # or a member of a wheel
-    member: str | None = None
-    crc: int = 0
-    size: int = 0
-
-
 class TorchLibs:
     """The shared libraries of one torch build: an installed torch, a `lib/` dir, or a wheel file.
 
     Libraries are indexed on demand (`index(name)`) and cached in memory and on disk.
     """
 
-    def __init__(self, refs: dict[str, _LibRef], version: str | None, origin: str) -> None:
+    def __init__(self, refs: dict[str, LibRef], version: str | None, origin: str) -> None:
         if not refs:
             raise BadInput(
                 f"no torch shared libraries found in {origin}", "point at a torch install or wheel"
@@ -94,39 +87,11 @@ class TorchLibs:
         return soname in self.refs
 
     def index(self, name: str) -> ElfIndex:
-        if name in self._memo:
-            return self._memo[name]
-        ref = self.refs[name]
-        result = elfsyms.index_file(ref.path) if ref.path else self._index_member(ref)
-        self._memo[name] = result
-        return result
-
-    def _index_member(self, ref: _LibRef) -> ElfIndex:
-        assert ref.wheel is not None and ref.member is not None
-        key = elfsyms.member_cache_key(ref.member, ref.crc, ref.size)
-        hit = elfsyms.load_cached(key)
-        if hit is not None:
-            return hit
-        start = time.monotonic()
-        # Inflate one member at a time to a private temp dir: libtorch_cuda.so is ~500 MB.
-        with tempfile.TemporaryDirectory(prefix="buildctl-symidx-") as tmp:
-            dst = Path(tmp) / "lib.so"
-            try:
-                with (
-                    zipfile.ZipFile(ref.wheel) as zf,
-                    zf.open(ref.member) as src,
-                    open(dst, "wb") as out,
-                ):
-                    shutil.copyfileobj(src, out, 1 << 20)
-            except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
-                raise BadInput(
-                    f"{ref.wheel.name}: member {ref.member} is corrupt ({exc})",
-                    "re-download the torch wheel",
-                ) from None
-            self.extract_s += time.monotonic() - start
-            result = elfsyms.parse_elf_file(dst)
-        elfsyms.store_cached(key, result)
-        return result
+        if name not in self._memo:
+            result, spent = index_ref(self.refs[name], "re-download the torch wheel")
+            self.extract_s += spent
+            self._memo[name] = result
+        return self._memo[name]
 
     # -- constructors
 
@@ -148,7 +113,7 @@ class TorchLibs:
                 "give the torch package dir (python -c 'import torch; print(torch.__path__[0])')",
             )
         refs = {
-            p.name: _LibRef(p.name, path=p)
+            p.name: LibRef(p.name, path=p)
             for p in sorted(lib_dir.iterdir())
             if p.is_file() and SHARED_OBJECT_RE.search(p.name)
         }
@@ -190,11 +155,11 @@ class TorchLibs:
         """A torch wheel read as a zip, never installed: only `torch/lib/*.so*` are inflated."""
         wheel = Path(path)
         with open_wheel(wheel) as zf:
-            refs: dict[str, _LibRef] = {}
+            refs: dict[str, LibRef] = {}
             for info in zf.infolist():
                 if _TORCH_LIB_MEMBER_RE.match(info.filename):
                     name = info.filename.rsplit("/", 1)[1]
-                    refs[name] = _LibRef(
+                    refs[name] = LibRef(
                         name,
                         wheel=wheel.resolve(),
                         member=info.filename,
@@ -282,7 +247,9 @@ class ExtensionReport(BaseModel):
     soname: str | None = None
     needed: list[str] = Field(default_factory=list)
     missing_needed: list[str] = Field(default_factory=list)
-    external_needed: list[str] = Field(default_factory=list)
+    external_needed: list[str] = Field(default_factory=list)  # external, no runtime given for it
+    # Runtime libraries in the DT_NEEDED closure: soname -> source ("intel-sycl-rt 2025.3.2").
+    runtime_libs: dict[str, str] = Field(default_factory=dict)
     undefined_total: int = 0
     python_symbols: int = 0
     unresolved: list[SymbolReport] = Field(default_factory=list)
@@ -296,6 +263,7 @@ class VerifyResult(BaseModel):
     wheel: str
     torch: str
     torch_version: str | None = None
+    runtime: list[str] = Field(default_factory=list)  # runtime sources given, in search order
     extensions: list[ExtensionReport] = Field(default_factory=list)
     notes: list[str] = Field(default_factory=list)
     ok: bool = True
@@ -306,10 +274,13 @@ class VerifyResult(BaseModel):
     def unresolved_demangled(self) -> list[str]:
         return [s.demangled for e in self.extensions for s in e.unresolved]
 
+    def against(self) -> str:
+        return self.torch + (f" + runtime {', '.join(self.runtime)}" if self.runtime else "")
+
     def render(self, *, max_symbols: int = 50) -> str:
         """Plain text for the terminal and logs, grouped per extension."""
         verdict = "PASS" if self.ok else "FAIL"
-        lines = [f"verify {Path(self.wheel).name} against {self.torch}: {verdict}"]
+        lines = [f"verify {Path(self.wheel).name} against {self.against()}: {verdict}"]
         for ext in self.extensions:
             state = "ok" if ext.ok else "FAIL"
             lines.append(
@@ -318,6 +289,9 @@ class VerifyResult(BaseModel):
             )
             for problem in ext.problems:
                 lines.append(f"    ! {problem}")
+            if ext.runtime_libs:
+                libs = ", ".join(f"{n} ({src})" for n, src in ext.runtime_libs.items())
+                lines.append(f"    runtime: {libs}")
             for sym in ext.unresolved[:max_symbols]:
                 ver = f"@{sym.version}" if sym.version else ""
                 lines.append(f"    unresolved: {sym.demangled}{ver}")
@@ -334,11 +308,14 @@ class VerifyResult(BaseModel):
     def raise_for_failure(self) -> None:
         if not self.ok:
             first = self.unresolved_demangled()[:3]
+            problems = [p for e in self.extensions for p in e.problems]
+            detail = f": unresolved {', '.join(first)}" if first else ""
+            if not detail and problems:
+                detail = f": {problems[0]}"
             raise BuildFailed(
-                f"{Path(self.wheel).name} does not link against {self.torch}"
-                + (f": unresolved {', '.join(first)}" if first else ""),
-                "rebuild against that torch (buildctl wheel --torch ...) "
-                "or pin the torch it was built for",
+                f"{Path(self.wheel).name} does not link against {self.against()}{detail}",
+                "rebuild against that torch and runtime (buildctl wheel --torch ...) "
+                "or pin the torch and runtime it was built for",
             )
 
 
@@ -404,46 +381,122 @@ def _read_wheel_elves(wheel: Path) -> tuple[list[_WheelElf], list[str]]:
 
 
 class _Resolver:
-    """Finds the provider of a soname and indexes it: wheel, torch, external, system, missing."""
+    """Finds the provider of a soname: wheel, torch, runtime, external, system or missing."""
 
     def __init__(
-        self, against: TorchLibs, system: SystemLibs, wheel_elves: list[_WheelElf]
+        self,
+        against: TorchLibs,
+        system: SystemLibs,
+        wheel_elves: list[_WheelElf],
+        runtime: RuntimeSet,
     ) -> None:
         self.torch = against
         self.system = system
+        self.runtime = runtime
         self.wheel: dict[str, ElfIndex] = {}
         for elf in wheel_elves:
             self.wheel.setdefault(elf.member.rsplit("/", 1)[-1], elf.index)
             if elf.index.soname:
                 self.wheel.setdefault(elf.index.soname, elf.index)
+        self._deps_memo: dict[str, tuple[list[str], list[str]]] = {}
+
+    def kind(self, soname: str) -> str:
+        """Provider kind without indexing; "system" means: ask `self.system`."""
+        if soname in self.wheel:
+            return "wheel"
+        if self.torch.has(soname):
+            return "torch"
+        if self.runtime.has(soname):
+            return "runtime"
+        if external_family(soname) and not self.runtime.covers(soname):
+            return "external"  # no runtime source given for it: listed, never checked
+        return "system"
 
     def provider(self, soname: str, elfclass: int, machine: str) -> tuple[str, ElfIndex | None]:
-        if soname in self.wheel:
-            return "wheel", self.wheel[soname]
-        if self.torch.has(soname):
-            return "torch", self.torch.index(soname)
-        if external_family(soname):
-            return "external", None
+        kind = self.kind(soname)
+        if kind == "wheel":
+            return kind, self.wheel[soname]
+        if kind == "torch":
+            return kind, self.torch.index(soname)
+        if kind == "runtime":
+            return kind, self.runtime.index(soname)
+        if kind == "external":
+            return kind, None
         found = self.system.find(soname, elfclass, machine)
         if found is not None:
             return "system", found[1]
         return "missing", None
 
-    def kind(self, soname: str) -> str:
-        """Provider kind without indexing (for the extension's own DT_NEEDED check)."""
-        if soname in self.wheel:
-            return "wheel"
-        if self.torch.has(soname):
-            return "torch"
-        if external_family(soname):
-            return "external"
-        return "system"
+    def not_provided(self, soname: str) -> str:
+        """The tail of a "`soname` ..." sentence naming where it was looked for."""
+        if self.runtime.covers(soname):
+            others = [n for n, _src in self.runtime.alternatives(soname) if n != soname]
+            ships = f" (they ship {', '.join(others)})" if others else ""
+            return (
+                f"is not provided by the runtime {self.runtime.describe()}{ships}, "
+                f"by {self.torch.describe()}, nor by this system"
+            )
+        return f"is neither in the wheel, in {self.torch.describe()}, nor on this system"
+
+    def runtime_deps(self, soname: str, elfclass: int, machine: str) -> tuple[list[str], list[str]]:
+        """(runtime sonames it needs, problems) for one runtime library; memoized per verify."""
+        if soname in self._deps_memo:
+            return self._deps_memo[soname]
+        lib = self.runtime.index(soname)
+        label = self.runtime.label(soname)
+        deps: list[str] = []
+        problems: list[str] = []
+        if (lib.elfclass, lib.machine) != (elfclass, machine):
+            problems.append(f"{soname} ({label}) is {lib.machine}/ELF{lib.elfclass}")
+        for dep in lib.needed:
+            kind = self.kind(dep)
+            if kind == "runtime":
+                deps.append(dep)
+            elif kind == "system" and self.system.find(dep, elfclass, machine) is None:
+                problems.append(f"{soname} ({label}) needs {dep}, which {self.not_provided(dep)}")
+        # Versioned references between runtime libraries (libsycl -> urX@LIBUR_LOADER_0.12): a
+        # libur_loader from another oneAPI release lacks some, the "undefined UR symbol" failure.
+        # References to glibc/libstdc++ are the host's business and are not checked here.
+        by_file: dict[str, list[UndefinedSymbol]] = {}
+        for sym in lib.undefined:
+            if sym.version_file and self.runtime.has(sym.version_file):
+                by_file.setdefault(sym.version_file, []).append(sym)
+        for vfile, syms in by_file.items():
+            provider = self.runtime.index(vfile)
+            gone = sorted({s.key for s in syms if not provider.provides(s)})
+            if gone:
+                problems.append(
+                    f"{soname} ({label}) needs {len(gone)} symbol(s) that {vfile} "
+                    f"({self.runtime.label(vfile)}) does not define (mixed runtime releases?): "
+                    + ", ".join(gone[:5])
+                    + (", ..." if len(gone) > 5 else "")
+                )
+        self._deps_memo[soname] = (deps, problems)
+        return deps, problems
+
+    def runtime_closure(
+        self, seeds: Iterable[str], elfclass: int, machine: str
+    ) -> tuple[dict[str, str], list[str]]:
+        """Every runtime library reachable from `seeds`, with the problems of the whole closure."""
+        libs: dict[str, str] = {}
+        problems: list[str] = []
+        queue: deque[str] = deque(seeds)
+        while queue:
+            name = queue.popleft()
+            if name in libs:
+                continue
+            libs[name] = self.runtime.label(name)
+            deps, found = self.runtime_deps(name, elfclass, machine)
+            problems.extend(p for p in found if p not in problems)
+            queue.extend(d for d in deps if d not in libs)
+        return libs, problems
 
 
 def _verify_one(
     elf: _WheelElf, resolver: _Resolver, against: TorchLibs
 ) -> tuple[ExtensionReport, list[UndefinedSymbol], list[tuple[UndefinedSymbol, str]]]:
     idx = elf.index
+    runtime = resolver.runtime
     report = ExtensionReport(
         path=elf.member,
         soname=idx.soname,
@@ -463,18 +516,20 @@ def _verify_one(
             report.external_needed.append(soname)
         elif kind == "system" and resolver.system.find(soname, idx.elfclass, idx.machine) is None:
             report.missing_needed.append(soname)
-            report.problems.append(
-                f"DT_NEEDED {soname} is neither in the wheel, in {against.describe()}, "
-                "nor on this system"
-            )
+            report.problems.append(f"DT_NEEDED {soname} {resolver.not_provided(soname)}")
     # Breadth-first over the DT_NEEDED closure plus torch's global deps, indexing lazily.
     start = list(idx.needed)
     if against.has(GLOBAL_DEPS):
         start.append(GLOBAL_DEPS)
     queue: deque[str] = deque(start)
     seen: set[str] = set()
+    needed_by: dict[str, str] = {}
     externals: list[str] = list(report.external_needed)
-    while queue and pending:
+    runtime_seeds = [n for n in idx.needed if runtime.has(n)]
+    # With a runtime given the walk goes on after the last symbol resolved: a runtime soname deep
+    # in the closure (torch's libtorch_xpu.so -> libsycl.so.9) must be there too. Indexes are
+    # disk-cached, so only the first verify against a torch pays for the extra libraries.
+    while queue and (pending or runtime):
         soname = queue.popleft()
         if soname in seen:
             continue
@@ -484,6 +539,18 @@ def _verify_one(
             if soname not in externals:
                 externals.append(soname)
             continue
+        parent = needed_by.get(soname, "?")
+        # e.g. torch's libtorch_xpu.so needs libsycl.so.9 but the runtime given ships .so.8 (a
+        # runtime library's own deps are reported by runtime_closure, naming its source)
+        if (
+            kind == "missing"
+            and soname not in idx.needed
+            and runtime.covers(soname)
+            and not runtime.has(parent)
+        ):
+            report.problems.append(
+                f"{parent} needs {soname}, which {resolver.not_provided(soname)}"
+            )
         if lib is None:
             continue
         if (lib.elfclass, lib.machine) != (idx.elfclass, idx.machine):
@@ -492,14 +559,27 @@ def _verify_one(
                 f"the extension is {idx.machine}/ELF{idx.elfclass}"
             )
             continue
+        if kind == "runtime":
+            runtime_seeds.append(soname)
         for key in [k for k, s in pending.items() if lib.provides(s)]:
             del pending[key]
-        queue.extend(n for n in lib.needed if n not in seen)
+        for dep in lib.needed:
+            if dep not in seen:
+                needed_by.setdefault(dep, soname)
+                queue.append(dep)
+    if runtime:
+        # The runtime's own closure (libsycl -> libur_loader -> libimf...) must load as well,
+        # whether or not the extension's symbols needed to look that far.
+        report.runtime_libs, closure_problems = resolver.runtime_closure(
+            runtime_seeds, idx.elfclass, idx.machine
+        )
+        report.problems.extend(p for p in closure_problems if p not in report.problems)
     unresolved: list[UndefinedSymbol] = []
     unchecked: list[tuple[UndefinedSymbol, str]] = []
     for sym in pending.values():
-        if sym.version_file and external_family(sym.version_file):
-            unchecked.append((sym, f"versioned from external runtime {sym.version_file}"))
+        vfile = sym.version_file
+        if vfile and external_family(vfile) and not runtime.covers(vfile):
+            unchecked.append((sym, f"versioned from external runtime {vfile}"))
         elif is_torch_symbol(sym.name) or not externals or sym.version:
             unresolved.append(sym)
         else:
@@ -507,10 +587,40 @@ def _verify_one(
     return report, unresolved, unchecked
 
 
-def _hints(unresolved: list[UndefinedSymbol], against: TorchLibs) -> dict[str, str]:
-    """Why a symbol is unresolved: in a torch lib the extension does not link, or nowhere."""
+def _runtime_hints(
+    unresolved: list[UndefinedSymbol], needed: list[str], runtime: RuntimeSet
+) -> dict[str, str]:
+    """For runtime symbols: exported by another version of the library (libsycl.so.9), or not."""
+    syms = [s for s in unresolved if not s.version and not is_torch_symbol(s.name)]
+    candidates: list[tuple[str, RuntimeLibs]] = []
+    for soname in needed:
+        if external_family(soname) and runtime.covers(soname):
+            candidates += [c for c in runtime.alternatives(soname) if c not in candidates]
     hints: dict[str, str] = {}
-    torch_syms = [s for s in unresolved if not s.version]
+    if not syms or not candidates:
+        return hints
+    where = ", ".join(f"{name} ({src.label})" for name, src in candidates)
+    for sym in syms:
+        providers = [(n, src) for n, src in candidates if src.index(n).provides(sym)]
+        if providers:
+            name, src = providers[0]
+            hints[sym.key] = f"exported by {name} ({src.label}), which the extension does not link"
+        else:
+            hints[sym.key] = f"not exported by {where}"
+    return hints
+
+
+def _hints(
+    unresolved: list[UndefinedSymbol],
+    against: TorchLibs,
+    resolver: _Resolver,
+    needed: list[str],
+) -> dict[str, str]:
+    """Why a symbol is unresolved: in a library the extension does not link, or nowhere."""
+    hints: dict[str, str] = {}
+    if resolver.runtime:
+        hints.update(_runtime_hints(unresolved, needed, resolver.runtime))
+    torch_syms = [s for s in unresolved if not s.version and s.key not in hints]
     if torch_syms:
         # Only on failure: index every torch library to say where (if anywhere) a symbol lives.
         for name in against.names():
@@ -535,19 +645,28 @@ def verify_wheel(
     wheel_path: str | Path,
     against: TorchLibs,
     *,
+    runtime: Sequence[RuntimeLibs] = (),
     system: SystemLibs | None = None,
 ) -> VerifyResult:
-    """Check every ELF in `wheel_path` against `against`; never raises for a failed check.
+    """Check every ELF in `wheel_path` against `against` and `runtime`; never raises for a failure.
 
+    `runtime`: external runtime sources (`RuntimeLibs`, e.g. the intel-sycl-rt wheels torch XPU
+    declares), searched in order after torch. Sonames of a family they ship are then checked
+    like torch's (and their DT_NEEDED closure with them); without them those stay "unchecked".
     Raises BadInput for a wheel that is not one (name, zip, unsafe paths, non-ELF `.so`).
     Call `result.raise_for_failure()` to turn a failed check into BuildFailed (exit 1).
     """
     started = time.monotonic()
     wheel = Path(wheel_path)
     elves, notes = _read_wheel_elves(wheel)
-    resolver = _Resolver(against, system or SystemLibs(), elves)
+    runtime_set = RuntimeSet(runtime)
+    resolver = _Resolver(against, system or SystemLibs(), elves, runtime_set)
     result = VerifyResult(
-        wheel=str(wheel), torch=against.describe(), torch_version=against.version, notes=notes
+        wheel=str(wheel),
+        torch=against.describe(),
+        torch_version=against.version,
+        runtime=[src.label for src in runtime_set.sources],
+        notes=notes,
     )
     collected: list[
         tuple[ExtensionReport, ElfIndex, list[UndefinedSymbol], list[tuple[UndefinedSymbol, str]]]
@@ -559,8 +678,8 @@ def verify_wheel(
     names += [s.name for _, _, _, uc in collected for s, _ in uc]
     pretty = demangle(names)
     externals_seen: set[str] = set()
-    for report, _index, unresolved, unchecked in collected:
-        hints = _hints(unresolved, against) if unresolved else {}
+    for report, index, unresolved, unchecked in collected:
+        hints = _hints(unresolved, against, resolver, index.needed) if unresolved else {}
         report.unresolved = sorted(
             (
                 SymbolReport(
@@ -589,10 +708,17 @@ def verify_wheel(
         externals_seen.update(report.external_needed)
         result.extensions.append(report)
     if externals_seen or any(r.unchecked for r in result.extensions):
+        given = f" (no runtime source given covers them: {runtime_set.describe()})"
         result.notes.append(
             "external runtime libraries (CUDA/SYCL/Level Zero/ROCm) are not part of the torch "
-            "build "
-            "checked here: their symbols are listed as unchecked, not verified"
+            "build checked here" + (given if runtime_set else "") + ": their symbols are listed "
+            "as unchecked, not verified"
+        )
+    if runtime_set:
+        result.notes.append(
+            f"runtime {runtime_set.describe()}: the extension's runtime sonames and symbols, the "
+            "runtime libraries' DT_NEEDED closure and their versioned references to each other "
+            "are checked; driver libraries (libze_loader, libOpenCL) only if a source ships them"
         )
     result.ok = all(r.ok for r in result.extensions)
     result.elapsed_s = round(time.monotonic() - started, 3)
