@@ -131,6 +131,19 @@ def _metadata_requires(wheel: Path) -> list[str]:
     ]
 
 
+# The Intel runtime wheels an XPU torch pulls in: the SYCL/UR/oneAPI sonames and symbols of an
+# XPU extension are checked against exactly these (see buildctl/wheel/runtime_libs.py).
+XPU_RUNTIME_DISTS = ("intel-sycl-rt", "intel-cmplr-lib-ur", "intel-cmplr-lib-rt")
+
+
+def _runtime_for(target: TorchTarget, env: TorchEnv) -> list:
+    if target.variant != "xpu":
+        return []
+    from buildctl.wheel.runtime_libs import load_runtime
+
+    return load_runtime(list(XPU_RUNTIME_DISTS), python=env.python)
+
+
 def source_ref(project: str, source_dir: Path, ref: str) -> SourceRef:
     """The commit the sources came from, when they are in git (dirty = uncommitted changes)."""
 
@@ -249,7 +262,7 @@ def build_wheel(req: WheelRequest, opts: SessionOptions, console: object = None)
             if req.verify_only_against
             else TorchLibs.from_installed(env.python)
         )
-        result = verify_wheel(repaired.wheel, against)
+        result = verify_wheel(repaired.wheel, against, runtime=_runtime_for(target, env))
         result.raise_for_failure()
         if req.smoke_snippet:
             smoke_test(env, repaired.wheel, req.smoke_snippet).raise_for_failure(req.project)
