@@ -559,6 +559,18 @@ def cmd_repro(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace, console: Console) -> int:
+    from buildctl.govern.plan import render_plan, run_plan
+
+    result = run_plan(
+        cores=args.cores, mem=args.mem, swap=args.swap, mem_budget=args.mem_budget,
+        slots=args.jobs, report=args.report_in, profiles=args.profiles,
+        profiles_json=args.profiles_json, filter_text=args.filter,
+    )
+    render_plan(result, console)
+    return 0
+
+
 def cmd_doctor(args: argparse.Namespace, console: Console) -> int:
     from buildctl.govern.profiles import ProfileDB
     from buildctl.toolchain.compat import resolve
@@ -779,6 +791,33 @@ def build_parser() -> argparse.ArgumentParser:
                    "(without it those families are listed as unchecked)")
     v.add_argument("--cache-dir", type=Path, default=Path(".buildctl-cache"), metavar="DIR")
     v.set_defaults(func=cmd_verify)
+
+    pl = sub.add_parser(
+        "plan",
+        help="will it fit? simulate the governed build on another host shape",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Replays the measured jobs (from profiles, a --report file, or a profile "
+        "export) through buildctl's own admission policy on a host with the given cores, RAM "
+        "and swap, and prints the predicted makespan, peak RSS, the jobs that must run alone, "
+        "the swap they need, and whether the build fits.",
+        epilog="examples:\n  buildctl plan --cores 8 --mem 32G\n"
+        "  buildctl plan --cores 24 --mem 64G --profiles-json "
+        "profiles/vllm-xpu-kernels/v0.1.9.json\n"
+        "  buildctl plan --report build.json --cores 2 --mem 24G",
+    )
+    pl.add_argument("--cores", type=int, metavar="N", help="CPU cores (default: this host)")
+    pl.add_argument("--mem", type=_size, metavar="SIZE", help="RAM (default: this host)")
+    pl.add_argument("--swap", type=_size, metavar="SIZE", help="swap (default: this host)")
+    pl.add_argument("--mem-budget", type=_size, metavar="SIZE",
+                    help="budget (default: buildctl's default for that RAM)")
+    pl.add_argument("-j", "--jobs", type=int, metavar="N", help="CPU slots (default: cores)")
+    pl.add_argument("--report", dest="report_in", type=Path, metavar="FILE",
+                    help="take the jobs from a build report instead of the profile database")
+    pl.add_argument("--profiles", type=Path, metavar="DB", help="profile database path")
+    pl.add_argument("--profiles-json", type=Path, metavar="FILE",
+                    help="take the jobs from a profile export (e.g. shipped in profiles/)")
+    pl.add_argument("--filter", metavar="TEXT", help="only jobs whose output contains TEXT")
+    pl.set_defaults(func=cmd_plan)
 
     r = sub.add_parser(
         "repro",

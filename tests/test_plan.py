@@ -96,6 +96,19 @@ def test_plan_json_round_trips(tmp_path: Path) -> None:
     assert len(data["schedule"]) == 5 and data["host"]["cores"] == 2
 
 
+def test_walls_from_a_busy_machine_are_called_out(tmp_path: Path) -> None:
+    jobs = [JobRecord(output=f"CMakeFiles/k.dir/{i}.cpp.o", kind="compile", target="k",
+                      predicted_rss_bytes=M, peak_rss_bytes=M, wall_s=20.0, cpu_s=6.0,
+                      status="ok") for i in range(3)]
+    path = tmp_path / "busy.json"
+    BuildReport(budget_bytes=G, slots=2, jobs=jobs).write(path)
+    plan = run_plan(report=path, here=HERE)
+    assert any("busy machine" in n for n in plan.notes)
+    assert "busy machine" in rendered(plan)
+    quiet = run_plan(report=write_report(tmp_path / "r.json"), here=HERE)
+    assert not quiet.notes
+
+
 def test_timeless_profiles_are_called_out(tmp_path: Path) -> None:
     export = ProfileExport(entries=[ProfileEntry(output="a.o", kind="compile", compiler="c",
                                                  peak_rss_bytes=M)])

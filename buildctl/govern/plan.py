@@ -239,6 +239,12 @@ def run_plan(
     timeless = sum(1 for j in jobs if j.wall_s <= 0)
     if timeless:
         notes.append(f"{timeless} job(s) have no recorded wall time: the makespan undercounts them")
+    ratios = sorted(j.wall_s / j.cpu_s for j in jobs if j.kind == "compile" and j.cpu_s > 0.5)
+    if ratios and ratios[len(ratios) // 2] > 1.5:
+        # Compilers are single-threaded: wall far above CPU means they waited for a busy CPU.
+        notes.append(f"compile wall times are {ratios[len(ratios) // 2]:.1f}x their CPU times "
+                     "(median): they were measured on a busy machine, so the makespan is "
+                     "pessimistic")
     links = [j for j in jobs if j.kind == "link"]
     result = simulate(jobs, shape)
     unknown = [o for o, why in result.link_deps.items() if why.startswith("all compiles")]
