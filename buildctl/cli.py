@@ -567,8 +567,11 @@ def cmd_plan(args: argparse.Namespace, console: Console) -> int:
         slots=args.jobs, report=args.report_in, profiles=args.profiles,
         profiles_json=args.profiles_json, filter_text=args.filter,
     )
-    render_plan(result, console)
-    return 0
+    if args.json:
+        sys.stdout.write(result.to_json() + "\n")
+    else:
+        render_plan(result, console)
+    return result.exit_code
 
 
 def cmd_doctor(args: argparse.Namespace, console: Console) -> int:
@@ -799,7 +802,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Replays the measured jobs (from profiles, a --report file, or a profile "
         "export) through buildctl's own admission policy on a host with the given cores, RAM "
         "and swap, and prints the predicted makespan, peak RSS, the jobs that must run alone, "
-        "the swap they need, and whether the build fits.",
+        "the swap they need, and whether the build fits. Exit 0 if it fits (possibly with swap "
+        "or jobs running alone), 1 if it does not, 2 for bad input.",
         epilog="examples:\n  buildctl plan --cores 8 --mem 32G\n"
         "  buildctl plan --cores 24 --mem 64G --profiles-json "
         "profiles/vllm-xpu-kernels/v0.1.9.json\n"
@@ -817,6 +821,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--profiles-json", type=Path, metavar="FILE",
                     help="take the jobs from a profile export (e.g. shipped in profiles/)")
     pl.add_argument("--filter", metavar="TEXT", help="only jobs whose output contains TEXT")
+    pl.add_argument("--json", action="store_true", help="machine-readable output")
     pl.set_defaults(func=cmd_plan)
 
     r = sub.add_parser(

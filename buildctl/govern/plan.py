@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from buildctl import host
@@ -233,9 +234,13 @@ def run_plan(
     here: host.HostInfo | None = None,
 ) -> PlanResult:
     """Everything `buildctl plan` does but printing. `here` replaces probing this host (tests)."""
-    jobs, source = load_jobs(report, profiles, profiles_json, filter_text)
+    # The host arguments first: a wrong --cores is the message the user needs, whatever the jobs.
     shape, note, budget_note = host_shape(cores, mem, swap, mem_budget, slots, here)
+    jobs, source = load_jobs(report, profiles, profiles_json, filter_text)
     notes = []
+    if report is None and profiles_json is None and not filter_text:
+        notes.append("the profile DB holds every project built with it: narrow it with --filter, "
+                     "or plan from one build's --report")
     timeless = sum(1 for j in jobs if j.wall_s <= 0)
     if timeless:
         notes.append(f"{timeless} job(s) have no recorded wall time: the makespan undercounts them")
@@ -283,8 +288,9 @@ def render_plan(plan: PlanResult, console: Console) -> None:
     def say(text: str) -> None:
         console.print(text, highlight=False)
 
-    say(f"[bold]buildctl plan[/bold]: {len(plan.jobs)} jobs from {plan.source}"
-        + (f" (filter {plan.filter!r})" if plan.filter else ""))
+    # Paths and filters are user data: escape them, rich would read `[x]` as markup.
+    say(f"[bold]buildctl plan[/bold]: {len(plan.jobs)} jobs from {escape(plan.source)}"
+        + (f" (filter {escape(repr(plan.filter))})" if plan.filter else ""))
     swap = fs(h.swap_bytes) if h.swap_bytes else "no"
     cores = f"{h.cores} core" + ("s" if h.cores != 1 else "")
     say(f"host ({plan.host_note}): {cores}, {fs(h.mem_bytes or 0)} RAM, {swap} swap -> "
@@ -299,7 +305,7 @@ def render_plan(plan: PlanResult, console: Console) -> None:
         for col in ("job", "predicted peak", "over budget"):
             table.add_column(col, justify="left" if col == "job" else "right")
         for a in r.alone[:15]:
-            table.add_row(a.output, fs(a.peak_bytes), fs(a.over_budget_bytes))
+            table.add_row(escape(a.output), fs(a.peak_bytes), fs(a.over_budget_bytes))
         console.print(table)
         if len(r.alone) > 15:
             say(f"... and {len(r.alone) - 15} more")
@@ -310,10 +316,11 @@ def render_plan(plan: PlanResult, console: Console) -> None:
     for col in ("job", "kind", "peak", "wall"):
         table.add_column(col, justify="left" if col in ("job", "kind") else "right")
     for job in heavy:
-        table.add_row(job.output, job.kind, fs(job.peak_bytes), format_duration(job.wall_s))
+        table.add_row(escape(job.output), job.kind, fs(job.peak_bytes),
+                      format_duration(job.wall_s))
     console.print(table)
     for note in plan.notes:
-        say(f"note: {note}")
+        say(f"note: {escape(note)}")
     if plan.verdict == "fits":
         say(f"[green]verdict: fits[/green] in {fs(h.budget_bytes)} with {h.effective_slots} slots")
     elif plan.verdict == "fits-running-alone":
@@ -324,8 +331,9 @@ def render_plan(plan: PlanResult, console: Console) -> None:
             f"and page {fs(r.swap_needed_bytes)} out (slow, but it finishes)")
     else:
         worst = r.alone[0]
-        say(f"[red]verdict: does not fit[/red]: {worst.output} needs {fs(worst.peak_bytes)}, "
-            f"{fs(r.swap_needed_bytes)} more than the usable RAM ({fs(h.usable_bytes)}) and more "
-            f"than the host's swap ({fs(h.swap_bytes)})\n  fix: add swap (--swap to re-plan), "
-            "a bigger host, --low-ram settings or a patch that shrinks that job")
+        say(f"[red]verdict: does not fit[/red]: {escape(worst.output)} needs "
+            f"{fs(worst.peak_bytes)}, {fs(r.swap_needed_bytes)} more than the usable RAM "
+            f"({fs(h.usable_bytes)}) and more than the host's swap ({fs(h.swap_bytes)})\n"
+            "  fix: add swap (--swap to re-plan), a bigger host, --low-ram settings or a patch "
+            "that shrinks that job")
     say(f"[dim]approximations: {APPROXIMATIONS}[/dim]")
