@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from buildctl.govern.profiles import ProfileDB, ProfileEntry
 from helpers import run_buildctl
+
+from buildctl.govern.profiles import ProfileDB, ProfileEntry
 
 M = 1024**2
 
