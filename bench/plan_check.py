@@ -101,9 +101,9 @@ def cross(path: Path) -> list[str]:
 
 def main() -> int:
     paths = [Path(p) for p in sys.argv[1:]]
-    if not paths:
+    if not paths or any(a in ("-h", "--help") for a in sys.argv[1:]):
         print(__doc__)
-        return 2
+        return 0 if paths else 2
     print("| results | budget | run | measured span s | replay s | plan s | measured peak "
           "| replay peak | plan peak |\n|---|---|---|---:|---:|---:|---:|---:|---:|")
     for path in paths:
