@@ -4,7 +4,6 @@ reference."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -91,4 +90,4 @@ def test_split_build_exports_the_same_symbols_and_passes_the_reference(
         check=False,
     )
     assert check.returncode == 0, check.stderr[-3000:]
-    assert json.dumps(check.stdout)  # printed a summary
+    assert check.stdout.startswith("ok: 12 kernels match the reference"), check.stdout

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -17,25 +18,22 @@ CACHE = ROOT / ".buildctl-cache"  # shared with the other wheel tests: one torch
 pytestmark = pytest.mark.slow
 
 
+def remove_build_dirs() -> None:
+    for build_dir in (CACHE / "build").glob("pagedattn-pt213cpu-*"):
+        shutil.rmtree(build_dir, ignore_errors=True)
+
+
+def build_tiny_wheel(out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return run_buildctl("wheel", "--torch", "2.13.0+cpu", "--preset", "tiny", "--plain",
+                        "--out", str(out), "--cache-dir", str(CACHE), *extra, timeout=1800)
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = tmp_path_factory.mktemp("wheelhouse")
     report = out.parent / "wheel-report.json"
-    result = run_buildctl(
-        "wheel",
-        "--torch",
-        "2.13.0+cpu",
-        "--preset",
-        "tiny",
-        "--plain",
-        "--out",
-        str(out),
-        "--cache-dir",
-        str(CACHE),
-        "--report",
-        str(report),
-        timeout=1800,
-    )
+    remove_build_dirs()  # start cold: the report must show governed compiles and links
+    result = build_tiny_wheel(out, "--report", str(report))
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     wheels = list((out / "pt213cpu").rglob("*.whl"))
     assert len(wheels) == 1
@@ -74,9 +72,11 @@ def test_index_pages_point_at_the_wheel(built: dict) -> None:
 
 def test_report_has_governed_jobs(built: dict) -> None:
     report = read_report(built["report"])
-    kinds = {j["kind"] for j in report["jobs"]}
-    assert report["schema"] == "buildctl.report/1"
-    assert {"compile", "link"} <= kinds or report["jobs"] == []  # [] only if fully incremental
+    kinds = [j["kind"] for j in report["jobs"]]
+    assert report["schema"] == "buildctl.report/1" and report["status"] == "ok"
+    assert kinds.count("compile") >= 3 and kinds.count("link") == 1, kinds
+    assert all(j["status"] == "ok" and j["peak_rss_bytes"] > 0 for j in report["jobs"])
+    assert 0 < report["peak_total_rss_bytes"] <= report["budget_bytes"]
 
 
 def test_pip_installs_from_the_index_and_ops_match_reference(built: dict) -> None:
@@ -108,28 +108,14 @@ def test_pip_installs_from_the_index_and_ops_match_reference(built: dict) -> Non
         check=False,
     )
     assert check.returncode == 0, check.stderr
-    assert "ok" in check.stdout.lower() or "pass" in check.stdout.lower(), check.stdout
+    assert check.stdout.startswith("ok: 12 kernels match the reference"), check.stdout
 
 
 def test_rebuild_from_clean_is_byte_identical(built: dict, tmp_path: Path) -> None:
     first = built["wheel"].read_bytes()
-    build_dirs = [p for p in (CACHE / "build").glob("pagedattn-pt213cpu-*") if p.is_dir()]
-    for d in build_dirs:
-        subprocess.run(["rm", "-rf", str(d)], check=True)
+    remove_build_dirs()
     out = tmp_path / "wh2"
-    result = run_buildctl(
-        "wheel",
-        "--torch",
-        "2.13.0+cpu",
-        "--preset",
-        "tiny",
-        "--plain",
-        "--out",
-        str(out),
-        "--cache-dir",
-        str(CACHE),
-        timeout=1800,
-    )
+    result = build_tiny_wheel(out)
     assert result.returncode == 0, result.stdout[-3000:]
     second = next((out / "pt213cpu").rglob("*.whl")).read_bytes()
     assert hashlib.sha256(first).hexdigest() == hashlib.sha256(second).hexdigest()
