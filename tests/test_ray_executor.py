@@ -347,6 +347,39 @@ def test_addresses_and_memory_requests() -> None:
     assert env == {"PATH": "/usr/bin"}
 
 
+def test_peak_of_sum_counts_only_what_ran_at_once() -> None:
+    from buildctl.govern.ray_cluster import peak_of_sum
+
+    # a: 10 then 50 then 20 until 3; b: 30 from 1.5, 5 from 2.5 until 4; c: 100 from 3.
+    runs = [
+        ([(0.0, 10), (1.0, 50), (2.0, 20)], 3.0),
+        ([(1.5, 30), (2.5, 5)], 4.0),
+        ([(3.0, 100)], 5.0),
+    ]
+    # a ends at 3.0 as c starts: 5 + 100, not 20 + 5 + 100.
+    assert peak_of_sum(runs) == 105
+    assert peak_of_sum(runs[:2]) == 80  # 50 + 30 during [1.5, 2)
+    assert peak_of_sum([]) == 0
+    # Back to back (end == next start) never add up; samples at or after the end are ignored.
+    assert peak_of_sum([([(0.0, 70)], 1.0), ([(1.0, 60), (9.0, 999)], 2.0)]) == 70
+    # The order runs are recorded in does not matter.
+    assert peak_of_sum(list(reversed(runs))) == 105
+
+
+def test_thinned_series_keeps_every_peak() -> None:
+    from buildctl.govern.ray_cluster import thin_series
+
+    series = [(float(t), (t * 37) % 101) for t in range(1001)]
+    thinned = thin_series(series)
+    assert len(thinned) == 501
+    assert max(r for _, r in thinned) == max(r for _, r in series)
+    # Each point keeps the higher of its pair, at the pair's first time.
+    assert all(
+        thinned[i] == (series[2 * i][0], max(r for _, r in series[2 * i : 2 * i + 2]))
+        for i in range(len(thinned))
+    )
+
+
 @needs_ray
 def test_a_port_that_is_not_ray_fails_fast(tmp_path: Path) -> None:
     """Something accepts connections but never speaks Ray: exit 2 in seconds, not minutes."""
@@ -419,6 +452,12 @@ def test_build_spreads_over_nodes_within_each_nodes_memory(
         spans = sorted((j.started_at_s, j.started_at_s + j.wall_s - 0.3) for j in node_jobs)
         worst = max(sum(1 for s in spans if s[0] <= t < s[1]) for t, _ in spans)
         assert worst * PRIOR <= node_memory[node.split("/")[1]], (node, spans)
+    # The report's peak total RSS is the cluster-wide sum of what ran at once (node series):
+    # at least two 60 MB jobs overlapped, and never more than the nodes could hold.
+    assert 2 * 58 * MiB <= report.peak_total_rss_bytes <= sum(m for _, _, m in NODES), (
+        report.peak_total_rss_bytes
+    )
+    assert report.peak_total_rss_bytes == executor.peak_total_rss
     # The profile DB learned every job, as after a local build.
     db = ProfileDB(tmp_path / "profiles.sqlite")
     try:

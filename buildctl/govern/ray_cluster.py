@@ -18,7 +18,7 @@ import secrets
 import shutil
 import socket
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -30,6 +30,8 @@ MiB = 1024**2
 INSTALL_FIX = "install the extra: pip install 'buildctl[ray]'"
 OUTPUT_CAP = 1024 * 1024  # bytes of stdout/stderr a remote job sends back (the tail is kept)
 TAIL_BYTES = 16 * 1024
+SERIES_STEP_S = 0.25  # a remote job's RSS series: one point per step, plus every new high
+SERIES_MAX = 4000  # points; beyond it pairs are merged (keeping the higher)
 
 # The job's guardian on the node, started by the task with the worker's Python. It leaves the
 # worker (fork, parent exits), so Ray's cleanup of a dead worker's direct children (SIGKILL, no
@@ -148,8 +150,9 @@ def probe_grpc(address: str, timeout_s: float) -> None:
         grpc.channel_ready_future(channel).result(timeout=max(timeout_s, 2.0))
     except grpc.FutureTimeoutError:
         raise _unreachable(
-            address, f"the port accepts connections but no Ray GCS answered within "
-            f"{max(timeout_s, 2.0):.0f}s"
+            address,
+            f"the port accepts connections but no Ray GCS answered within "
+            f"{max(timeout_s, 2.0):.0f}s",
         ) from None
     finally:
         channel.close()
@@ -389,13 +392,27 @@ def _node_run(
     node_id = ray.get_runtime_context().get_node_id()
     ip = ray.util.get_node_ip_address()
     started = time.time()
-    base = {"node": f"{ip}/{node_id[:12]}", "node_id": node_id, "node_ip": ip,
-            "started_epoch": started}
+    base = {
+        "node": f"{ip}/{node_id[:12]}",
+        "node_id": node_id,
+        "node_ip": ip,
+        "started_epoch": started,
+    }
 
     def failed(message: str) -> dict[str, Any]:
-        return {**base, "rc": 127, "signal": 0, "maxrss": 0, "tree_peak": 0, "cpu_s": 0.0,
-                "wall_s": time.time() - started, "stdout": "", "stderr": message,
-                "stderr_tail": message, "ended_epoch": time.time()}
+        return {
+            **base,
+            "rc": 127,
+            "signal": 0,
+            "maxrss": 0,
+            "tree_peak": 0,
+            "cpu_s": 0.0,
+            "wall_s": time.time() - started,
+            "stdout": "",
+            "stderr": message,
+            "stderr_tail": message,
+            "ended_epoch": time.time(),
+        }
 
     if env is not None:
         env = {**env, "BUILDCTL_RAY_NODE": node_id}  # where it runs, for wrappers and debugging
@@ -436,6 +453,7 @@ def _node_run(
     for reader in readers:
         reader.start()
     peak = [0, 0.0]  # tree RSS sum, tree CPU seconds (of live processes)
+    series: list[tuple[float, int]] = []
     done = threading.Event()
     job_pid = [0]
 
@@ -455,6 +473,12 @@ def _node_run(
                     cpu += times.user + times.system
             peak[0] = max(peak[0], rss)
             peak[1] = max(peak[1], cpu)
+            now = time.time()
+            # A thinned series (node clock) so the driver can sum what ran at once.
+            if not series or now - series[-1][0] >= SERIES_STEP_S or rss > series[-1][1]:
+                series.append((round(now, 3), rss))
+                if len(series) > SERIES_MAX:
+                    series[:] = thin_series(series)
             done.wait(sample_interval_s)
 
     result: dict[str, Any] = {}
@@ -498,18 +522,66 @@ def _node_run(
         "stderr": err,
         "stderr_tail": err[-TAIL_BYTES:],
         "ended_epoch": ended,
+        "rss_series": series,
     }
+
+
+def thin_series(series: Sequence[tuple[float, int]]) -> list[tuple[float, int]]:
+    """Half the points: each pair becomes one at the pair's first time with the pair's higher
+    RSS, so a thinned series never hides a peak (it may only move it earlier by one step)."""
+    out = [(series[i][0], max(p[1] for p in series[i : i + 2])) for i in range(0, len(series), 2)]
+    return out
+
+
+def peak_of_sum(runs: Sequence[tuple[Sequence[tuple[float, int]], float]]) -> int:
+    """The highest total RSS of jobs that ran at once, from each job's series and end time.
+
+    A job's RSS is taken to hold from one sample to the next and to be 0 after it ended. Pure;
+    the times must come from one clock (one node, or nodes whose clocks agree)."""
+    events: list[tuple[float, int, int]] = []  # (time, order, job) -- ends sort first
+    values: list[list[int]] = []
+    for job, (series, ended) in enumerate(runs):
+        kept = [(t, rss) for t, rss in series if t < ended]
+        values.append([rss for _, rss in kept])
+        events.extend((t, 1, job) for t, _ in kept)
+        if kept:
+            events.append((ended, 0, job))
+    events.sort()
+    current = [0] * len(runs)
+    cursor = [0] * len(runs)
+    total = peak = 0
+    for _t, kind, job in events:
+        new = 0
+        if kind == 1:
+            new = values[job][cursor[job]]
+            cursor[job] += 1
+        total += new - current[job]
+        current[job] = new
+        peak = max(peak, total)
+    return peak
 
 
 def job_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment a remote job gets: ours (the one ninja would give a local compile),
     minus what only makes sense on this host or to this process."""
     drop_prefixes = ("RAY_", "BUILDCTL_SOCKET")
-    drop = {"PWD", "OLDPWD", "SHLVL", "_", "HOSTNAME", "XDG_RUNTIME_DIR", "TERM", "DISPLAY",
-            "SSH_AUTH_SOCK", "SSH_CONNECTION", "SSH_CLIENT", "SSH_TTY", "NINJA_STATUS"}
+    drop = {
+        "PWD",
+        "OLDPWD",
+        "SHLVL",
+        "_",
+        "HOSTNAME",
+        "XDG_RUNTIME_DIR",
+        "TERM",
+        "DISPLAY",
+        "SSH_AUTH_SOCK",
+        "SSH_CONNECTION",
+        "SSH_CLIENT",
+        "SSH_TTY",
+        "NINJA_STATUS",
+    }
     source = os.environ if base is None else base
-    return {k: v for k, v in source.items()
-            if k not in drop and not k.startswith(drop_prefixes)}
+    return {k: v for k, v in source.items() if k not in drop and not k.startswith(drop_prefixes)}
 
 
 def round_memory(num_bytes: float, step: int = 32 * MiB) -> int:

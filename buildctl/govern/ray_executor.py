@@ -152,16 +152,24 @@ class _Submitter:
                 ):
                     return _failure(1, f"buildctl: {output} failed on the Ray cluster: {exc}\n")
                 lost += 1
-                event("retry", output, f"lost on the Ray cluster ({type(exc).__name__}); "
-                      "resubmitted")
+                event(
+                    "retry", output, f"lost on the Ray cluster ({type(exc).__name__}); resubmitted"
+                )
                 await asyncio.sleep(1.0)
                 continue
             finally:
                 with self.lock:
                     self.inflight.discard(ref)
             if self.cancelled and facts.get("rc") != 0:  # it died of the cancel, not of itself
-                note(RemoteRun(output, request, "cancelled", node=facts.get("node"),
-                               ended_epoch=time.time()))
+                note(
+                    RemoteRun(
+                        output,
+                        request,
+                        "cancelled",
+                        node=facts.get("node"),
+                        ended_epoch=time.time(),
+                    )
+                )
                 return _failure(130, f"buildctl: {output} was cancelled on the Ray cluster\n")
             facts["memory_request"] = request
             note(
@@ -186,8 +194,17 @@ class _Submitter:
 
 
 def _failure(rc: int, message: str) -> dict[str, Any]:
-    return {"rc": rc, "maxrss": 0, "tree_peak": 0, "cpu_s": 0.0, "wall_s": 0.0, "stdout": "",
-            "stderr": message, "stderr_tail": message, "node": None}
+    return {
+        "rc": rc,
+        "maxrss": 0,
+        "tree_peak": 0,
+        "cpu_s": 0.0,
+        "wall_s": 0.0,
+        "stdout": "",
+        "stderr": message,
+        "stderr_tail": message,
+        "node": None,
+    }
 
 
 class RayExecutor:
@@ -223,6 +240,8 @@ class RayExecutor:
         self._watch_interval_s = watch_interval_s
         self._watcher: threading.Thread | None = None
         self._closing = threading.Event()
+        self._series: list[tuple[list[tuple[float, int]], float]] = []
+        self.peak_total_rss = 0
 
     # --- wiring ------------------------------------------------------------------------------
 
@@ -231,8 +250,9 @@ class RayExecutor:
         node) and its event log (retries after OOM kills, nodes leaving and joining)."""
         self._governor = governor
         if self._watcher is None:
-            self._watcher = threading.Thread(target=self._watch_nodes, name="ray-nodes",
-                                             daemon=True)
+            self._watcher = threading.Thread(
+                target=self._watch_nodes, name="ray-nodes", daemon=True
+            )
             self._watcher.start()
 
     def describe(self) -> str:
@@ -271,16 +291,38 @@ class RayExecutor:
             return facts
         # The governor's sampler cannot see a remote tree: hand it what the node measured.
         job.peak_rss = max(job.peak_rss, int(facts.get("tree_peak", 0)))
+        self._record_series(facts)
         job.cpu_s = float(facts.get("cpu_s", 0.0))
         # Report the time the job started on its node, not when it was handed to Ray.
-        now = self._governor.now() if self._governor else job.started_at + (
-            time.monotonic() - entered
+        now = (
+            self._governor.now()
+            if self._governor
+            else job.started_at + (time.monotonic() - entered)
         )
         began = now - (time.time() - float(facts.get("started_epoch", time.time())))
         job.started_at = min(max(job.started_at, began), now)
         return facts
 
     # --- helpers -----------------------------------------------------------------------------
+
+    def _record_series(self, facts: Mapping[str, Any]) -> None:
+        """The build's peak total RSS over the cluster: the sum of what ran at once, from each
+        job's node-side RSS series (node clocks; they agree to NTP accuracy). Reported like the
+        local sampler's peak, which cannot see remote trees."""
+        series = [(float(t), int(rss)) for t, rss in facts.get("rss_series") or ()]
+        if not series:
+            return
+        ended = float(facts.get("ended_epoch", series[-1][0]))
+        start = series[0][0]
+        with self._runs_lock:
+            self._series.append((series, ended))
+            # Only the runs that overlap this one can raise the peak now; the last-recorded
+            # of the runs active at any instant sees all of them, so nothing is missed.
+            overlapping = [r for r in self._series if r[0][0][0] < ended and r[1] > start]
+            peak = ray_cluster.peak_of_sum(overlapping)
+        self.peak_total_rss = max(self.peak_total_rss, peak)
+        if self._governor is not None:
+            self._governor.peak_total_rss = max(self._governor.peak_total_rss, peak)
 
     def _note(self, run: RemoteRun) -> None:
         with self._runs_lock:
@@ -305,7 +347,12 @@ class RayExecutor:
                     await loop.run_in_executor(
                         None,
                         lambda: ray_cluster.check_shared_paths(
-                            self.ray, self._alive_info(), (), [path], None, 30.0,
+                            self.ray,
+                            self._alive_info(),
+                            (),
+                            [path],
+                            None,
+                            30.0,
                             silent_nodes_fail=False,
                         ),
                     )
@@ -325,9 +372,13 @@ class RayExecutor:
             except Exception:
                 continue  # the head is busy or gone: the jobs' own errors will say so
             for node_id in known.keys() - current.keys():
-                self._event("info", None, f"Ray node {known[node_id].label} left the cluster; "
-                            "Ray re-runs the jobs it was running on other nodes",
-                            node=known[node_id].label)
+                self._event(
+                    "info",
+                    None,
+                    f"Ray node {known[node_id].label} left the cluster; "
+                    "Ray re-runs the jobs it was running on other nodes",
+                    node=known[node_id].label,
+                )
             if current.keys() != known.keys():  # memory requests are capped by the largest node
                 self._submitter.info = ClusterInfo(self.info.address, tuple(current.values()))
             for node_id in current.keys() - known.keys():
@@ -336,14 +387,22 @@ class RayExecutor:
                 if self._build_dir is not None:
                     try:
                         ray_cluster.check_shared_paths(
-                            self.ray, ClusterInfo(self.info.address, (node,)),
-                            [self._build_dir, *self._check_paths], (), self._build_dir, 30.0,
+                            self.ray,
+                            ClusterInfo(self.info.address, (node,)),
+                            [self._build_dir, *self._check_paths],
+                            (),
+                            self._build_dir,
+                            30.0,
                         )
                     except BadInput as exc:
                         verdict = f"WARNING: {exc.what}"
-                self._event("info", None, f"Ray node {node.label} joined the cluster "
-                            f"({node.cpus:g} CPUs, {format_size(node.memory)}); {verdict}",
-                            node=node.label)
+                self._event(
+                    "info",
+                    None,
+                    f"Ray node {node.label} joined the cluster "
+                    f"({node.cpus:g} CPUs, {format_size(node.memory)}); {verdict}",
+                    node=node.label,
+                )
             known = current
 
     def _alive_info(self, strict: bool = False) -> ClusterInfo:
@@ -385,8 +444,16 @@ def make_ray_executor(
         if joined:
             ray.shutdown()
         raise
-    executor = RayExecutor(ray, info, env=env, extra_resources=extra_resources, policy=policy,
-                           owns_connection=joined, build_dir=build_dir, check_paths=check_paths)
+    executor = RayExecutor(
+        ray,
+        info,
+        env=env,
+        extra_resources=extra_resources,
+        policy=policy,
+        owns_connection=joined,
+        build_dir=build_dir,
+        check_paths=check_paths,
+    )
     return executor, info
 
 
@@ -454,8 +521,11 @@ def run_matrix_on_ray(
         submitter = _Submitter(ray, info, policy or RetryPolicy(), extra_resources, 0.25)
         too_big = [b for b in builds if b.memory_bytes > info.largest_node_memory]
         for build in too_big:
-            _say(on_event, f"{build.name}: planned {format_size(build.memory_bytes)} is more than "
-                 f"any node offers; asking {format_size(info.largest_node_memory)}")
+            _say(
+                on_event,
+                f"{build.name}: planned {format_size(build.memory_bytes)} is more than "
+                f"any node offers; asking {format_size(info.largest_node_memory)}",
+            )
         results = asyncio.run(_run_all(submitter, builds, on_event))
     finally:
         if joined:
@@ -473,8 +543,16 @@ async def _run_all(
             _say(on_event, f"{output}: {detail}")
 
         env = ray_cluster.job_env(build.env)
-        facts = await submitter.run(build.name, list(build.argv), build.cwd, env,
-                                    build.memory_bytes, build.cpus, attempts.append, event)
+        facts = await submitter.run(
+            build.name,
+            list(build.argv),
+            build.cwd,
+            env,
+            build.memory_bytes,
+            build.cpus,
+            attempts.append,
+            event,
+        )
         return MatrixResult(
             name=build.name,
             rc=int(facts.get("rc", 1)),
@@ -506,13 +584,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--ray-address", required=True, metavar="HOST:PORT")
     parser.add_argument("--build-dir", type=Path, default=Path.cwd(), metavar="DIR")
-    parser.add_argument("--check", action="append", default=[], metavar="PATH",
-                        help="another path every node must see (sources, compiler)")
+    parser.add_argument(
+        "--check",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="another path every node must see (sources, compiler)",
+    )
     parser.add_argument("--connect-timeout", type=float, default=5.0, metavar="SECONDS")
     args = parser.parse_args(argv)
     try:
         executor, info = make_ray_executor(
-            args.ray_address, args.build_dir, check_paths=args.check,
+            args.ray_address,
+            args.build_dir,
+            check_paths=args.check,
             connect_timeout_s=args.connect_timeout,
         )
     except BuildctlError as exc:
