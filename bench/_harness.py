@@ -75,7 +75,9 @@ class TreeSampler(threading.Thread):
             else:
                 name = proc.name()
                 cmd = " ".join(proc.cmdline()[:4])
-                cached = name in INFRA_NAMES or "buildctl.govern.launcher" in cmd
+                cached = name in INFRA_NAMES or any(
+                    mark in cmd for mark in ("buildctl.govern.launcher", "govern/launcher.py")
+                )
             self._infra[key] = cached
         return cached
 

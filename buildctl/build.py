@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from buildctl.errors import BadInput, BuildFailed
+from buildctl.govern.profiles import ProfileEntry
 from buildctl.govern.session import GovernedSession, SessionOptions
 from buildctl.govern.session import _set_pdeathsig as die_with_parent
 
@@ -56,6 +59,62 @@ def _configure_stamp(defines: dict[str, str], cmake_args: list[str]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def _split_source_of(output: str) -> str:
+    """`CMakeFiles/t.dir/generated/x.cpp.o` -> `generated/x.cpp` (what the object compiles)."""
+    path = output[: -len(".o")] if output.endswith(".o") else output
+    parts = Path(path).parts
+    for index, part in enumerate(parts):
+        if part.endswith(".dir") and index > 0 and parts[index - 1] == "CMakeFiles":
+            return "/".join(parts[index + 1 :])
+    return path
+
+
+def _matches(pattern: str, name: str, source: str) -> bool:
+    if not pattern:
+        return False
+    if pattern == name:
+        return True
+    try:
+        return re.search(pattern, source) is not None
+    except re.error:  # CMake regex syntax Python does not take: file names only
+        return False
+
+
+def split_hints(entries: Iterable[ProfileEntry], patterns: Sequence[str]) -> dict[str, int]:
+    """Measured whole-file peaks of the sources the split hook matches, by file name (pure).
+
+    From the profile DB's compile jobs: the most recent peak of each matched source compiled
+    whole (shards are skipped; they are not the whole file). `patterns` are the hook's
+    BUILDCTL_SPLIT_SOURCES items: a file name, or a regex searched in the source path.
+    """
+    latest: dict[str, tuple[float, int]] = {}
+    for entry in entries:
+        if entry.kind != "compile" or not entry.output.endswith(".o"):
+            continue
+        source = _split_source_of(entry.output)
+        name = source.rsplit("/", 1)[-1]
+        if ".shard-" in name:
+            continue
+        if not any(_matches(p, name, source) for p in patterns):
+            continue
+        if name not in latest or entry.recorded_at > latest[name][0]:
+            latest[name] = (entry.recorded_at, entry.peak_rss_bytes)
+    return {name: peak for name, (_, peak) in sorted(latest.items())}
+
+
+def write_split_hints(session: GovernedSession, build_dir: Path, patterns: str) -> Path:
+    """The BUILDCTL_SPLIT_HINTS file for the hook, from the session's profile DB.
+
+    Written on every configure (`{}` when the DB knows nothing yet); its path never changes,
+    so new measurements do not force a re-configure: they are used the next time CMake runs.
+    """
+    hints = split_hints(session.profiles.latest(), patterns.split(";"))
+    path = build_dir / ".buildctl" / "split-hints.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(hints, indent=1) + "\n")
+    return path
+
+
 def configure(session: GovernedSession, req: BuildRequest) -> None:
     """Run CMake when the build dir is new or what we inject changed; ninja re-runs it otherwise."""
     if not (req.source_dir / "CMakeLists.txt").is_file():
@@ -64,6 +123,10 @@ def configure(session: GovernedSession, req: BuildRequest) -> None:
             "pass --source pointing at a CMake project's top directory",
         )
     defines = {**session.cmake_defines(), **req.extra_defines}
+    if defines.get("BUILDCTL_SPLIT_SOURCES") and "BUILDCTL_SPLIT_HINTS" not in defines:
+        # Measured whole-file peaks replace the probe's extrapolation (buildctl/split).
+        hints = write_split_hints(session, req.build_dir, defines["BUILDCTL_SPLIT_SOURCES"])
+        defines["BUILDCTL_SPLIT_HINTS"] = str(hints)
     stamp_file = req.build_dir / ".buildctl" / "configure.stamp"
     stamp = _configure_stamp(defines, req.cmake_args)
     if (

@@ -22,8 +22,12 @@ how memory is governed:
   Every compile and link asks buildctl for admission. A job starts only when the predicted
   peak RSS of the running jobs plus its own fits the budget and a CPU slot is free. Predictions
   come from measured peaks of earlier builds (`buildctl profile show`); unknown jobs get a
-  conservative prior (--prior-rss). If host memory runs low anyway, admission pauses; if it gets
-  critical the youngest job is killed and re-run later, so the kernel OOM killer never picks.
+  conservative prior (--prior-rss; by default 1 GiB compile, 1.5 GiB link). A first build under
+  a small budget therefore runs few jobs at once; --share-priors predicts unknown jobs at
+  budget/slots instead (faster, but the total may pass the budget for a moment: a job that
+  outgrows its share is then killed and re-run later at the full prior). If host memory runs
+  low anyway, admission pauses; if it gets critical the youngest job is killed and re-run
+  later, so the kernel OOM killer never picks.
 
 exit codes: 0 built, 1 build failed, 2 bad input, 130 interrupted.
 """
@@ -73,7 +77,15 @@ def add_governor_args(parser: argparse.ArgumentParser) -> None:
         "--prior-rss",
         type=_size,
         metavar="SIZE",
-        help="predicted peak for jobs never measured before (default 1 GiB compile, 1.5 GiB link)",
+        help="predicted peak for jobs never measured before (default 1 GiB compile, 1.5 GiB "
+        "link)",
+    )
+    g.add_argument(
+        "--share-priors",
+        action="store_true",
+        help="first builds: predict never-measured jobs at most budget/slots, so they run in "
+        "parallel; the total may briefly pass the budget (the job that outgrew its share is "
+        "killed and re-run alone)",
     )
     g.add_argument(
         "--profiles",
@@ -170,6 +182,7 @@ def session_options(args: argparse.Namespace, build_dir: Path, title: str, sourc
         report_path=args.report,
         profile_db=args.profiles,
         prior_bytes=args.prior_rss,
+        share_priors=args.share_priors,
         plain=args.plain,
         title=title,
         low_water_bytes=args.low_water,
@@ -460,6 +473,8 @@ def _forwarded_wheel_args(args: argparse.Namespace) -> list[str]:
         out.append("--allow-prerelease")
     if args.low_ram:
         out.append("--low-ram")
+    if args.share_priors:
+        out.append("--share-priors")
     return out
 
 

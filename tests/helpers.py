@@ -50,9 +50,11 @@ def read_report(path: Path) -> dict:
 
 def is_launcher(proc: psutil.Process) -> bool:
     try:
-        return "buildctl.govern.launcher" in " ".join(proc.cmdline())
+        cmd = " ".join(proc.cmdline())
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return False
+    # `python -I -S .../buildctl/govern/launcher.py` from CMake; `-m buildctl.govern.launcher`
+    return "buildctl.govern.launcher" in cmd or "buildctl/govern/launcher.py" in cmd
 
 
 class TreeSampler(threading.Thread):

@@ -74,7 +74,7 @@ def _victims(root: psutil.Process, kind: str) -> list[psutil.Process]:
             cmd = " ".join(proc.cmdline())
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-        launcher = "buildctl.govern.launcher" in cmd
+        launcher = "buildctl.govern.launcher" in cmd or "buildctl/govern/launcher.py" in cmd
         if (kind == "compiler" and name in COMPILERS and not launcher) or (
             kind == "launcher" and launcher and name != "sh"  # not ninja's `sh -c` wrapper
         ) or (kind == "ninja" and name == "ninja"):

@@ -7,7 +7,18 @@ import random
 
 import pytest
 
-from buildctl.govern.scheduler import Running, Waiting, decide, reserved_total
+from buildctl.govern.scheduler import (
+    GATHER_MAX_S,
+    GATHER_QUIET_S,
+    Live,
+    Running,
+    Waiting,
+    capped_prior,
+    decide,
+    gather_hold_s,
+    overrun_victim,
+    reserved_total,
+)
 
 M = 1024**2
 
@@ -104,3 +115,87 @@ def test_keeps_cpu_busy_when_something_fits() -> None:
         waiting = [w(i, s) for i, s in enumerate(sizes)]
         d = decide(waiting, [], budget=320 * M, slots=2)
         assert d.admit, sizes
+
+
+# --- start-up gathering ----------------------------------------------------------------------
+
+
+def test_no_launcher_yet_means_no_hold() -> None:
+    assert gather_hold_s(5.0, None, None) == 0.0
+
+
+def test_holds_until_launchers_stop_registering() -> None:
+    # First launcher at 1.0 s, the latest at 1.05 s: hold until 1.05 + quiet.
+    assert gather_hold_s(1.05, 1.0, 1.05, quiet_s=0.1, max_s=0.5) == pytest.approx(0.1)
+    assert gather_hold_s(1.10, 1.0, 1.05, quiet_s=0.1, max_s=0.5) == pytest.approx(0.05)
+    assert gather_hold_s(1.15, 1.0, 1.05, quiet_s=0.1, max_s=0.5) == 0.0
+    assert gather_hold_s(9.0, 1.0, 1.05, quiet_s=0.1, max_s=0.5) == 0.0
+
+
+def test_a_steady_stream_of_launchers_holds_at_most_max_s() -> None:
+    # A launcher every 50 ms never leaves 100 ms of quiet: the cap ends the hold.
+    first = 2.0
+    for k in range(1, 20):
+        now = first + 0.05 * k
+        hold = gather_hold_s(now, first, now, quiet_s=0.1, max_s=0.5)
+        assert now + hold <= max(now, first + 0.5) + 1e-9
+    assert gather_hold_s(first + 0.5, first, first + 0.5, quiet_s=0.1, max_s=0.5) == 0.0
+
+
+def test_default_window_is_short() -> None:
+    assert 0 < GATHER_QUIET_S <= GATHER_MAX_S <= 0.5
+    assert gather_hold_s(0.0, 0.0, 0.0) == pytest.approx(GATHER_QUIET_S)
+
+
+def test_gathered_queue_starts_the_largest_jobs_first() -> None:
+    # What gathering buys: the small early arrivals do not take the slots from the big job.
+    early = [w(1, 30, t=0.00), w(2, 140, t=0.02), w(3, 140, t=0.03)]
+    first_come = decide(early[:2], [], budget=768 * M, slots=2)
+    assert first_come.admit == (2, 1)  # without gathering: whoever registered first
+    gathered = decide([*early, w(4, 580, t=0.2)], [], budget=768 * M, slots=2)
+    assert gathered.admit == (4, 2)
+
+
+# --- priors under a small budget -------------------------------------------------------------
+
+
+def test_prior_is_capped_at_one_slots_share_of_the_budget() -> None:
+    assert capped_prior(1024 * M, 768 * M, 2) == 384 * M
+    assert capped_prior(1024 * M, 64 * 1024 * M, 8) == 1024 * M  # a big budget keeps it
+    assert capped_prior(1024 * M, 768 * M, 0) == 768 * M  # slots < 1 count as one
+    assert capped_prior(1024 * M, 0, 2) == 1
+
+
+def test_capped_priors_let_a_first_build_use_every_slot() -> None:
+    # Unknown jobs under 768 MiB with 2 slots: the 1 GiB prior is above the budget (each job
+    # ran alone); capped at 384 MiB two of them start together.
+    uncapped = decide([w(1, 1024), w(2, 1024)], [], budget=768 * M, slots=2)
+    assert uncapped.admit == (1,) and uncapped.exclusive == (1,)
+    prior = capped_prior(1024 * M, 768 * M, 2) // M
+    capped = decide([w(1, prior), w(2, prior), w(3, prior)], [], budget=768 * M, slots=2)
+    assert capped.admit == (1, 2) and capped.exclusive == ()
+
+
+def test_a_job_grown_past_its_capped_prior_blocks_new_admissions() -> None:
+    # Reserved = max(predicted, live RSS): the grown job keeps a third one out.
+    running = [r(1, 384, rss_mb=600), r(2, 100, rss_mb=100)]
+    assert decide([w(3, 100)], running, budget=768 * M, slots=3).admit == ()
+
+
+def test_overrun_victim_is_the_youngest_job_on_a_capped_prior() -> None:
+    live = [
+        Live(1, 500 * M, started_at=1.0, on_capped_prior=True),
+        Live(2, 300 * M, started_at=2.0, on_capped_prior=True),
+        Live(3, 100 * M, started_at=3.0, on_capped_prior=False),
+    ]
+    assert overrun_victim(live, budget=768 * M) == 2
+    assert overrun_victim(live, budget=900 * M) is None  # the total fits
+
+
+def test_overrun_never_picks_measured_jobs_or_a_job_running_alone() -> None:
+    measured = [Live(1, 500 * M, 1.0, False), Live(2, 500 * M, 2.0, False)]
+    assert overrun_victim(measured, budget=768 * M) is None
+    alone = [Live(1, 2000 * M, 1.0, True)]
+    assert overrun_victim(alone, budget=768 * M) is None
+    tie = [Live(1, 500 * M, 1.0, True), Live(2, 500 * M, 1.0, True)]
+    assert overrun_victim(tie, budget=768 * M) == 2

@@ -132,7 +132,15 @@ def test_forced_then_planned_split_exports_the_same_symbols(
     # Huge budget: the probe runs and the file stays whole. The probe only compiles if the
     # hook collected the flags: FIXTURE_SCALE from a $<COMPILE_LANGUAGE:CXX> definition,
     # FIXTURE_CFG_OK and a $<BUILD_INTERFACE:...> include dir from an aliased interface target.
-    log = _configure(build, "BUILDCTL_SPLIT_SHARDS", BUILDCTL_SPLIT_BUDGET=str(2**40))
+    # GCC GC sizing off from here on (it stays in the cache): below 128 MiB per shard its heap
+    # size follows the budget, and the budgets below would re-probe (tested on its own in
+    # test_gcc_gc_options_reach_the_managed_sources_only).
+    log = _configure(
+        build,
+        "BUILDCTL_SPLIT_SHARDS",
+        BUILDCTL_SPLIT_BUDGET=str(2**40),
+        BUILDCTL_SPLIT_GCC_GC="OFF",
+    )
     assert "buildctl: kept fixture_instances.cpp whole" in log
     # The one unresolvable generator expression ($<CXX_COMPILER_ID:GNU>) is named, not hidden.
     assert "1 compile setting(s) of fixture use generator expressions" in log
@@ -207,3 +215,41 @@ def test_bad_generated_source_fails_configure_with_file_and_line(tmp_path: Path)
     out = " ".join((res.stdout + res.stderr).split())  # CMake wraps long messages
     assert f"{build}/gen/bad.cpp:1: no list of explicit instantiations" in out
     assert "later.cpp does not exist at the end of configure" in out
+
+
+def _object_flags(build: Path) -> dict[str, str]:
+    """Per compiled source of the fixture target: the FLAGS line ninja compiles it with."""
+    flags: dict[str, str] = {}
+    current = None
+    for line in (build / "build.ninja").read_text().splitlines():
+        if line.startswith("build CMakeFiles/fixture.dir/") and ".cpp.o:" in line:
+            current = line.split(".cpp.o:", 1)[0].rsplit("/", 1)[-1] + ".cpp"
+        elif current and line.startswith("  FLAGS = "):
+            flags[current] = line[len("  FLAGS = ") :]
+        elif not line.startswith("  "):
+            current = None
+    return flags
+
+
+def test_gcc_gc_options_reach_the_managed_sources_only(tmp_path: Path) -> None:
+    """Configure only: the hook adds the GC params to the shards, or to the original when it
+    stays whole, never to the target's other sources; BUILDCTL_SPLIT_GCC_GC=OFF adds none."""
+    build = tmp_path / "g"
+    gc = "--param=ggc-min-expand=10 --param=ggc-min-heapsize=16384"
+    _configure(build, **_hook(shards=2, budget_bytes=2**30, slots=2))
+    flags = _object_flags(build)
+    shards = [name for name in flags if ".shard-" in name]
+    assert len(shards) == 2
+    assert all(gc in flags[name] for name in shards), flags
+    assert gc not in flags["api.cpp"]
+    assert _plan(build)["gcc_gc"]["applied"]
+
+    _configure(build, BUILDCTL_SPLIT_SHARDS="1")  # kept whole, still managed
+    flags = _object_flags(build)
+    assert sorted(flags) == ["api.cpp", "fixture_instances.cpp"]
+    assert gc in flags["fixture_instances.cpp"] and gc not in flags["api.cpp"]
+
+    _configure(build, BUILDCTL_SPLIT_SHARDS="2", BUILDCTL_SPLIT_GCC_GC="OFF")
+    flags = _object_flags(build)
+    assert not any("ggc-min" in value for value in flags.values()), flags
+    assert not _plan(build)["gcc_gc"]["applied"]

@@ -8,8 +8,13 @@ import pytest
 
 from buildctl.errors import BadInput
 from buildctl.split.plan import (
+    GCC_GC_HEAPSIZE_MAX_KIB,
+    GCC_GC_HEAPSIZE_MIN_KIB,
     balanced_sizes,
     balanced_slices,
+    gcc_gc_heapsize_kib,
+    gcc_gc_sizing,
+    is_gnu_compiler,
     parse_generated_source,
     plan_shards,
     probe_picks,
@@ -403,3 +408,65 @@ def test_plan_rejects_bad_input() -> None:
         plan_shards(100, 0, 5, 100, min_shards=0)
     with pytest.raises(BadInput):
         plan_shards(100, 0, 5, 100, max_shards=0)
+
+
+# ------------------------------------------------------------------------ GCC GC sizing
+
+GXX_VERSION = """g++ (Debian 12.2.0-14+deb12u1) 12.2.0
+Copyright (C) 2022 Free Software Foundation, Inc.
+This is free software; see the source for copying conditions.
+"""
+CLANG_VERSION = """Debian clang version 14.0.6
+Target: x86_64-pc-linux-gnu
+Thread model: posix
+"""
+ICPX_VERSION = """Intel(R) oneAPI DPC++/C++ Compiler 2025.0.4 (2025.0.4.20241205)
+Target: x86_64-unknown-linux-gnu
+"""
+
+
+def test_gcc_gc_heapsize_is_an_eighth_of_the_target_in_4_8_16_mib_steps() -> None:
+    assert gcc_gc_heapsize_kib(307 * MiB) == GCC_GC_HEAPSIZE_MAX_KIB == 16 * 1024
+    assert gcc_gc_heapsize_kib(128 * MiB) == 16 * 1024
+    assert gcc_gc_heapsize_kib(127 * MiB) == 8 * 1024
+    assert gcc_gc_heapsize_kib(64 * MiB) == 8 * 1024
+    assert gcc_gc_heapsize_kib(63 * MiB) == 4 * 1024
+    assert gcc_gc_heapsize_kib(8 * MiB) == GCC_GC_HEAPSIZE_MIN_KIB == 4 * 1024
+    assert gcc_gc_heapsize_kib(0) == GCC_GC_HEAPSIZE_MIN_KIB
+    sizes = [gcc_gc_heapsize_kib(t * MiB) for t in range(0, 400)]
+    assert sizes == sorted(sizes)  # monotone in the target
+    assert set(sizes) == {4 * 1024, 8 * 1024, 16 * 1024}
+
+
+def test_is_gnu_compiler() -> None:
+    assert is_gnu_compiler(compiler_id="GNU")
+    for other in ("Clang", "AppleClang", "IntelLLVM", "NVIDIA", "MSVC"):
+        assert not is_gnu_compiler(compiler_id=other)
+    # CMake's id wins over the version text.
+    assert not is_gnu_compiler(compiler_id="Clang", version_text=GXX_VERSION)
+    assert is_gnu_compiler(version_text=GXX_VERSION)
+    assert not is_gnu_compiler(version_text=CLANG_VERSION)
+    assert not is_gnu_compiler(version_text=ICPX_VERSION)
+    assert not is_gnu_compiler(version_text="clang version 18 (Free Software Foundation quoted)")
+    assert not is_gnu_compiler()
+
+
+def test_gcc_gc_sizing_decision() -> None:
+    applied = gcc_gc_sizing(enabled=True, gnu=True, flags=["-O2"], shard_target_bytes=307 * MiB)
+    assert applied.applied
+    assert (applied.expand_percent, applied.min_heapsize_kib) == (10, 16 * 1024)
+    # Joined form: one token per param, safe from CMake's COMPILE_OPTIONS de-duplication.
+    assert applied.options == (
+        "--param=ggc-min-expand=10",
+        "--param=ggc-min-heapsize=16384",
+    )
+    small = gcc_gc_sizing(enabled=True, gnu=True, flags=[], shard_target_bytes=100 * MiB)
+    assert small.options[1] == "--param=ggc-min-heapsize=8192"
+
+    off = gcc_gc_sizing(enabled=False, gnu=True, flags=[], shard_target_bytes=307 * MiB)
+    assert not off.applied and off.options == () and "off" in off.reason
+    clang = gcc_gc_sizing(enabled=True, gnu=False, flags=[], shard_target_bytes=307 * MiB)
+    assert not clang.applied and clang.options == () and "not a GNU" in clang.reason
+    for own in (["--param", "ggc-min-expand=30"], ["--param=ggc-min-heapsize=4096"]):
+        mine = gcc_gc_sizing(enabled=True, gnu=True, flags=own, shard_target_bytes=307 * MiB)
+        assert not mine.applied and "itself" in mine.reason

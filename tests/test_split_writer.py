@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from buildctl.build import split_hints
+from buildctl.govern.profiles import ProfileEntry
 from buildctl.split import cmake_defines, hook_path
 from buildctl.split.__main__ import main
 from buildctl.split.plan import parse_generated_source
@@ -126,6 +128,40 @@ def test_cmake_defines_point_at_the_shipped_hook() -> None:
     assert defines["BUILDCTL_SPLIT_SLOTS"] == "2"
     assert defines["BUILDCTL_SPLIT_SHARDS"] == "4"
     assert "BUILDCTL_SPLIT_HINTS" not in defines
+    assert "BUILDCTL_SPLIT_GCC_GC" not in defines  # on by default
+    off = cmake_defines(["a.cpp"], gcc_gc=False, hints_file=Path("/h.json"))
+    assert off["BUILDCTL_SPLIT_GCC_GC"] == "OFF"
+    assert off["BUILDCTL_SPLIT_HINTS"] == "/h.json"
+
+
+def _profile(output: str, peak_mib: int, at: float, kind: str = "compile") -> ProfileEntry:
+    return ProfileEntry(
+        output=output,
+        kind=kind,
+        compiler="g++: g++ 12",
+        peak_rss_bytes=peak_mib * MiB,
+        recorded_at=at,
+    )
+
+
+def test_split_hints_from_the_profile_db() -> None:
+    """`buildctl build` writes BUILDCTL_SPLIT_HINTS from these (buildctl/build.py)."""
+    obj = "CMakeFiles/_pagedattn_ops.dir/generated/"
+    shard = "CMakeFiles/_pagedattn_ops.dir/buildctl-split/pagedattn_instances.cpp-1a2b3c4d/"
+    entries = [
+        _profile(obj + "pagedattn_instances.cpp.o", 317, at=10.0),
+        _profile(obj + "pagedattn_instances.cpp.o", 136, at=20.0),  # the newest wins
+        _profile(shard + "pagedattn_instances.shard-000-of-012.cpp.o", 63, at=30.0),
+        _profile(obj + "pagedattn_dispatch.cpp.o", 150, at=30.0),
+        _profile("_pagedattn_ops.so", 400, at=30.0, kind="link"),
+    ]
+    patterns = ["pagedattn_instances\\.cpp$"]
+    assert split_hints(entries, patterns) == {"pagedattn_instances.cpp": 136 * MiB}
+    # A file name matches too; a pattern Python's re cannot compile only matches by name.
+    assert split_hints(entries, ["pagedattn_dispatch.cpp"]) == {"pagedattn_dispatch.cpp": 150 * MiB}
+    assert split_hints(entries, ["(unbalanced"]) == {}
+    assert split_hints(entries, [""]) == {}
+    assert split_hints([], patterns) == {}
 
 
 # ------------------------------------------------------------------------------------ CLI
@@ -269,3 +305,22 @@ def test_cli_argument_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         main(["--out-dir", "x"])
     assert info.value.code == 2
+
+
+def test_write_split_hints_file(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from buildctl.build import write_split_hints
+    from buildctl.govern.profiles import ProfileDB
+
+    db = ProfileDB(tmp_path / "p.sqlite")
+    try:
+        session = SimpleNamespace(profiles=db)
+        path = write_split_hints(session, tmp_path / "b", "x\\.cpp$")  # type: ignore[arg-type]
+        assert path == tmp_path / "b" / ".buildctl" / "split-hints.json"
+        assert json.loads(path.read_text()) == {}  # nothing measured yet
+        db.record(_profile("CMakeFiles/t.dir/gen/x.cpp.o", 200, at=1.0))
+        write_split_hints(session, tmp_path / "b", "x\\.cpp$")  # type: ignore[arg-type]
+        assert json.loads(path.read_text()) == {"x.cpp": 200 * MiB}
+    finally:
+        db.close()

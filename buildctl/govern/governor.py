@@ -84,6 +84,8 @@ def classify_exit(
         return Outcome("ok")
     if kill_reason == "oom-guard":
         return Outcome("guard", "killed by the OOM guard")
+    if kill_reason == "budget":
+        return Outcome("guard", "killed: the jobs' live total went over the budget")
     if kill_reason in ("hang", "spin"):
         what = "stalled" if kill_reason == "hang" else "spinning"
         return Outcome(kill_reason, f"killed as {what}")
@@ -144,6 +146,11 @@ class GovernorOptions:
     spin_factor: float = 5.0  # a job running longer than this x its longest record is spinning
     spin_floor_s: float = 300.0  # ...but never before this: history from a quiet machine lies
     max_bypass_s: float = 60.0
+    # Start-up: hold the first admission until launchers stop registering (scheduler.gather_hold_s)
+    gather_quiet_s: float = scheduler.GATHER_QUIET_S
+    gather_max_s: float = scheduler.GATHER_MAX_S
+    # Predict never-measured jobs at most budget / slots (scheduler.capped_prior): --share-priors.
+    cap_priors: bool = False
     repro_dir: Path | None = None
     executor: RemoteExecutor | None = None  # None: jobs run locally under the launcher
 
@@ -200,6 +207,7 @@ class Job:
     guard_kills: int = 0
     crashes: int = 0
     repro_dir: str | None = None  # crash repro or stall bundle of this job
+    capped_from: int = 0  # the uncapped prior when the prediction is a capped prior, else 0
 
 
 @dataclass(frozen=True)
@@ -251,8 +259,14 @@ class Governor:
         self.paused = ""
         self.wait_reason = ""
         self._last_guard_kill = -1e9
+        # Start-up gathering: when the first and the latest launcher registered before the
+        # first admission (None once something was admitted).
+        self._first_arrival: float | None = None
+        self._last_arrival: float | None = None
+        self._admitted_any = False
+        self._gather_timer: asyncio.TimerHandle | None = None
         self._last_report_sample = -1e9
-        self._compiler_ids: dict[tuple[str, float], str] = {}
+        self._compiler_ids: dict[tuple[str, float], asyncio.Future[str]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._server: asyncio.AbstractServer | None = None
@@ -260,6 +274,7 @@ class Governor:
         self._interrupting = False  # Ctrl-C/SIGTERM: every failure from now on is an interrupt
         self._cancel = threading.Event()  # stops repro capture that is under way
         self._ready = threading.Event()
+        self._stop_event: asyncio.Event | None = None
         self._lock = threading.Lock()  # guards what the UI thread reads
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -271,8 +286,19 @@ class Governor:
             raise RuntimeError("governor did not start")
 
     def _thread_main(self) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._loop.run_until_complete(self._serve())
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            loop.run_until_complete(self._serve())
+        finally:
+            # Launchers still connected when the governor stops (Ctrl-C; a job still waiting):
+            # close their connections here rather than leave the tasks to the garbage collector.
+            pending = asyncio.all_tasks(loop)
+            for task in pending:
+                task.cancel()
+            if pending:
+                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            loop.close()
 
     async def _serve(self) -> None:
         path = self.opts.socket_path
@@ -289,10 +315,11 @@ class Governor:
             os.umask(old_umask)
         os.chmod(path, 0o600)
         sampler = asyncio.create_task(self._sampler())
+        self._stop_event = asyncio.Event()
         self._ready.set()
         try:
-            while not self._stopping:
-                await asyncio.sleep(0.05)
+            if not self._stopping:
+                await self._stop_event.wait()
         finally:
             sampler.cancel()
             self._server.close()
@@ -305,6 +332,10 @@ class Governor:
     def stop(self) -> None:
         self._stopping = True
         self._cancel.set()
+        loop, stop_event = self._loop, self._stop_event
+        if loop is not None and stop_event is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is already closed
+                loop.call_soon_threadsafe(stop_event.set)
         if self._thread:
             self._thread.join(15)
 
@@ -382,7 +413,8 @@ class Governor:
         except (ConnectionError, asyncio.IncompleteReadError, ValueError):
             pass  # ValueError: an over-long or garbled line; the launcher sees EOF and says so
         finally:
-            if job is not None and job.state != "done":
+            # At stop, running trees are already killed and the report takes jobs as they are.
+            if job is not None and job.state != "done" and not self._stopping:
                 self._abandon(job)
             writer.close()
 
@@ -414,20 +446,26 @@ class Governor:
             return os.path.basename(exe)
         key = (real, mtime)
         if key not in self._compiler_ids:
+            # One `--version` per compiler binary, even when the first launchers all register
+            # at once: later ones wait for the first one's answer.
+            future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+            self._compiler_ids[key] = future
             ident = os.path.basename(exe)
-            with contextlib.suppress(OSError, asyncio.TimeoutError):
-                proc = await asyncio.create_subprocess_exec(
-                    real,
-                    "--version",
-                    stdout=asyncio.subprocess.PIPE,
-                    stderr=asyncio.subprocess.DEVNULL,
-                )
-                out, _ = await asyncio.wait_for(proc.communicate(), 10)
-                first = out.decode(errors="replace").strip().splitlines()[:1]
-                if first:
-                    ident = f"{os.path.basename(exe)}: {first[0]}"
-            self._compiler_ids[key] = ident
-        return self._compiler_ids[key]
+            try:
+                with contextlib.suppress(OSError, asyncio.TimeoutError):
+                    proc = await asyncio.create_subprocess_exec(
+                        real,
+                        "--version",
+                        stdout=asyncio.subprocess.PIPE,
+                        stderr=asyncio.subprocess.DEVNULL,
+                    )
+                    out, _ = await asyncio.wait_for(proc.communicate(), 10)
+                    first = out.decode(errors="replace").strip().splitlines()[:1]
+                    if first:
+                        ident = f"{os.path.basename(exe)}: {first[0]}"
+            finally:
+                future.set_result(ident)  # never leave the waiting registrations hanging
+        return await asyncio.shield(self._compiler_ids[key])
 
     async def _register(self, msg: dict) -> Job:
         argv = list(msg["argv"])
@@ -438,7 +476,19 @@ class Governor:
         compiler = await self._compiler_id(argv[0])
         kind = msg.get("kind", "other")
         prediction = self.profiles.predict(output, kind, compiler)
+        capped_from = 0
+        if self.opts.cap_priors and prediction.source == "prior":
+            capped = scheduler.capped_prior(
+                prediction.bytes, self.opts.budget_bytes, self.opts.slots
+            )
+            if capped < prediction.bytes:
+                capped_from = prediction.bytes
+                prediction = dataclasses.replace(prediction, bytes=capped)
         now = self.now()
+        if not self._admitted_any:
+            if self._first_arrival is None:
+                self._first_arrival = now
+            self._last_arrival = now
         with self._lock:
             job = Job(
                 id=self._next_id,
@@ -452,6 +502,7 @@ class Governor:
                 enqueued_at=now,
                 queued_at_first=now,
                 env=msg.get("env"),
+                capped_from=capped_from,
             )
             self._next_id += 1
             self.jobs[job.id] = job
@@ -472,6 +523,8 @@ class Governor:
     # --- admission ---------------------------------------------------------------------------
 
     def _admit(self) -> None:
+        if not self._admitted_any and self._gathering():
+            return
         with self._lock:
             waiting = [
                 scheduler.Waiting(j.id, j.prediction.bytes, j.enqueued_at)
@@ -506,6 +559,29 @@ class Governor:
                 job.kill_reason = None
                 job.child_pid = None
                 job.go.set()
+                self._admitted_any = True
+
+    def _gathering(self) -> bool:
+        """Start-up: hold the first admission while launchers are still registering; a timer
+        re-decides when the hold ends (registrations re-decide too)."""
+        hold = scheduler.gather_hold_s(
+            self.now(),
+            self._first_arrival,
+            self._last_arrival,
+            quiet_s=self.opts.gather_quiet_s,
+            max_s=self.opts.gather_max_s,
+        )
+        if hold <= 0:
+            return False
+        with self._lock:
+            self.wait_reason = "gathering the first jobs (largest first)"
+        if self._gather_timer is None and self._loop is not None:
+            self._gather_timer = self._loop.call_later(hold, self._gather_done)
+        return True
+
+    def _gather_done(self) -> None:
+        self._gather_timer = None
+        self._admit()
 
     async def _complete(self, job: Job, done: dict) -> dict:
         """Classify the attempt; a crash gets its repro captured off the loop (it runs the
@@ -583,8 +659,24 @@ class Governor:
         if repro:
             job.repro_dir = repro
         if kind == "guard" and job.guard_kills <= self.opts.guard_retries:
-            self.event("retry", job.output, "re-running after an OOM-guard kill",
-                       attempt=job.attempts, reason="oom-guard")
+            if job.kill_reason == "budget":
+                # Its capped prior was too low: from now on it is predicted at the full prior
+                # (or what it reached, if more), as it would have been without the cap.
+                raised = max(job.capped_from, peak, job.prediction.bytes)
+                job.prediction = dataclasses.replace(job.prediction, bytes=raised)
+                job.capped_from = 0
+                self.event(
+                    "retry",
+                    job.output,
+                    "re-running after a budget overrun kill, "
+                    f"predicted {host.format_size(raised)} now",
+                    attempt=job.attempts,
+                    reason="budget",
+                    predicted=raised,
+                )
+            else:
+                self.event("retry", job.output, "re-running after an OOM-guard kill",
+                           attempt=job.attempts, reason="oom-guard")
             self._requeue(job)
             return {"op": "retry"}
         if kind in ("hang", "spin") and job.hang_kills <= self.opts.retries:
@@ -647,6 +739,7 @@ class Governor:
             self.finished.append(record)
             job.env = None  # a finished job's environment is not needed any more
             job.output_tail = ""
+        self._admit()  # the slot is free: admit before the profile write, not after it
         if rc == 0:
             self.profiles.record(
                 ProfileEntry(
@@ -660,7 +753,6 @@ class Governor:
                     target=record.target,
                 )
             )
-        self._admit()
         if kind in ("hang", "spin"):
             what = "stalled" if kind == "hang" else "kept spinning"
             return {"op": "fail", "detail": (
@@ -751,11 +843,15 @@ class Governor:
         if t - self._last_report_sample >= 0.5:
             self.samples.append((round(t, 2), total, avail))
             self._last_report_sample = t
-        self._guard(avail, running)
+        guard_killed = self._guard(avail, running)
+        if not guard_killed:
+            self._budget_guard(running)
         self._verdicts(running)
         self._admit()
 
-    def _guard(self, avail: int, running: list[Job]) -> None:
+    def _guard(self, avail: int, running: list[Job]) -> bool:
+        """Host memory: pause admission when low, kill the youngest job when critical (True
+        when it killed one)."""
         pressure = host.memory_pressure()
         reason = ""
         if avail < self.low_water:
@@ -792,6 +888,35 @@ class Governor:
                 available=avail,
                 job_rss=victim.current_rss,
             )
+            return True
+        return False
+
+    def _budget_guard(self, running: list[Job]) -> None:
+        """The jobs' live total above the budget while a job admitted on a capped prior runs:
+        kill the youngest such job and re-queue it (see scheduler.overrun_victim)."""
+        live = [
+            scheduler.Live(j.id, j.current_rss, j.started_at, j.capped_from > 0)
+            for j in running
+            if not j.kill_reason  # a tree being killed is about to free its memory
+        ]
+        victim_id = scheduler.overrun_victim(live, self.opts.budget_bytes)
+        if victim_id is None:
+            return
+        total = sum(j.rss for j in live)
+        victim = self.jobs[victim_id]
+        victim.kill_reason = "budget"
+        victim.guard_kills += 1
+        self._kill_tree(victim, "budget")
+        self.event(
+            "oom-guard-kill",
+            victim.output,
+            f"jobs' live total {host.format_size(total)} > budget "
+            f"{host.format_size(self.opts.budget_bytes)}: killed the youngest job admitted on "
+            f"a capped prior ({host.format_size(victim.prediction.bytes)}) and re-queued it",
+            reason="budget",
+            total_rss=total,
+            job_rss=victim.current_rss,
+        )
 
     def _spin_ceiling(self, job: Job) -> float | None:
         """Only a job's own history (same output, same compiler) says how long is too long."""

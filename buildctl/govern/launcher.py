@@ -1,4 +1,5 @@
-"""The compiler launcher: ninja runs `python -m buildctl.govern.launcher --socket S -- cc ...`.
+"""The compiler launcher: ninja runs `python -I -S .../buildctl/govern/launcher.py --socket S --
+cc ...` (`python -m buildctl.govern.launcher` works the same).
 
 It asks the governor for admission, runs the real command as its child (argv, never a shell) in
 a process group of its own, and reports wait4's rusage. With no governor listening it execs the

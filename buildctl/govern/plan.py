@@ -31,8 +31,8 @@ MIN_BUDGET = 64 * 1024**2
 APPROXIMATIONS = (
     "same per-job wall time as where the jobs were measured; links wait for the compiles of "
     "their own target (else for all compiles); every job holds its peak for its whole run, so "
-    "the peak is an upper bound; all jobs are known at the start (the real governor admits the "
-    "first launchers as they arrive)"
+    "the peak is an upper bound; all jobs are known at the start (the real governor gathers "
+    "the launchers that register within its first 0.5 s, later ones it admits as they arrive)"
 )
 
 

@@ -5,6 +5,12 @@ free, with `reserved = max(predicted, current tree RSS)`. Among waiting jobs the
 job that fits goes first (big jobs are the hard ones to place; small ones backfill). A job
 predicted above the whole budget runs alone: nothing new starts until it can start, and nothing
 starts beside it.
+
+Three smaller policies live here too, so that they can be tested without processes:
+`gather_hold_s` (at start-up, wait a moment for the first launchers to register before the
+first admission, so largest-first applies from the first decision), `capped_prior` (a guess for
+a never-measured job is at most one slot's share of the budget) and `overrun_victim` (which job
+on such a capped guess to kill when the jobs' live total goes over the budget).
 """
 
 from __future__ import annotations
@@ -93,3 +99,72 @@ def decide(
             blocked_since = job.enqueued_at
             reason = "waiting for memory"
     return Decision(tuple(admitted), (), reason)
+
+
+# --- start-up gathering ------------------------------------------------------------------------
+
+GATHER_QUIET_S = 0.1  # no new launcher for this long: ninja has started its first batch
+GATHER_MAX_S = 0.5  # ...but never hold the first admission longer than this after the first one
+
+
+def gather_hold_s(
+    now: float,
+    first_arrival: float | None,
+    last_arrival: float | None,
+    *,
+    quiet_s: float = GATHER_QUIET_S,
+    max_s: float = GATHER_MAX_S,
+) -> float:
+    """Seconds to hold the build's first admission still (0: decide now).
+
+    Ninja starts its whole window of launchers at once, but they register one by one (each is
+    a Python process; 16 of them take ~0.4 s on 2 cores). Admitting the first arrivals at once
+    would give the slots to whoever registered first, not to the largest job. So before the
+    first admission wait until no launcher has registered for `quiet_s`, at most `max_s` after
+    the first one registered. Only the first admission of a build waits: later ones fill a slot
+    that just freed up, from a queue that is already there.
+    """
+    if first_arrival is None:
+        return 0.0
+    last = first_arrival if last_arrival is None else last_arrival
+    remaining = min(last + quiet_s, first_arrival + max_s) - now
+    return remaining if remaining > 1e-6 else 0.0
+
+
+# --- priors under a small budget ---------------------------------------------------------------
+
+
+def capped_prior(prior: int, budget: int, slots: int) -> int:
+    """The prediction for a job never measured before: the prior, at most budget / slots.
+
+    With the conservative default priors (1 GiB compile, 1.5 GiB link) above budget / slots a
+    first build under a small budget runs one job at a time. Capped, `slots` unknown jobs fit
+    beside each other; a job that turns out larger is caught by the live RSS (its reservation
+    is max(predicted, live RSS), so nothing new starts beside it) and, if the jobs' live total
+    goes over the budget, by `overrun_victim`.
+    """
+    return max(1, min(prior, budget // max(1, slots)))
+
+
+@dataclass(frozen=True)
+class Live:
+    """A running job as the budget overrun check sees it."""
+
+    job_id: int
+    rss: int  # live tree RSS
+    started_at: float
+    on_capped_prior: bool  # admitted on a prior that `capped_prior` lowered
+
+
+def overrun_victim(running: Sequence[Live], budget: int) -> int | None:
+    """When the running jobs' live RSS sums above the budget: the youngest job admitted on a
+    capped prior (the least work lost; its guess was the one that was too low). None when the
+    total fits, when no running job was admitted on a capped prior (measured jobs are not
+    second-guessed here: the host-level OOM guard covers them), or when only one job runs (it
+    would run alone on a retry too)."""
+    if len(running) < 2 or sum(job.rss for job in running) <= budget:
+        return None
+    suspects = [job for job in running if job.on_capped_prior]
+    if not suspects:
+        return None
+    return max(suspects, key=lambda job: (job.started_at, job.job_id)).job_id

@@ -43,8 +43,14 @@ def socket_path_for(build_dir: Path) -> Path:
     return Path(runtime) / f"gov-{digest}.sock"
 
 
+LAUNCHER = Path(__file__).resolve().with_name("launcher.py")
+
+
 def launcher_command(socket_path: Path) -> list[str]:
-    return [sys.executable, "-m", "buildctl.govern.launcher", "--socket", str(socket_path), "--"]
+    """What CMake puts before every compile and link. The launcher is stdlib-only, so it runs as
+    a script in isolated mode without `site` (-I -S): no site-packages scan, no editable-install
+    finders, no PYTHON* variables; ~15 ms less per job than `-m buildctl.govern.launcher`."""
+    return [sys.executable, "-I", "-S", str(LAUNCHER), "--socket", str(socket_path), "--"]
 
 
 @dataclass
@@ -55,6 +61,9 @@ class SessionOptions:
     report_path: Path | None = None
     profile_db: Path | None = None
     prior_bytes: int | None = None
+    # Predict never-measured jobs at budget/slots (faster first builds; the budget can be passed
+    # for a moment, the job is then killed and re-run). Off: the contract's conservative prior.
+    share_priors: bool = False
     plain: bool | None = None
     title: str = "buildctl"
     low_water_bytes: int | None = None
@@ -113,6 +122,8 @@ class GovernedSession:
                 retries=opts.retries,
                 sample_interval_s=opts.sample_interval_s,
                 executor=opts.executor,
+                # A prior the user chose is taken as it is.
+                cap_priors=opts.share_priors and not opts.prior_bytes,
             ),
             self.profiles,
         )
@@ -208,11 +219,17 @@ class GovernedSession:
         }
         self._proc = proc
         try:
-            while proc.poll() is None:
+            while True:
                 self.view.refresh(self.governor.snapshot())
-                time.sleep(0.2)
+                try:
+                    proc.wait(0.2)  # returns as soon as the build command exits
+                    exited = True
+                except subprocess.TimeoutExpired:
+                    exited = False
                 if self.interrupted:
                     self._terminate(proc)
+                    break
+                if exited:
                     break
         finally:
             for sig, handler in previous.items():

@@ -65,8 +65,8 @@ class SimJob:
     # What the governor predicts when it admits the job; None = the measured peak (a warm profile).
     predicted_bytes: int | None = None
     # When ninja's launcher registers it at the earliest (replays: the order launchers really
-    # arrived in, since the governor admits whatever fits as soon as it arrives). Jobs with
-    # dependencies arrive when those end, whatever this says.
+    # arrived in, since after its start-up gathering the governor admits whatever fits as soon
+    # as it arrives). Jobs with dependencies arrive when those end, whatever this says.
     arrival_s: float = 0.0
 
     @property

@@ -140,12 +140,22 @@ def bundled_build_settings(
     preset: str | None, low_ram: bool, budget_bytes: int = 0, slots: int = 1, split: bool = True
 ) -> tuple[Path, dict[str, str], Path]:
     """(source dir, CMake defines, default build dir) of the bundled project for `build`."""
-    import torch  # the bundled project is a torch extension
+    import importlib.util
 
+    # The bundled project is a torch extension. find_spec, not `import torch`: the import costs
+    # 2-3 s of CPU and is only needed for torch.utils.cmake_prefix_path, which is
+    # <torch package dir>/share/cmake.
+    spec = importlib.util.find_spec("torch")
+    if spec is None or not spec.submodule_search_locations:
+        raise BadInput(
+            f"torch is not installed for {sys.executable}",
+            "install torch into this environment (the bundled project is a torch extension)",
+        )
+    torch_cmake = Path(spec.submodule_search_locations[0]) / "share" / "cmake"
     project = bundled_project(preset, budget_bytes, slots, split=split)
     defines = {
         **project.cmake_defines,
-        "CMAKE_PREFIX_PATH": torch.utils.cmake_prefix_path,
+        "CMAKE_PREFIX_PATH": str(torch_cmake),
         "Python_EXECUTABLE": sys.executable,
         "Python3_EXECUTABLE": sys.executable,
         "CMAKE_BUILD_TYPE": "Release",

@@ -9,6 +9,7 @@ The hook is injected without touching the project's sources:
 
     cmake -DCMAKE_PROJECT_INCLUDE=<hook_path()> -DBUILDCTL_SPLIT_SOURCES=<regex or file name;...>
           -DBUILDCTL_SPLIT_BUDGET=16G -DBUILDCTL_SPLIT_SLOTS=2 -DBUILDCTL_PYTHON=<python> ...
+          [-DBUILDCTL_SPLIT_GCC_GC=OFF]
 
 `cmake_defines()` builds exactly those definitions.
 """
@@ -33,8 +34,12 @@ def cmake_defines(
     shards: int | None = None,
     hints_file: Path | None = None,
     python: str | None = None,
+    gcc_gc: bool = True,
 ) -> dict[str, str]:
-    """`-D` definitions that inject the split hook for `sources` (regexes or file names)."""
+    """`-D` definitions that inject the split hook for `sources` (regexes or file names).
+
+    `gcc_gc=False` turns off the GC sizing of managed sources (`BUILDCTL_SPLIT_GCC_GC=OFF`).
+    """
     defines = {
         "CMAKE_PROJECT_INCLUDE": str(hook_path()),
         "BUILDCTL_SPLIT_SOURCES": ";".join(sources),
@@ -48,4 +53,6 @@ def cmake_defines(
         defines["BUILDCTL_SPLIT_SHARDS"] = str(shards)
     if hints_file is not None:
         defines["BUILDCTL_SPLIT_HINTS"] = str(hints_file)
+    if not gcc_gc:
+        defines["BUILDCTL_SPLIT_GCC_GC"] = "OFF"
     return defines

@@ -18,9 +18,12 @@ from typing import Any
 from buildctl.errors import EXIT_BAD_INPUT, EXIT_OK, BadInput
 from buildctl.host import format_size, parse_size
 from buildctl.split.plan import (
+    GccGcSizing,
     GeneratedSource,
     ShardPlan,
     balanced_sizes,
+    gcc_gc_sizing,
+    is_gnu_compiler,
     parse_generated_source,
     plan_shards,
     predict_peak,
@@ -30,11 +33,18 @@ from buildctl.split.probe import (
     PeakModel,
     ProbeFailed,
     ProbeResult,
+    compiler_version_text,
     estimate,
     probe_source,
     read_flags_file,
+    usable_hint,
 )
-from buildctl.split.writer import localized_parts, write_plan_record, write_shards
+from buildctl.split.writer import (
+    localized_parts,
+    write_compile_options,
+    write_plan_record,
+    write_shards,
+)
 
 DEFAULT_MAX_SHARDS = 64
 
@@ -50,6 +60,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", help="memory budget, e.g. 16G (default: host RAM minus reserve)")
     p.add_argument("--slots", type=int, help="jobs that may run at once (default: cores)")
     p.add_argument("--compiler", help="compiler for the probe (CMAKE_CXX_COMPILER)")
+    p.add_argument(
+        "--compiler-id",
+        help="CMake's compiler id (CMAKE_CXX_COMPILER_ID); without it `--compiler --version` "
+        "tells whether it is GNU",
+    )
     p.add_argument("--flags-file", type=Path, help="compile flags for the probe, one per line")
     p.add_argument("--shards", type=int, help="force this many shards (skips planning)")
     p.add_argument("--whole-peak", help="known peak RSS of the whole file (profile DB)")
@@ -63,6 +78,11 @@ def _parser() -> argparse.ArgumentParser:
         help="do not map shard lines back to the original file with #line",
     )
     p.add_argument("--no-probe-cache", action="store_true")
+    p.add_argument(
+        "--no-gcc-gc",
+        action="store_true",
+        help="do not size GCC's garbage collector for the shards (and the probe)",
+    )
     p.add_argument("--format", choices=("lines", "cmake"), default="lines")
     return p
 
@@ -107,12 +127,31 @@ def _host_defaults(args: argparse.Namespace) -> tuple[int, int]:
     return budget, slots
 
 
+def _flags(args: argparse.Namespace) -> list[str]:
+    return read_flags_file(args.flags_file) if args.flags_file else []
+
+
+def _gc_sizing(args: argparse.Namespace, flags: Sequence[str], target: int) -> GccGcSizing:
+    if args.compiler_id:
+        gnu = is_gnu_compiler(compiler_id=args.compiler_id)
+    elif args.compiler and not args.no_gcc_gc:
+        gnu = is_gnu_compiler(version_text=compiler_version_text(args.compiler))
+    else:
+        gnu = False
+    return gcc_gc_sizing(
+        enabled=not args.no_gcc_gc, gnu=gnu, flags=flags, shard_target_bytes=target
+    )
+
+
 def _probe(
-    args: argparse.Namespace, parsed: GeneratedSource, origin: Path, budget: int
+    args: argparse.Namespace,
+    parsed: GeneratedSource,
+    origin: Path,
+    budget: int,
+    flags: Sequence[str],
 ) -> ProbeResult | None:
     if not args.compiler:
         return None
-    flags = read_flags_file(args.flags_file) if args.flags_file else []
     pre, epi = localized_parts(parsed, origin)
     try:
         result = probe_source(
@@ -157,6 +196,8 @@ def _record(
     probe: ProbeResult | None,
     forced: bool,
     paths: Sequence[Path],
+    gc: GccGcSizing,
+    hint: int | None,
 ) -> dict[str, Any]:
     return {
         "source": str(origin),
@@ -178,6 +219,10 @@ def _record(
         "warnings": list(plan.warnings),
         "model": asdict(model) if model else None,
         "probe": asdict(probe) if probe else None,
+        "whole_peak_hint_bytes": hint,
+        # GCC GC sizing: options added to what the target compiles (shards, or the original
+        # when it stays whole) and to the probe.
+        "gcc_gc": {**asdict(gc), "options": list(gc.options)},
     }
 
 
@@ -208,8 +253,14 @@ def run(args: argparse.Namespace) -> list[Path]:
     args.out_dir.mkdir(parents=True, exist_ok=True)
 
     forced = args.shards is not None
+    flags = _flags(args)
+    gc = _gc_sizing(args, flags, target)
     # A forced N needs no prediction: skip the probe's compiles (that is why one forces N).
-    probe = None if forced else _probe(args, parsed, origin, budget)
+    # The probe compiles with the GC sizing the shards get: it measures what will be built.
+    probe = None if forced else _probe(args, parsed, origin, budget, [*flags, *gc.options])
+    whole_hint, hint_warning = usable_hint(whole_hint, probe)
+    if hint_warning:
+        _say(f"warning: {hint_warning}")
     model = estimate(n_entries, probe, whole_hint)
     if model is not None and model.source == "profile" and not forced:
         _say("warning: no probe numbers: shard peaks are predicted without the preamble's cost")
@@ -235,25 +286,45 @@ def run(args: argparse.Namespace) -> list[Path]:
     result = write_shards(
         parsed, plan.n, args.out_dir, origin, line_directives=not args.no_line_directives
     )
+    write_compile_options(args.out_dir, gc.options)
     write_plan_record(
         args.out_dir,
         _record(
-            args, parsed, origin, budget, slots, target, plan, model, probe, forced, result.paths
+            args,
+            parsed,
+            origin,
+            budget,
+            slots,
+            target,
+            plan,
+            model,
+            probe,
+            forced,
+            result.paths,
+            gc,
+            whole_hint,
         ),
     )
     for warning in plan.warnings:
         _say(f"warning: {warning}")
-    _say(_summary(origin, plan, model, target))
+    _say(_summary(origin, plan, model, target, gc))
     return list(result.paths)
 
 
-def _summary(origin: Path, plan: ShardPlan, model: PeakModel | None, target: int) -> str:
+def _summary(
+    origin: Path, plan: ShardPlan, model: PeakModel | None, target: int, gc: GccGcSizing
+) -> str:
     numbers = ""
     if model is not None:
         numbers = (
             f"predicted whole {format_size(model.whole_peak)}, "
             f"shard {format_size(plan.predicted_shard_peak)}, "
             f"target {format_size(target)} per shard"
+        )
+    if gc.applied:
+        numbers += (", " if numbers else "") + (
+            f"GCC GC sized: ggc-min-expand={gc.expand_percent} "
+            f"ggc-min-heapsize={gc.min_heapsize_kib}"
         )
     if plan.n == 1:
         return f"kept {origin.name} whole ({numbers or plan.reason})"

@@ -15,6 +15,10 @@
 #   BUILDCTL_SPLIT_SHARDS      force this many shards instead of planning
 #   BUILDCTL_SPLIT_MAX_SHARDS  upper bound for the planner (default 64)
 #   BUILDCTL_SPLIT_HINTS       JSON {"<file name or path>": whole-file peak bytes} (profile DB)
+#   BUILDCTL_SPLIT_GCC_GC      ON (default): with GNU compilers, the sources the splitter
+#                              manages (shards, or the original kept whole) and its probe get
+#                              --param=ggc-min-expand/--param=ggc-min-heapsize sized from the
+#                              per-shard target (no effect on the object code); OFF: not.
 #   BUILDCTL_PYTHON            interpreter that runs buildctl (default: Python3_EXECUTABLE,
 #                              then python3 on PATH); this file's package is put on PYTHONPATH.
 #
@@ -373,7 +377,8 @@ function(_buildctl_split_one tgt abs out_var)
 
   set(cmd "${CMAKE_COMMAND}" -E env "PYTHONPATH=${pythonpath}"
       "${python}" -m buildctl.split --source "${abs}" --out-dir "${out_dir}"
-      --compiler "${CMAKE_${lang}_COMPILER}" --flags-file "${out_dir}/flags.txt" --format cmake)
+      --compiler "${CMAKE_${lang}_COMPILER}" --compiler-id "${CMAKE_${lang}_COMPILER_ID}"
+      --flags-file "${out_dir}/flags.txt" --format cmake)
   if(BUILDCTL_SPLIT_BUDGET)
     list(APPEND cmd --budget "${BUILDCTL_SPLIT_BUDGET}")
   endif()
@@ -388,6 +393,9 @@ function(_buildctl_split_one tgt abs out_var)
   endif()
   if(BUILDCTL_SPLIT_HINTS)
     list(APPEND cmd --hints "${BUILDCTL_SPLIT_HINTS}")
+  endif()
+  if(DEFINED BUILDCTL_SPLIT_GCC_GC AND NOT BUILDCTL_SPLIT_GCC_GC)
+    list(APPEND cmd --no-gcc-gc)
   endif()
   execute_process(COMMAND ${cmd}
                   RESULT_VARIABLE rc
@@ -411,9 +419,20 @@ function(_buildctl_split_one tgt abs out_var)
     endif()
   endforeach()
 
+  # Options for what the target now compiles (GCC GC sizing; one per line, maybe none).
+  set(extra_opts "")
+  if(EXISTS "${out_dir}/compile-options.txt")
+    file(STRINGS "${out_dir}/compile-options.txt" extra_opts)
+  endif()
+
   list(LENGTH shards count)
   if(count LESS 2)
-    return()  # stays whole
+    # Stays whole, still managed: it compiles with the options the probe measured.
+    if(extra_opts)
+      set_property(SOURCE "${abs}" DIRECTORY "${tsrc}" APPEND PROPERTY COMPILE_OPTIONS
+                   ${extra_opts})
+    endif()
+    return()
   endif()
   # Shards compile as the original would: same per-source settings, never merged by unity
   # builds (which would undo the split).
@@ -425,6 +444,10 @@ function(_buildctl_split_one tgt abs out_var)
     endif()
   endforeach()
   set_property(SOURCE ${shards} DIRECTORY "${tsrc}" PROPERTY SKIP_UNITY_BUILD_INCLUSION ON)
+  if(extra_opts)
+    set_property(SOURCE ${shards} DIRECTORY "${tsrc}" APPEND PROPERTY COMPILE_OPTIONS
+                 ${extra_opts})
+  endif()
   # An edit of the original must re-run configure (and so the split); it is no longer compiled.
   set_property(DIRECTORY "${CMAKE_SOURCE_DIR}" APPEND PROPERTY CMAKE_CONFIGURE_DEPENDS "${abs}")
   set_property(GLOBAL PROPERTY _BUILDCTL_SPLIT_DONE_${key} "${shards}")

@@ -1,8 +1,39 @@
-"""Cheap configure-time probe: how much memory and CPU the preamble and one entry cost.
+"""Cheap configure-time probe: what the preamble and a sample of the entries cost.
 
-Two compiles with the real compiler and flags: the preamble alone, and the preamble plus `k`
-entries spread over the list. The difference gives the per-entry growth of the linear model
-`peak(k) = base + k * per_entry` that `plan.plan_shards` uses.
+Two compiles with the real compiler and flags (including the GC sizing the managed source will
+be built with, see `plan.gcc_gc_sizing`), run at once: the preamble alone, and the preamble
+plus `k` entries spread evenly over the list (`k` = a quarter of the list, 2..20). `estimate`
+turns them into the model `plan.plan_shards` uses.
+
+The model, and how far to trust it. A cheap sample cannot see the per-entry memory of a big
+generated TU. Measured on pagedattn (g++ 12 -O2, GC sized): the preamble alone peaks at 51 MiB;
+2..32 spread entries at 67-72 MiB (instantiating the shared helpers is paid at once); the whole
+list at 136 MiB (`default`, 750 entries) and 398 MiB (`full`, 4320). What an entry adds (about
+0.08 MiB here) is below the +-2 MiB by which samples of different entries differ, and samples
+large enough to show it cost a third of the whole compile. So the extrapolation is a prior,
+not a measurement: a sample cannot tell whether the entries share their cost (the growth above
+the preamble stays what the sample showed) or not (it grows n/k times); the prediction takes
+the geometric mean of the two,
+
+    whole = p0 + (pk - p0) * sqrt(n / k)
+
+(p0: preamble-only peak, pk: the k-entry sample). Against measured whole compiles (k = 3 for
+tiny, 20 otherwise): tiny 85 vs 70 MiB (+22 %), default 168 vs 136 MiB (+24 %), full 302 vs
+398 MiB (-24 %); with GC sizing off: tiny +11 %, default 1.8x (GCC's 128 MiB heap inflates the
+sample's growth). The old line through two samples over-predicted 8-10x. Outside this
+kernel family the prior may be off by more in either direction: a list whose entries share
+nothing grows n/k times (under-predicted by sqrt(n/k)). Two things bound the damage: the
+governor admits jobs by their measured peaks, not by this model, and a measured whole-file
+peak (`--hints`, written from the profile DB by `buildctl build`) replaces the extrapolation.
+
+The CPU model uses the same prior: whole CPU = c0 + (ck - c0) * sqrt(n / k), and a shard costs
+c0 (the preamble) more than its share; it under-predicts the whole's CPU (-36 % default, -57 %
+full), so the predicted CPU ratio of a split errs high.
+
+The probe's cost: two compiles, 7-8 s of CPU on pagedattn (12-15 % of `default`'s whole
+compile, more than the 10 % it should stay under; 3.6 % of `full`'s; for `tiny`, 12 entries,
+the sample is 3 entries, 2.6 s). 12-24 spread entries all cost 6-7 s; k = 8 would cost 4 s
+and over-predict `default` by 70 %.
 
 Measuring: `os.wait4` on the compiler driver. On Linux the rusage that `wait4` returns for a
 child includes the descendants that child waited for (the kernel folds their `maxrss` and CPU
@@ -27,10 +58,15 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import psutil
+
 from buildctl.errors import BadInput
+from buildctl.host import format_size
 from buildctl.split.plan import GeneratedSource, probe_picks, render_probe
 
-PROBE_VERSION = 1
+PROBE_VERSION = 2
+# Entries in the probe's sample at most: see the module docstring for cost and accuracy.
+MAX_PROBE_ENTRIES = 20
 # Flags that name outputs or change the compile mode; the probe sets its own.
 _DROP_WITH_ARG = {"-o", "-MF", "-MT", "-MQ"}
 _DROP = {"-c", "-MD", "-MMD", "-E", "-S", "-M", "-MM"}
@@ -49,16 +85,11 @@ class CompileSample:
 @dataclass(frozen=True)
 class ProbeResult:
     base: CompileSample  # preamble (+ epilogue) only
-    # Nested samples, fewest entries first: every other entry of the k picked, then all k.
-    samples: tuple[CompileSample, ...]
+    samples: tuple[CompileSample, ...]  # the k-entry sample (one; a tuple for the record)
     preamble_globals: tuple[str, ...]  # strong global symbols the preamble alone defines
-    limited: bool = False  # the k-entry sample was skipped: predicted above the memory limit
+    # The sample was stopped when its memory passed the limit: its peak is a lower bound.
+    limited: bool = False
     cached: bool = False
-
-    def points(self) -> tuple[CompileSample, CompileSample]:
-        """The two samples the line is drawn through (base and one sample if need be)."""
-        chain = (self.base, *self.samples)
-        return chain[-2], chain[-1]
 
 
 @dataclass(frozen=True)
@@ -71,6 +102,8 @@ class PeakModel:
     base_cpu_s: float | None
     whole_cpu_s: float | None
     source: str  # "probe" | "profile" | "profile+probe"
+    # Whole-file peak the probe alone predicts (kept when a hint replaced it), for the record.
+    probe_whole_peak: int | None = None
 
 
 class ProbeFailed(Exception):
@@ -82,13 +115,13 @@ class ProbeFailed(Exception):
 
 
 def default_probe_entries(n_entries: int) -> int:
-    """A quarter of the list (the shard size the split aims at), 2..16 entries.
+    """A quarter of the list, 2..20 entries.
 
     Enough entries that shared instantiations (std containers, helpers) are paid inside the
-    sample rather than counted as per-entry cost; capped so that on a large list the probe
-    stays a small fraction of the whole compile.
+    sample; capped so that on a large list the probe stays a small fraction of the whole
+    compile (about 7 s of CPU for 20 pagedattn kernels).
     """
-    return max(1, min(n_entries, max(2, min(16, math.ceil(n_entries / 4)))))
+    return max(1, min(n_entries, max(2, min(MAX_PROBE_ENTRIES, math.ceil(n_entries / 4)))))
 
 
 def sanitize_flags(flags: Sequence[str]) -> list[str]:
@@ -116,6 +149,17 @@ def read_flags_file(path: Path) -> list[str]:
             f"cannot read flags file {path}: {exc.strerror}", "pass an existing file"
         ) from exc
     return [line for line in text.splitlines() if line.strip()]
+
+
+def compiler_version_text(compiler: str) -> str:
+    """`compiler --version` (stdout), or "" when it cannot be run."""
+    try:
+        res = subprocess.run(
+            [compiler, "--version"], capture_output=True, text=True, timeout=60, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return res.stdout
 
 
 def compiler_identity(compiler: str) -> str:
@@ -233,6 +277,19 @@ def _load_cache(path: Path, key: str) -> ProbeResult | None:
         return None
 
 
+def _tree_rss(pid: int) -> int:
+    """Summed RSS of `pid` and its descendants now (0 if it is gone)."""
+    try:
+        proc = psutil.Process(pid)
+        total = proc.memory_info().rss
+        for child in proc.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                total += child.memory_info().rss
+        return total
+    except psutil.Error:
+        return 0
+
+
 def _compile_all(
     jobs: dict[str, tuple[str, int]],
     *,
@@ -242,8 +299,13 @@ def _compile_all(
     suffix: str,
     timeout_s: float,
     keep_objects: Sequence[str] = (),
-) -> dict[str, tuple[CompileSample, Path]]:
-    """Run the jobs at once (each is measured on its own process tree) and reap them."""
+    watch: dict[str, int] | None = None,
+) -> tuple[dict[str, tuple[CompileSample, Path]], set[str]]:
+    """Run the jobs at once (each is measured on its own process tree) and reap them.
+
+    `watch` maps a label to a memory limit: that job is killed when its tree's RSS passes it
+    (returned in the second value; its sample's peak is then a lower bound, not a failure).
+    """
     running: dict[str, tuple[subprocess.Popen[bytes], float, Path, Path, int]] = {}
     for label, (text, count) in jobs.items():
         src = work_dir / f"probe-{label}{suffix}"
@@ -252,11 +314,31 @@ def _compile_all(
         src.write_text(text)
         argv = [compiler, *flags, "-c", str(src), "-o", str(obj)]
         running[label] = (run_measured(argv, work_dir, log), time.monotonic(), obj, log, count)
+    watch = watch or {}
+    stopped: set[str] = set()
+    reaped: dict[str, tuple[int, int, float, float]] = {}
+    while len(reaped) < len(running):
+        for label, (proc, started, _, _, _) in running.items():
+            if label in reaped:
+                continue
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid == proc.pid:
+                rc = os.waitstatus_to_exitcode(status)
+                proc.returncode = rc  # reaped here; keep Popen from waiting again
+                wall = time.monotonic() - started
+                reaped[label] = (rc, usage.ru_maxrss * 1024, usage.ru_utime + usage.ru_stime, wall)
+                continue
+            over = label in watch and _tree_rss(proc.pid) > watch[label]
+            if over:
+                stopped.add(label)
+            if over or time.monotonic() - started > timeout_s:
+                _kill_group(proc.pid)
+        time.sleep(0.02)
     out: dict[str, tuple[CompileSample, Path]] = {}
     failure: ProbeFailed | None = None
-    for label, (proc, started, obj, log, count) in running.items():
-        rc, peak, cpu, wall = wait_measured(proc, started, timeout_s)
-        if rc != 0 and failure is None:
+    for label, (_, _, obj, log, count) in running.items():
+        rc, peak, cpu, wall = reaped[label]
+        if rc != 0 and label not in stopped and failure is None:
             failure = ProbeFailed(
                 f"probe compile ({label}) exited with {rc}", log.read_text(errors="replace")
             )
@@ -265,7 +347,7 @@ def _compile_all(
             obj.unlink(missing_ok=True)
     if failure is not None:
         raise failure
-    return out
+    return out, stopped
 
 
 def probe_source(
@@ -281,19 +363,17 @@ def probe_source(
     timeout_s: float = 900.0,
     use_cache: bool = True,
 ) -> ProbeResult:
-    """Compile the preamble alone, with k/2 and with k entries; measure each with wait4.
+    """Compile the preamble alone and with k spread entries, at once; measure each with wait4.
 
-    The k/2 entries are a subset of the k, so the difference between the two is the marginal
-    cost of entries once shared instantiations are paid (the preamble-only compile alone would
-    charge those to the first entries and over-predict: 2.6x on the test fixture).
+    The k-entry compile is stopped if its memory passes `max_probe_peak` (the probe must not be
+    what runs the host out of memory on a file whose entries are huge); its peak then is a
+    lower bound and the result says `limited`.
 
-    Preamble and k/2 run at once; the k-entry compile runs after, and only if the line through
-    the first two predicts it under `max_probe_peak` (the probe must not be what runs the host
-    out of memory on a file whose entries are huge).
-
-    `preamble`/`epilogue` are the include-rewritten texts the shards will use (the probe
-    sources live in `work_dir`, not next to the original). Results are cached in `work_dir`
-    under a key of compiler identity, flags and text, so a re-configure does not re-probe.
+    `flags` are the compile flags including any GC sizing (the probe measures what will be
+    built). `preamble`/`epilogue` are the include-rewritten texts the shards will use (the
+    probe sources live in `work_dir`, not next to the original). Results are cached in
+    `work_dir` under a key of compiler identity, flags and text, so a re-configure does not
+    re-probe.
     """
     n_entries = len(source.entries)
     k = default_probe_entries(n_entries) if k is None else max(1, min(k, n_entries))
@@ -301,52 +381,34 @@ def probe_source(
     pre = source.preamble if preamble is None else preamble
     epi = source.epilogue if epilogue is None else epilogue
     flags = sanitize_flags(flags)
+    work_dir = work_dir.resolve()  # compiles run in it: relative paths would not resolve
     work_dir.mkdir(parents=True, exist_ok=True)
     cache = work_dir / "probe-cache.json"
     key = _cache_key(source, picks, compiler, flags, pre, epi)
     if use_cache and (hit := _load_cache(cache, key)) is not None:
         return hit
 
-    suffix = Path(source.name).suffix or ".cpp"
-
-    def run(
-        jobs: dict[str, tuple[str, int]], keep: Sequence[str] = ()
-    ) -> dict[str, tuple[CompileSample, Path]]:
-        return _compile_all(
-            jobs,
-            compiler=compiler,
-            flags=flags,
-            work_dir=work_dir,
-            suffix=suffix,
-            timeout_s=timeout_s,
-            keep_objects=keep,
-        )
-
-    steps = [picks[::2], picks] if len(picks) >= 2 else [picks]
-    first = run(
+    done, stopped = _compile_all(
         {
             "base": (render_probe(source, [], preamble=pre, epilogue=epi), 0),
-            "sample0": (render_probe(source, steps[0], preamble=pre, epilogue=epi), len(steps[0])),
+            "sample": (render_probe(source, picks, preamble=pre, epilogue=epi), len(picks)),
         },
-        keep=["base"],
+        compiler=compiler,
+        flags=flags,
+        work_dir=work_dir,
+        suffix=Path(source.name).suffix or ".cpp",
+        timeout_s=timeout_s,
+        keep_objects=["base"],
+        watch={"sample": max_probe_peak} if max_probe_peak is not None else None,
     )
-    base, base_obj = first["base"]
+    base, base_obj = done["base"]
     globals_ = tuple(preamble_strong_globals(base_obj))
     base_obj.unlink(missing_ok=True)
-    samples = [first["sample0"][0]]
-    limited = False
-    for index, step in enumerate(steps[1:], start=1):
-        lo, hi = (base, *samples)[-2:]
-        slope = max(0.0, (hi.peak_rss_bytes - lo.peak_rss_bytes) / max(1, hi.entries - lo.entries))
-        predicted = hi.peak_rss_bytes + slope * (len(step) - hi.entries)
-        if max_probe_peak is not None and predicted > max_probe_peak:
-            limited = True
-            break
-        label = f"sample{index}"
-        done = run({label: (render_probe(source, step, preamble=pre, epilogue=epi), len(step))})
-        samples.append(done[label][0])
     result = ProbeResult(
-        base=base, samples=tuple(samples), preamble_globals=globals_, limited=limited
+        base=base,
+        samples=(done["sample"][0],),
+        preamble_globals=globals_,
+        limited="sample" in stopped,
     )
     tmp = cache.with_suffix(".tmp")
     tmp.write_text(json.dumps({"key": key, "result": asdict(result)}, indent=1))
@@ -354,12 +416,31 @@ def probe_source(
     return result
 
 
-def _line(lo: tuple[int, float], hi: tuple[int, float], floor: float) -> tuple[float, float]:
-    """Intercept and slope through two (entries, value) points; slope >= 0, intercept >= floor."""
-    (k1, v1), (k2, v2) = lo, hi
-    slope = max(0.0, (v2 - v1) / (k2 - k1)) if k2 > k1 else 0.0
-    intercept = max(floor, v2 - k2 * slope)
-    return intercept, slope
+def extrapolate(at_zero: float, at_k: float, k: int, n: int) -> float:
+    """The prior of the module docstring: growth above the preamble-only value, times
+    sqrt(n / k) (the geometric mean of "entries share everything" and "share nothing")."""
+    if k >= n or k <= 0:
+        return at_k
+    return at_zero + max(0.0, at_k - at_zero) * math.sqrt(n / k)
+
+
+def usable_hint(hint: int | None, probe: ProbeResult | None) -> tuple[int | None, str | None]:
+    """A whole-file peak from the profile DB, or None with the reason it cannot be this file's.
+
+    The DB is keyed by object path and compiler, not by the generated file's contents: two
+    configs of one project (pagedattn's presets) share the object path. A "whole-file" peak
+    below what the probe measured for a subset of the entries cannot be this file's.
+    """
+    if hint is None or probe is None or not probe.samples:
+        return hint, None
+    sample = probe.samples[-1]
+    if hint < sample.peak_rss_bytes:
+        return None, (
+            f"ignored the whole-file peak hint ({format_size(hint)}): below the probe's "
+            f"{format_size(sample.peak_rss_bytes)} for {sample.entries} of the entries, so it "
+            "was measured on another version of the file"
+        )
+    return hint, None
 
 
 def estimate(
@@ -369,32 +450,38 @@ def estimate(
 ) -> PeakModel | None:
     """The peak model from the probe, a known whole-file peak (profile DB), or both.
 
-    From the probe: a line through its last two nested samples (k/2 and k entries); its
-    intercept (the preamble plus instantiations every shard shares) is the `base` of the
-    planner's model. A measured
-    whole-file peak beats extrapolating that line to all entries; the probe still supplies the
-    intercept, which the whole-file number alone cannot separate out.
+    From the probe: the whole-file peak by `extrapolate` (module docstring). The planner's
+    model is linear, `peak(m) = base + m * per_entry`; it is drawn through the sample (k, pk)
+    and the whole (n, whole), so a shard of at least k entries is never predicted below what
+    the sample measured. `base` is kept between the preamble-only peak and pk.
+    A measured whole-file peak replaces the extrapolation; the probe still gives the line its
+    other point.
     """
     if probe is None and predicted_whole_peak is None:
         return None
     if probe is not None:
-        lo, hi = probe.points()
-        base_peak, slope = _line(
-            (lo.entries, lo.peak_rss_bytes),
-            (hi.entries, hi.peak_rss_bytes),
-            probe.base.peak_rss_bytes,
-        )
-        base_cpu, cpu_slope = _line(
-            (lo.entries, lo.cpu_s), (hi.entries, hi.cpu_s), probe.base.cpu_s
-        )
-        whole = int(base_peak + n_entries * slope)
+        b = probe.base
+        s = probe.samples[-1]
+        if s.peak_rss_bytes < b.peak_rss_bytes:  # noise: entries never lower the peak
+            b = CompileSample(0, s.peak_rss_bytes, b.cpu_s, b.wall_s)
+        k = max(1, s.entries)
+        probe_whole = int(extrapolate(b.peak_rss_bytes, s.peak_rss_bytes, k, n_entries))
+        whole = probe_whole
         origin = "probe"
         if predicted_whole_peak is not None:
-            whole = max(int(base_peak), predicted_whole_peak)
-            slope = (whole - base_peak) / n_entries
+            whole = max(s.peak_rss_bytes, predicted_whole_peak)
             origin = "profile+probe"
+        if k < n_entries:
+            slope = max(0.0, (whole - s.peak_rss_bytes) / (n_entries - k))
+            base_peak = s.peak_rss_bytes - k * slope
+        else:
+            base_peak = b.peak_rss_bytes
+        base_peak = min(max(base_peak, b.peak_rss_bytes), s.peak_rss_bytes)
+        whole = max(whole, int(base_peak))
+        slope = (whole - base_peak) / n_entries
+        whole_cpu = extrapolate(b.cpu_s, s.cpu_s, k, n_entries)
         return PeakModel(
-            int(base_peak), slope, whole, base_cpu, base_cpu + n_entries * cpu_slope, origin
+            int(base_peak), slope, whole, b.cpu_s, whole_cpu, origin, probe_whole_peak=probe_whole
         )
     assert predicted_whole_peak is not None
     # No probe: no way to tell the preamble from the entries. Assume no preamble cost, which

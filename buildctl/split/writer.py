@@ -23,6 +23,8 @@ from buildctl.split.plan import (
 )
 
 PLAN_FILE = "split-plan.json"
+# Compile options the hook adds to what the target compiles (one per line; may be empty).
+OPTIONS_FILE = "compile-options.txt"
 PLAN_SCHEMA = "buildctl.split-plan/1"
 
 
@@ -103,6 +105,13 @@ def write_shards(
 def write_plan_record(out_dir: Path, record: dict[str, Any]) -> Path:
     path = out_dir / PLAN_FILE
     write_if_changed(path, json.dumps({"schema": PLAN_SCHEMA, **record}, indent=2) + "\n")
+    return path
+
+
+def write_compile_options(out_dir: Path, options: Sequence[str]) -> Path:
+    """Always written (empty when there are none): the hook must not read a stale list."""
+    path = out_dir / OPTIONS_FILE
+    write_if_changed(path, "".join(f"{opt}\n" for opt in options))
     return path
 
 

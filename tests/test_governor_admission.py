@@ -1,0 +1,203 @@
+"""The governor's admission at start-up and under capped priors, with a real governor in this
+process: raw protocol clients for the gathering window, real launchers and processes that hold
+known memory for the budget overrun check."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from helpers import ROOT
+
+from buildctl.govern.governor import Governor, GovernorOptions
+from buildctl.govern.profiles import ProfileDB, ProfileEntry
+from buildctl.report import BuildReport
+
+MiB = 1024**2
+
+
+def _governor(tmp_path: Path, db: ProfileDB, **options: object) -> Governor:
+    opts = GovernorOptions(
+        socket_path=tmp_path / "gov.sock",
+        build_dir=tmp_path,
+        sample_interval_s=0.1,
+        **options,  # type: ignore[arg-type]
+    )
+    gov = Governor(opts, db)
+    gov.start()
+    return gov
+
+
+class Client:
+    """One launcher's side of the protocol, by hand: admit, then wait for `go`."""
+
+    def __init__(self, path: Path, output: str) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(str(path))
+        self.output = output
+        self.go_at: float | None = None
+        msg = {
+            "op": "admit",
+            "output": output,
+            "kind": "compile",
+            "argv": ["true", "-c", "x.c"],
+            "cwd": "/",
+            "pid": os.getpid(),
+            "env": {},
+        }
+        self.sock.sendall(json.dumps(msg).encode() + b"\n")
+        threading.Thread(target=self._wait_go, daemon=True).start()
+
+    def _wait_go(self) -> None:
+        data = b""
+        while b"\n" not in data:
+            chunk = self.sock.recv(4096)
+            if not chunk:
+                return
+            data += chunk
+        if json.loads(data.split(b"\n", 1)[0]).get("op") == "go":
+            self.go_at = time.monotonic()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_the_first_admission_waits_for_the_largest_job_to_register(tmp_path: Path) -> None:
+    db = ProfileDB(tmp_path / "profiles.sqlite")
+    for output, mb in (("small-1.o", 30), ("small-2.o", 40), ("big.o", 600)):
+        db.record(
+            ProfileEntry(
+                output=output, kind="compile", compiler="cc", peak_rss_bytes=mb * MiB, wall_s=1.0
+            )
+        )
+    gov = _governor(tmp_path, db, budget_bytes=1024 * MiB, slots=1)
+    clients: list[Client] = []
+    try:
+        # The small jobs' launchers register first, the big one 50 ms later (ninja started them
+        # together; Python start-up order is luck). One slot: it must go to the big job.
+        clients.append(Client(gov.opts.socket_path, "small-1.o"))
+        clients.append(Client(gov.opts.socket_path, "small-2.o"))
+        time.sleep(0.05)
+        started = time.monotonic()
+        clients.append(Client(gov.opts.socket_path, "big.o"))
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not any(c.go_at for c in clients):
+            time.sleep(0.01)
+        time.sleep(0.2)
+        admitted = [c.output for c in clients if c.go_at]
+        assert admitted == ["big.o"]
+        # ...after the quiet period, not much later.
+        waited = clients[2].go_at - started  # type: ignore[operator]
+        assert 0.05 < waited < 1.0
+    finally:
+        for client in clients:
+            client.close()
+        gov.stop()
+        db.close()
+
+
+def test_gathering_is_only_at_start_up(tmp_path: Path) -> None:
+    db = ProfileDB(tmp_path / "profiles.sqlite")
+    gov = _governor(
+        tmp_path, db, budget_bytes=4096 * MiB, slots=4, gather_quiet_s=0.3, gather_max_s=0.3
+    )
+    clients: list[Client] = []
+    try:
+        clients.append(Client(gov.opts.socket_path, "a.o"))
+        time.sleep(0.6)
+        assert clients[0].go_at is not None  # held for the window, then admitted
+        late = Client(gov.opts.socket_path, "b.o")
+        clients.append(late)
+        sent = time.monotonic()
+        deadline = sent + 5
+        while late.go_at is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert late.go_at is not None and late.go_at - sent < 0.25  # no second window
+    finally:
+        for client in clients:
+            client.close()
+        gov.stop()
+        db.close()
+
+
+def _hog(sock: Path, cwd: Path, output: str, mb: int, hold_s: float) -> subprocess.Popen[str]:
+    code = f"import time; block = bytearray(b'1') * ({mb} << 20); time.sleep({hold_s})"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "buildctl.govern.launcher",
+            "--socket",
+            str(sock),
+            "--",
+            sys.executable,
+            "-c",
+            code,
+            "-o",
+            output,
+        ],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_jobs_over_their_capped_prior_are_caught_and_rerun_after(tmp_path: Path) -> None:
+    # Budget 400 MiB, 2 slots, nothing measured: the 1 GiB prior is capped at 200 MiB, so the
+    # two unknown jobs start together; each holds 260 MiB, together over the budget. The younger
+    # is killed, re-queued at the full prior and runs after the other.
+    db = ProfileDB(tmp_path / "profiles.sqlite")
+    gov = _governor(tmp_path, db, budget_bytes=400 * MiB, slots=2, cap_priors=True)
+    try:
+        procs = [_hog(gov.opts.socket_path, tmp_path, f"{n}.o", 260, 2.0) for n in ("a", "b")]
+        outs = [p.communicate(timeout=60) for p in procs]
+    finally:
+        gov.stop()
+        db.close()
+    assert [p.returncode for p in procs] == [0, 0], outs
+    report = BuildReport(budget_bytes=400 * MiB, slots=2)
+    gov.fill_report(report)
+    jobs = {j.output: j for j in report.jobs}
+    assert all(j.status == "ok" and j.prediction_source == "prior" for j in jobs.values())
+    retried = [j for j in jobs.values() if j.attempts == 2]
+    assert len(retried) == 1
+    other = next(j for j in jobs.values() if j.attempts == 1)
+    assert other.predicted_rss_bytes == 200 * MiB  # capped: budget / slots
+    assert retried[0].predicted_rss_bytes == 1024 * MiB  # re-queued at the full prior
+    assert retried[0].started_at_s >= other.started_at_s + other.wall_s - 0.05  # ran after it
+    kills = [e for e in report.events if e.kind == "oom-guard-kill"]
+    assert len(kills) == 1 and kills[0].data["reason"] == "budget"
+    assert kills[0].output == retried[0].output
+
+
+@pytest.mark.parametrize("share", [False, True])
+def test_unknown_jobs_share_the_budget_only_when_asked(tmp_path: Path, share: bool) -> None:
+    """Budget 1.5 GiB, 2 slots, nothing measured, two 40 MiB jobs. By default each is predicted
+    at the conservative 1 GiB prior, so they run one after the other; with share_priors the
+    prior is capped at 768 MiB and they run together."""
+    db = ProfileDB(tmp_path / "profiles.sqlite")
+    gov = _governor(tmp_path, db, budget_bytes=1536 * MiB, slots=2, cap_priors=share)
+    try:
+        procs = [_hog(gov.opts.socket_path, tmp_path, f"{n}.o", 40, 1.0) for n in ("a", "b")]
+        outs = [p.communicate(timeout=60) for p in procs]
+    finally:
+        gov.stop()
+        db.close()
+    assert [p.returncode for p in procs] == [0, 0], outs
+    report = BuildReport(budget_bytes=1536 * MiB, slots=2)
+    gov.fill_report(report)
+    first, second = sorted(report.jobs, key=lambda j: j.started_at_s)
+    overlapped = second.started_at_s < first.started_at_s + first.wall_s - 0.2
+    assert overlapped is share, [(j.output, j.started_at_s, j.wall_s) for j in report.jobs]
+    expected = 768 * MiB if share else 1024 * MiB
+    assert {j.predicted_rss_bytes for j in report.jobs} == {expected}
