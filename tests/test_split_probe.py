@@ -90,8 +90,9 @@ def _pagedattn_probe(sample_mib: float, k: int, base_mib: float = 51.0) -> Probe
     )
 
 
-# Measured (g++ 12 -O2, GC sized, bench/results): preamble alone, the k-entry sample and the
-# whole compile of pagedattn's presets.
+# Measured on the dev host with wait4 (g++ 12 -O2, GC sized; buildctl/split/README.md, "The
+# probe"): the k-entry sample and the whole compile of pagedattn's presets (preamble alone
+# 51 MiB).
 PAGEDATTN = [
     # (entries, k, sample MiB, measured whole MiB)
     (12, 3, 68.3, 69.6),  # tiny

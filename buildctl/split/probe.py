@@ -18,16 +18,17 @@ the geometric mean of the two,
     whole = p0 + (pk - p0) * sqrt(n / k)
 
 (p0: preamble-only peak, pk: the k-entry sample). Against measured whole compiles (k = 3 for
-tiny, 20 otherwise): tiny 85 vs 70 MiB (+22 %), default 168 vs 136 MiB (+24 %), full 302 vs
-398 MiB (-24 %); with GC sizing off: tiny +11 %, default 1.8x (GCC's 128 MiB heap inflates the
-sample's growth). The old line through two samples over-predicted 8-10x. Outside this
-kernel family the prior may be off by more in either direction: a list whose entries share
-nothing grows n/k times (under-predicted by sqrt(n/k)). Two things bound the damage: the
-governor admits jobs by their measured peaks, not by this model, and a measured whole-file
-peak (`--hints`, written from the profile DB by `buildctl build`) replaces the extrapolation.
+tiny, 20 otherwise): tiny 85 vs 70 MiB (+22 %), default 166-168 vs 136 MiB (+22..24 %),
+full 299-302 vs 398 MiB (-24..-25 %); with GC sizing off: tiny +11 %, default 1.8x (GCC's
+128 MiB heap inflates the sample's growth). The old line through two samples over-predicted
+8-10x. Outside this kernel family the prior may be off by more in either direction: a list
+whose entries share nothing grows n/k times (under-predicted by sqrt(n/k)). Two things bound
+the damage: the governor admits jobs by their measured peaks, not by this model, and a
+measured whole-file peak (`--hints`, written from the profile DB by `buildctl build`)
+replaces the extrapolation.
 
 The CPU model uses the same prior: whole CPU = c0 + (ck - c0) * sqrt(n / k), and a shard costs
-c0 (the preamble) more than its share; it under-predicts the whole's CPU (-36 % default, -57 %
+c0 (the preamble) more than its share; it under-predicts the whole's CPU (-40 % default, -56 %
 full), so the predicted CPU ratio of a split errs high.
 
 The probe's cost: two compiles, 7-8 s of CPU on pagedattn (12-15 % of `default`'s whole
