@@ -172,6 +172,22 @@ def test_wait4_reports_the_compiler_child_not_the_driver(tmp_path: Path) -> None
 
 
 @needs_gxx
+def test_a_big_parent_does_not_inflate_the_measured_peak(tmp_path: Path) -> None:
+    """Linux carries ru_maxrss across fork+exec: a compiler forked straight from a 600 MB
+    process would report >= 600 MB. The reporter in between keeps the compiler's own number."""
+    src = tmp_path / "t.cpp"
+    src.write_text("int f(int x) { return x + 1; }\n")
+    ballast = bytearray(b"x") * (600 * MiB)  # touched pages: RSS of this process
+    proc = run_measured(
+        [GXX, "-O1", "-c", str(src), "-o", str(tmp_path / "t.o")], tmp_path, tmp_path / "log"
+    )
+    rc, peak, _, _ = wait_measured(proc, time.monotonic(), 120)
+    del ballast
+    assert rc == 0
+    assert 5 * MiB < peak < 200 * MiB, peak / MiB
+
+
+@needs_gxx
 def test_probe_measures_and_caches(tmp_path: Path) -> None:
     origin = _project(tmp_path, 12)
     src = parse_generated_source(origin.read_text(), str(origin))

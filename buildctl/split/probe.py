@@ -54,6 +54,7 @@ import math
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -178,12 +179,48 @@ def _kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
+# Why a reporter between us and the compiler: Linux carries a process's ru_maxrss across
+# fork+exec, so a compiler forked straight from a big Python (a test run with torch loaded, or a
+# large build driver) "peaks" at least at its parent's RSS. The reporter is a fresh `python -I
+# -S` (~10 MB); the compiler it forks starts from that, and it hands back the compiler's own
+# wait4 numbers.
+_REPORTER = """
+import json, os, sys
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execvp(sys.argv[2], sys.argv[2:])
+    finally:
+        os._exit(127)
+_, status, ru = os.wait4(pid, 0)
+with open(sys.argv[1] + ".tmp", "w") as f:
+    json.dump({"status": status, "maxrss_kib": ru.ru_maxrss,
+               "cpu_s": ru.ru_utime + ru.ru_stime}, f)
+os.replace(sys.argv[1] + ".tmp", sys.argv[1])
+code = os.waitstatus_to_exitcode(status)
+sys.exit(128 - code if code < 0 else code)
+"""
+
+
+def _usage_file(log: Path) -> Path:
+    return log.with_name(log.name + ".rusage.json")
+
+
 def run_measured(argv: Sequence[str], cwd: Path, log: Path) -> subprocess.Popen[bytes]:
-    """Start `argv` in its own process group, stderr+stdout to `log` (not a pipe: no deadlock)."""
+    """Start `argv` (under the reporter) in its own process group, stderr+stdout to `log` (not
+    a pipe: no deadlock)."""
+    usage = _usage_file(log)
+    usage.unlink(missing_ok=True)
     with open(log, "wb") as out:
-        return subprocess.Popen(
-            list(argv), cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        proc = subprocess.Popen(
+            [sys.executable, "-I", "-S", "-c", _REPORTER, str(usage), *argv],
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
+    proc.usage_file = usage  # type: ignore[attr-defined]
+    return proc
 
 
 def wait_measured(
@@ -202,8 +239,17 @@ def wait_measured(
     rc = os.waitstatus_to_exitcode(status)
     proc.returncode = rc  # we reaped it ourselves; keep Popen from waiting again
     wall = time.monotonic() - started
-    # Linux reports ru_maxrss in KiB.
-    return rc, usage.ru_maxrss * 1024, usage.ru_utime + usage.ru_stime, wall
+    # Linux reports ru_maxrss in KiB. The compiler's own numbers from the reporter, if it
+    # finished; else (killed on timeout) the reporter's, which include the compiler's.
+    maxrss, cpu = usage.ru_maxrss * 1024, usage.ru_utime + usage.ru_stime
+    usage_file: Path | None = getattr(proc, "usage_file", None)
+    if usage_file is not None and usage_file.is_file():
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            facts = json.loads(usage_file.read_text())
+            rc = os.waitstatus_to_exitcode(int(facts["status"]))
+            maxrss, cpu = int(facts["maxrss_kib"]) * 1024, float(facts["cpu_s"])
+        usage_file.unlink(missing_ok=True)
+    return rc, maxrss, cpu, wall
 
 
 def preamble_strong_globals(obj: Path) -> list[str]:
