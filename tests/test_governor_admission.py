@@ -201,3 +201,41 @@ def test_unknown_jobs_share_the_budget_only_when_asked(tmp_path: Path, share: bo
     assert overlapped is share, [(j.output, j.started_at_s, j.wall_s) for j in report.jobs]
     expected = 768 * MiB if share else 1024 * MiB
     assert {j.predicted_rss_bytes for j in report.jobs} == {expected}
+
+
+def test_a_job_above_its_measured_prediction_is_caught_when_the_budget_is_passed(
+    tmp_path: Path,
+) -> None:
+    """A profile recorded with other flags (say GCC GC sizing on) predicts a.o at 60 MiB; this
+    time it holds 300 MiB beside b.o's 200 MiB, over the 400 MiB budget. a.o is killed and
+    re-run after b.o at what it reached; b.o, within its prediction, is left alone."""
+    db = ProfileDB(tmp_path / "profiles.sqlite")
+    gov = _governor(tmp_path, db, budget_bytes=400 * MiB, slots=2)
+    try:  # the first build records both (exact profiles)
+        for output, mb in (("a.o", 60), ("b.o", 200)):
+            proc = _hog(gov.opts.socket_path, tmp_path, output, mb, 0.3)
+            assert proc.wait(timeout=60) == 0, proc.communicate()
+    finally:
+        gov.stop()
+    gov = _governor(tmp_path, db, budget_bytes=400 * MiB, slots=2)
+    try:
+        procs = [
+            _hog(gov.opts.socket_path, tmp_path, "a.o", 300, 2.0),
+            _hog(gov.opts.socket_path, tmp_path, "b.o", 200, 2.0),
+        ]
+        outs = [p.communicate(timeout=60) for p in procs]
+    finally:
+        gov.stop()
+        db.close()
+    assert [p.returncode for p in procs] == [0, 0], outs
+    report = BuildReport(budget_bytes=400 * MiB, slots=2)
+    gov.fill_report(report)
+    jobs = {j.output: j for j in report.jobs}
+    assert all(j.prediction_source == "exact" for j in jobs.values())
+    assert jobs["b.o"].attempts == 1 and jobs["a.o"].attempts == 2
+    kills = [e for e in report.events if e.kind == "oom-guard-kill"]
+    assert [(e.output, e.data["reason"]) for e in kills] == [("a.o", "budget")]
+    assert jobs["a.o"].predicted_rss_bytes > 200 * MiB  # re-queued at what it reached
+    b = jobs["b.o"]
+    assert jobs["a.o"].started_at_s >= b.started_at_s + b.wall_s - 0.05  # ran after b.o
+

@@ -117,3 +117,19 @@ def test_import_rejects_bad_files(tmp_path: Path, text: str) -> None:
     db = ProfileDB(tmp_path / "p.sqlite")
     with pytest.raises(BadInput):
         db.import_json(text, "bad.json")
+
+
+def test_compile_fingerprint_sees_flags_and_source_not_paths() -> None:
+    from buildctl.govern.profiles import compile_fingerprint, compile_source
+
+    base = ["g++", "-O2", "-DNDEBUG", "-I/b1/gen", "-MD", "-MT", "x.o", "-MF", "x.o.d",
+            "-o", "x.o", "-c", "/b1/gen/k.cpp"]
+    other_dir = [t.replace("/b1/", "/b2/") for t in base]
+    assert compile_source(base) == "/b1/gen/k.cpp"
+    assert compile_source(["g++", "-o", "a.cpp", "-c", "b.cc"]) == "b.cc"  # -o's file skipped
+    same = compile_fingerprint(base, "d1")
+    assert compile_fingerprint(other_dir, "d1") == same  # paths do not count
+    assert compile_fingerprint(base, "d2") != same  # another version of the source does
+    gc = [*base[:2], "--param=ggc-min-expand=10", *base[2:]]
+    assert compile_fingerprint(gc, "d1") != same  # memory-relevant flags do
+    assert compile_fingerprint(["g++", "-O0", *base[2:]], "d1") != same

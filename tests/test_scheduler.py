@@ -199,3 +199,16 @@ def test_overrun_never_picks_measured_jobs_or_a_job_running_alone() -> None:
     assert overrun_victim(alone, budget=768 * M) is None
     tie = [Live(1, 500 * M, 1.0, True), Live(2, 500 * M, 1.0, True)]
     assert overrun_victim(tie, budget=768 * M) == 2
+
+
+def test_overrun_victim_includes_jobs_above_their_prediction() -> None:
+    # A profile from other flags predicted 150 MiB; the job is at 320 MiB beside a 580 MiB one
+    # that is within its prediction: the one whose guess was wrong goes, even if older.
+    live = [
+        Live(1, 320 * M, 1.0, False, predicted=150 * M),
+        Live(2, 580 * M, 2.0, False, predicted=600 * M),
+    ]
+    assert overrun_victim(live, budget=768 * M) == 1
+    # Within their predictions, nobody is second-guessed (the admission was right).
+    within = [Live(1, 140 * M, 1.0, False, 150 * M), Live(2, 580 * M, 2.0, False, 600 * M)]
+    assert overrun_victim(within, budget=700 * M) is None

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -25,7 +26,7 @@ from typing import Any, Protocol
 import psutil
 
 from buildctl import host
-from buildctl.govern import scheduler
+from buildctl.govern import profiles, scheduler
 from buildctl.govern.diagnostics import (
     Cancelled,
     collect_tree,
@@ -60,6 +61,19 @@ KILLED_TEXT = re.compile(
     r"unable to execute command: (Killed|Terminated)|died due to signal (9|15|2|1)\b"
 )
 STOP_REASONS = ("interrupt", "launcher-gone")
+
+
+def _compile_fingerprint(argv: list[str], cwd: str) -> str:
+    """profiles.compile_fingerprint with the source's content digest read here (the edge)."""
+    source = profiles.compile_source(argv)
+    digest = ""
+    if source:
+        path = Path(cwd, source) if cwd else Path(source)
+        try:
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        except OSError:
+            digest = "unreadable"
+    return profiles.compile_fingerprint(argv, digest)
 
 
 @dataclass(frozen=True)
@@ -475,6 +489,8 @@ class Governor:
             output = os.path.relpath(output, cwd)
         compiler = await self._compiler_id(argv[0])
         kind = msg.get("kind", "other")
+        if kind == "compile":
+            compiler = f"{compiler} #{_compile_fingerprint(argv, cwd)}"
         prediction = self.profiles.predict(output, kind, compiler)
         capped_from = 0
         if self.opts.cap_priors and prediction.source == "prior":
@@ -660,8 +676,8 @@ class Governor:
             job.repro_dir = repro
         if kind == "guard" and job.guard_kills <= self.opts.guard_retries:
             if job.kill_reason == "budget":
-                # Its capped prior was too low: from now on it is predicted at the full prior
-                # (or what it reached, if more), as it would have been without the cap.
+                # Its prediction was too low: from now on it is predicted at what it reached
+                # (at least the full prior if it ran on a capped one).
                 raised = max(job.capped_from, peak, job.prediction.bytes)
                 job.prediction = dataclasses.replace(job.prediction, bytes=raised)
                 job.capped_from = 0
@@ -892,10 +908,13 @@ class Governor:
         return False
 
     def _budget_guard(self, running: list[Job]) -> None:
-        """The jobs' live total above the budget while a job admitted on a capped prior runs:
-        kill the youngest such job and re-queue it (see scheduler.overrun_victim)."""
+        """The jobs' live total above the budget while a job runs above its prediction (or on
+        a capped prior): kill the youngest such job and re-queue it at what it reached (see
+        scheduler.overrun_victim)."""
         live = [
-            scheduler.Live(j.id, j.current_rss, j.started_at, j.capped_from > 0)
+            scheduler.Live(
+                j.id, j.current_rss, j.started_at, j.capped_from > 0, j.prediction.bytes
+            )
             for j in running
             if not j.kill_reason  # a tree being killed is about to free its memory
         ]
@@ -911,8 +930,9 @@ class Governor:
             "oom-guard-kill",
             victim.output,
             f"jobs' live total {host.format_size(total)} > budget "
-            f"{host.format_size(self.opts.budget_bytes)}: killed the youngest job admitted on "
-            f"a capped prior ({host.format_size(victim.prediction.bytes)}) and re-queued it",
+            f"{host.format_size(self.opts.budget_bytes)}: killed the youngest job above its "
+            f"prediction ({host.format_size(victim.current_rss)} of "
+            f"{host.format_size(victim.prediction.bytes)} predicted) and re-queued it",
             reason="budget",
             total_rss=total,
             job_rss=victim.current_rss,

@@ -6,12 +6,13 @@ crashes mid-write never corrupt it; each finished job is one short transaction.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sqlite3
 import statistics
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,52 @@ def default_db_path() -> Path:
         return Path(env)
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
     return cache / "buildctl" / "profiles.sqlite"
+
+
+# Compile flags that name files or dependency outputs: not what a compile's memory depends on,
+# and they differ between build dirs.
+_PATH_FLAGS_WITH_ARG = {"-o", "-MF", "-MT", "-MQ", "-isystem", "-iquote", "-idirafter", "-I"}
+_IGNORED_FLAGS = {"-c", "-MD", "-MMD", "-M", "-MM", "-MP"}
+SOURCE_SUFFIXES = (".c", ".cc", ".cpp", ".cxx", ".c++", ".cu", ".sycl", ".S", ".s")
+
+
+def compile_fingerprint(argv: Sequence[str], source_digest: str) -> str:
+    """What a compile's peak depends on besides the compiler: its flags (minus paths and
+    dependency-file options) and the content of its source. Pure; 8 hex digits.
+
+    Part of the exact profile key, so a profile recorded with other flags (say GCC GC sizing on,
+    or -O0) or for another version of a generated source (another kernel preset at the same
+    path) is not taken as exact; predict() falls back to the same output's other runs."""
+    kept: list[str] = []
+    skip_next = False
+    for token in argv[1:]:
+        if skip_next:
+            skip_next = False
+            continue
+        if token in _PATH_FLAGS_WITH_ARG:
+            skip_next = True
+            continue
+        if token in _IGNORED_FLAGS or token.startswith(("-I", "-MF", "-MT", "-MQ", "-o")):
+            continue
+        if token.startswith("-"):
+            kept.append(token)
+    blob = "\0".join([*kept, source_digest])
+    return hashlib.sha256(blob.encode()).hexdigest()[:8]
+
+
+def compile_source(argv: Sequence[str]) -> str | None:
+    """The source file a compile command reads (its first argument with a source suffix)."""
+    skip_next = False
+    for token in argv[1:]:
+        if skip_next:
+            skip_next = False
+            continue
+        if token in _PATH_FLAGS_WITH_ARG:
+            skip_next = True
+            continue
+        if not token.startswith("-") and token.endswith(SOURCE_SUFFIXES):
+            return token
+    return None
 
 
 def target_of(output: str) -> str:
@@ -179,11 +226,12 @@ class ProfileDB:
         return list(latest.values())
 
     def latest(self) -> list[ProfileEntry]:
-        """The most recent run of every (output, compiler)."""
+        """The most recent run of every output (whatever compiler or flags it ran with): one
+        entry per job of the build, as a plan needs."""
         rows = self._conn.execute(
             "SELECT output, kind, compiler, target, peak_rss, wait4_rss, wall_s, cpu_s,"
             " recorded_at FROM runs r WHERE id = (SELECT MAX(id) FROM runs WHERE"
-            " output=r.output AND compiler=r.compiler) ORDER BY target, output"
+            " output=r.output) ORDER BY target, output"
         ).fetchall()
         return [
             ProfileEntry(

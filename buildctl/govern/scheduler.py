@@ -154,17 +154,22 @@ class Live:
     rss: int  # live tree RSS
     started_at: float
     on_capped_prior: bool  # admitted on a prior that `capped_prior` lowered
+    predicted: int = 0  # what it was admitted on (0: unknown, never a suspect by this)
 
 
 def overrun_victim(running: Sequence[Live], budget: int) -> int | None:
-    """When the running jobs' live RSS sums above the budget: the youngest job admitted on a
-    capped prior (the least work lost; its guess was the one that was too low). None when the
-    total fits, when no running job was admitted on a capped prior (measured jobs are not
-    second-guessed here: the host-level OOM guard covers them), or when only one job runs (it
-    would run alone on a retry too)."""
+    """When the running jobs' live RSS sums above the budget: the youngest job whose guess was
+    too low (admitted on a capped prior, or now above its prediction: e.g. a profile recorded
+    with other flags), which also loses the least work. None when the total fits, when every
+    job is within what it was admitted on (then the admission was right and the host-level OOM
+    guard covers the rest), or when only one job runs (it would run alone on a retry too)."""
     if len(running) < 2 or sum(job.rss for job in running) <= budget:
         return None
-    suspects = [job for job in running if job.on_capped_prior]
+    suspects = [
+        job
+        for job in running
+        if job.on_capped_prior or (job.predicted and job.rss > job.predicted)
+    ]
     if not suspects:
         return None
     return max(suspects, key=lambda job: (job.started_at, job.job_id)).job_id
