@@ -939,9 +939,11 @@ class Governor:
         )
 
     def _spin_ceiling(self, job: Job) -> float | None:
-        """Only a job's own history (same output, same compiler) says how long is too long."""
+        """Only a job's own history says how long is too long: the same output, with the same
+        compile fingerprint or (after an edit of its source or flags, when a runaway compile is
+        most likely) with another one."""
         longest = job.prediction.wall_s
-        if job.prediction.source != "exact" or not longest:
+        if job.prediction.source not in ("exact", "output") or not longest:
             return None
         return max(longest * self.opts.spin_factor, self.opts.hang_after_s, self.opts.spin_floor_s)
 
