@@ -31,7 +31,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from _harness import MiB, clean, machine, measure, mib, print_header, write_results
+from _harness import MiB, Run, clean, machine, measure, mib, print_header, write_results
 
 from buildctl import host
 
@@ -82,25 +82,16 @@ def one_build(
     # the same tree from clean objects with the profiles the first build recorded.
     if build.exists():
         shutil.rmtree(build)
-    first = measure(
-        f"{preset} {mode} (first build)",
-        argv,
-        budget=budget,
-        env=env,
-        report_path=report,
-        log=work / f"log-{preset}-{mode}-first.txt",
-    )
+    def build_once(label: str, log_name: str) -> Run:
+        return measure(
+            label, argv, budget=budget, env=env, report_path=report, log=work / log_name
+        )
+
+    first = build_once(f"{preset} {mode} (first build)", f"log-{preset}-{mode}-first.txt")
     if first.rc != 0:
         raise SystemExit(f"{preset} {mode}: the first build failed; see the log in {work}")
     clean(build)
-    run = measure(
-        f"{preset} {mode}",
-        argv,
-        budget=budget,
-        env=env,
-        report_path=report,
-        log=work / f"log-{preset}-{mode}.txt",
-    )
+    run = build_once(f"{preset} {mode}", f"log-{preset}-{mode}.txt")
     rep = run.report or {"jobs": []}
     heavy = [j for j in rep["jobs"] if HEAVY in j["output"]]
     ops = [j for j in rep["jobs"] if j["output"].endswith("pagedattn_ops.cpp.o")]

@@ -152,21 +152,34 @@ def _hog(sock: Path, cwd: Path, output: str, mb: int, hold_s: float) -> subproce
     )
 
 
+def _run_hogs(
+    tmp_path: Path,
+    db: ProfileDB,
+    budget_mib: int,
+    hogs: list[tuple[str, int, float]],
+    **opts: object,
+) -> BuildReport:
+    """One governed 'build' of memory hogs (output, MB held, seconds), 2 slots; closes the DB.
+    Every hog must succeed; returns the governor's report."""
+    gov = _governor(tmp_path, db, budget_bytes=budget_mib * MiB, slots=2, **opts)
+    try:
+        procs = [_hog(gov.opts.socket_path, tmp_path, out, mb, s) for out, mb, s in hogs]
+        outs = [p.communicate(timeout=60) for p in procs]
+    finally:
+        gov.stop()
+        db.close()
+    assert [p.returncode for p in procs] == [0] * len(hogs), outs
+    report = BuildReport(budget_bytes=budget_mib * MiB, slots=2)
+    gov.fill_report(report)
+    return report
+
+
 def test_jobs_over_their_capped_prior_are_caught_and_rerun_after(tmp_path: Path) -> None:
     # Budget 400 MiB, 2 slots, nothing measured: the 1 GiB prior is capped at 200 MiB, so the
     # two unknown jobs start together; each holds 260 MiB, together over the budget. The younger
     # is killed, re-queued at the full prior and runs after the other.
     db = ProfileDB(tmp_path / "profiles.sqlite")
-    gov = _governor(tmp_path, db, budget_bytes=400 * MiB, slots=2, cap_priors=True)
-    try:
-        procs = [_hog(gov.opts.socket_path, tmp_path, f"{n}.o", 260, 2.0) for n in ("a", "b")]
-        outs = [p.communicate(timeout=60) for p in procs]
-    finally:
-        gov.stop()
-        db.close()
-    assert [p.returncode for p in procs] == [0, 0], outs
-    report = BuildReport(budget_bytes=400 * MiB, slots=2)
-    gov.fill_report(report)
+    report = _run_hogs(tmp_path, db, 400, [("a.o", 260, 2.0), ("b.o", 260, 2.0)], cap_priors=True)
     jobs = {j.output: j for j in report.jobs}
     assert all(j.status == "ok" and j.prediction_source == "prior" for j in jobs.values())
     retried = [j for j in jobs.values() if j.attempts == 2]
@@ -186,16 +199,7 @@ def test_unknown_jobs_share_the_budget_only_when_asked(tmp_path: Path, share: bo
     at the conservative 1 GiB prior, so they run one after the other; with share_priors the
     prior is capped at 768 MiB and they run together."""
     db = ProfileDB(tmp_path / "profiles.sqlite")
-    gov = _governor(tmp_path, db, budget_bytes=1536 * MiB, slots=2, cap_priors=share)
-    try:
-        procs = [_hog(gov.opts.socket_path, tmp_path, f"{n}.o", 40, 1.0) for n in ("a", "b")]
-        outs = [p.communicate(timeout=60) for p in procs]
-    finally:
-        gov.stop()
-        db.close()
-    assert [p.returncode for p in procs] == [0, 0], outs
-    report = BuildReport(budget_bytes=1536 * MiB, slots=2)
-    gov.fill_report(report)
+    report = _run_hogs(tmp_path, db, 1536, [("a.o", 40, 1.0), ("b.o", 40, 1.0)], cap_priors=share)
     first, second = sorted(report.jobs, key=lambda j: j.started_at_s)
     overlapped = second.started_at_s < first.started_at_s + first.wall_s - 0.2
     assert overlapped is share, [(j.output, j.started_at_s, j.wall_s) for j in report.jobs]
@@ -217,19 +221,7 @@ def test_a_job_above_its_measured_prediction_is_caught_when_the_budget_is_passed
             assert proc.wait(timeout=60) == 0, proc.communicate()
     finally:
         gov.stop()
-    gov = _governor(tmp_path, db, budget_bytes=400 * MiB, slots=2)
-    try:
-        procs = [
-            _hog(gov.opts.socket_path, tmp_path, "a.o", 300, 2.0),
-            _hog(gov.opts.socket_path, tmp_path, "b.o", 200, 2.0),
-        ]
-        outs = [p.communicate(timeout=60) for p in procs]
-    finally:
-        gov.stop()
-        db.close()
-    assert [p.returncode for p in procs] == [0, 0], outs
-    report = BuildReport(budget_bytes=400 * MiB, slots=2)
-    gov.fill_report(report)
+    report = _run_hogs(tmp_path, db, 400, [("a.o", 300, 2.0), ("b.o", 200, 2.0)])
     jobs = {j.output: j for j in report.jobs}
     assert all(j.prediction_source == "exact" for j in jobs.values())
     assert jobs["b.o"].attempts == 1 and jobs["a.o"].attempts == 2
@@ -238,4 +230,3 @@ def test_a_job_above_its_measured_prediction_is_caught_when_the_budget_is_passed
     assert jobs["a.o"].predicted_rss_bytes > 200 * MiB  # re-queued at what it reached
     b = jobs["b.o"]
     assert jobs["a.o"].started_at_s >= b.started_at_s + b.wall_s - 0.05  # ran after b.o
-

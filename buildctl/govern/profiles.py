@@ -44,6 +44,16 @@ _IGNORED_FLAGS = {"-c", "-MD", "-MMD", "-M", "-MM", "-MP"}
 SOURCE_SUFFIXES = (".c", ".cc", ".cpp", ".cxx", ".c++", ".cu", ".sycl", ".S", ".s")
 
 
+def _arguments(argv: Sequence[str]) -> Iterator[str]:
+    """argv after the program, without the path-valued flags and their values."""
+    tokens = iter(argv[1:])
+    for token in tokens:
+        if token in _PATH_FLAGS_WITH_ARG:
+            next(tokens, None)
+        else:
+            yield token
+
+
 def compile_fingerprint(argv: Sequence[str], source_digest: str) -> str:
     """What a compile's peak depends on besides the compiler: its flags (minus paths and
     dependency-file options) and the content of its source. Pure; 8 hex digits.
@@ -51,33 +61,20 @@ def compile_fingerprint(argv: Sequence[str], source_digest: str) -> str:
     Part of the exact profile key, so a profile recorded with other flags (say GCC GC sizing on,
     or -O0) or for another version of a generated source (another kernel preset at the same
     path) is not taken as exact; predict() falls back to the same output's other runs."""
-    kept: list[str] = []
-    skip_next = False
-    for token in argv[1:]:
-        if skip_next:
-            skip_next = False
-            continue
-        if token in _PATH_FLAGS_WITH_ARG:
-            skip_next = True
-            continue
-        if token in _IGNORED_FLAGS or token.startswith(("-I", "-MF", "-MT", "-MQ", "-o")):
-            continue
-        if token.startswith("-"):
-            kept.append(token)
+    kept = [
+        token
+        for token in _arguments(argv)
+        if token.startswith("-")
+        and token not in _IGNORED_FLAGS
+        and not token.startswith(("-I", "-MF", "-MT", "-MQ", "-o"))
+    ]
     blob = "\0".join([*kept, source_digest])
     return hashlib.sha256(blob.encode()).hexdigest()[:8]
 
 
 def compile_source(argv: Sequence[str]) -> str | None:
     """The source file a compile command reads (its first argument with a source suffix)."""
-    skip_next = False
-    for token in argv[1:]:
-        if skip_next:
-            skip_next = False
-            continue
-        if token in _PATH_FLAGS_WITH_ARG:
-            skip_next = True
-            continue
+    for token in _arguments(argv):
         if not token.startswith("-") and token.endswith(SOURCE_SUFFIXES):
             return token
     return None
