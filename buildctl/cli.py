@@ -20,7 +20,9 @@ examples:
 
 how memory is governed:
   Every compile and link asks buildctl for admission. A job starts only when the predicted
-  peak RSS of the running jobs plus its own fits the budget and a CPU slot is free. Predictions
+  peak RSS of the running jobs plus its own fits the budget and a CPU slot is free (a job
+  that its profile shows mostly waiting, CPU below half its wall time, takes a fraction of a
+  slot, at least a quarter; --whole-slots turns that off). Predictions
   come from measured peaks of earlier builds (`buildctl profile show`); unknown jobs get a
   conservative prior (--prior-rss; by default 1 GiB compile, 1.5 GiB link). A first build under
   a small budget therefore runs few jobs at once; --share-priors predicts unknown jobs at
@@ -71,7 +73,8 @@ def add_governor_args(parser: argparse.ArgumentParser) -> None:
         "--jobs",
         type=int,
         metavar="N",
-        help="CPU slots: jobs running at once at most (default: cores)",
+        help="CPU slots: jobs running at once at most (default: cores); jobs measured mostly "
+        "waiting count as a fraction of a slot (see --whole-slots)",
     )
     g.add_argument(
         "--prior-rss",
@@ -86,6 +89,12 @@ def add_governor_args(parser: argparse.ArgumentParser) -> None:
         help="first builds: predict never-measured jobs at most budget/slots, so they run in "
         "parallel; the total may briefly pass the budget (the job that outgrew its share is "
         "killed and re-run alone)",
+    )
+    g.add_argument(
+        "--whole-slots",
+        action="store_true",
+        help="every job takes a whole CPU slot, even one whose profile shows it mostly waiting "
+        "(then -j N means N jobs at once, never more)",
     )
     g.add_argument(
         "--profiles",
@@ -183,6 +192,7 @@ def session_options(args: argparse.Namespace, build_dir: Path, title: str, sourc
         profile_db=args.profiles,
         prior_bytes=args.prior_rss,
         share_priors=args.share_priors,
+        cpu_shares=not args.whole_slots,
         plain=args.plain,
         title=title,
         low_water_bytes=args.low_water,
@@ -475,6 +485,8 @@ def _forwarded_wheel_args(args: argparse.Namespace) -> list[str]:
         out.append("--low-ram")
     if args.share_priors:
         out.append("--share-priors")
+    if args.whole_slots:
+        out.append("--whole-slots")
     return out
 
 
@@ -581,6 +593,7 @@ def cmd_plan(args: argparse.Namespace, console: Console) -> int:
         cores=args.cores, mem=args.mem, swap=args.swap, mem_budget=args.mem_budget,
         slots=args.jobs, report=args.report_in, profiles=args.profiles,
         profiles_json=args.profiles_json, filter_text=args.filter,
+        whole_slots=args.whole_slots,
     )
     if args.json:
         sys.stdout.write(result.to_json() + "\n")
@@ -830,6 +843,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--mem-budget", type=_size, metavar="SIZE",
                     help="budget (default: buildctl's default for that RAM)")
     pl.add_argument("-j", "--jobs", type=int, metavar="N", help="CPU slots (default: cores)")
+    pl.add_argument("--whole-slots", action="store_true",
+                    help="as `buildctl build --whole-slots`: every job takes a whole CPU slot")
     pl.add_argument("--report", dest="report_in", type=Path, metavar="FILE",
                     help="take the jobs from a build report instead of the profile database")
     pl.add_argument("--profiles", type=Path, metavar="DB", help="profile database path")

@@ -38,6 +38,8 @@ class JobRecord(BaseModel):
     wait4_maxrss_bytes: int = 0
     wall_s: float = 0.0
     cpu_s: float = 0.0
+    # Runnable but waiting for a CPU (sampled): cpu_s + this is what the job asked of the CPUs.
+    runq_wait_s: float = 0.0
     queued_s: float = 0.0
     started_at_s: float = 0.0
     attempts: int = 1

@@ -10,10 +10,12 @@ import pytest
 from buildctl.govern.scheduler import (
     GATHER_MAX_S,
     GATHER_QUIET_S,
+    MIN_CPU_SHARE,
     Live,
     Running,
     Waiting,
     capped_prior,
+    cpu_share,
     decide,
     gather_hold_s,
     overrun_victim,
@@ -107,6 +109,85 @@ def test_random_states_never_overcommit(seed: int) -> None:
         if d.admit:
             assert reserved_total(running) + added <= budget
     assert len(set(d.admit)) == len(d.admit)
+
+
+# --- CPU shares ------------------------------------------------------------------------------
+
+
+def ws(i: int, mb: int, cpu: float, t: float = 0.0) -> Waiting:
+    return Waiting(i, mb * M, t, cpu)
+
+
+def rs(i: int, mb: int, cpu: float) -> Running:
+    return Running(i, mb * M, 0, False, cpu)
+
+
+@pytest.mark.parametrize(
+    ("cpu_s", "wall_s", "runq_s", "share"),
+    [
+        (None, 10.0, 0.0, 1.0),  # never measured
+        (0.0, 10.0, 0.0, 1.0),  # no CPU recorded (e.g. a remote run): no evidence
+        (9.5, 10.0, 0.0, 1.0),  # a compile
+        (5.0, 10.0, 0.0, 1.0),  # half the time on a CPU: still a whole slot
+        (4.0, 10.0, 0.0, 0.4),  # mostly waiting
+        (0.3, 4.0, 0.0, MIN_CPU_SHARE),  # memcc-like: holds memory and sleeps
+        (0.1, 0.5, 0.0, 1.0),  # too short to tell
+        (3.0, 10.0, 6.0, 1.0),  # a compile on an overloaded machine: waited for a CPU
+        (20.0, 10.0, 0.0, 1.0),  # inner parallelism
+    ],
+)
+def test_cpu_share_from_a_measured_run(
+    cpu_s: float | None, wall_s: float, runq_s: float, share: float
+) -> None:
+    assert cpu_share(cpu_s, wall_s, runq_s) == pytest.approx(share)
+
+
+def test_waiting_jobs_share_slots() -> None:
+    # Four jobs that mostly wait fit in one slot; the fifth needs the other one.
+    d = decide([ws(i, 10, 0.25) for i in range(10)], [], budget=10_000 * M, slots=2)
+    assert len(d.admit) == 8
+    d = decide([ws(i, 10, 0.25) for i in range(3)], [rs(9, 10, 1.0)], budget=10_000 * M, slots=2)
+    assert len(d.admit) == 3
+
+
+def test_whole_slot_job_is_not_squeezed_into_a_fraction() -> None:
+    # 0.5 of a slot is left: the compile (1.0) waits, the waiting job (0.25) backfills.
+    running = [rs(8, 10, 1.0), rs(9, 10, 0.5)]
+    d = decide([ws(1, 500, 1.0), ws(2, 10, 0.25)], running, budget=10_000 * M, slots=2)
+    assert d.admit == (2,)
+    assert "CPU" in d.reason
+
+
+def test_cpu_blocked_large_job_stops_backfill_after_the_bypass_window() -> None:
+    running = [rs(8, 10, 1.0), rs(9, 10, 0.5)]
+    waiting = [ws(1, 500, 1.0, t=0.0), ws(2, 10, 0.25, t=1.0)]
+    assert decide(waiting, running, 10_000 * M, 2, now=10.0, max_bypass_s=60).admit == (2,)
+    assert decide(waiting, running, 10_000 * M, 2, now=100.0, max_bypass_s=60).admit == ()
+
+
+def test_memory_still_binds_waiting_jobs() -> None:
+    d = decide([ws(i, 300, 0.25) for i in range(8)], [], budget=1000 * M, slots=2)
+    assert len(d.admit) == 3
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_random_shares_never_overcommit_slots_or_memory(seed: int) -> None:
+    rng = random.Random(seed)
+    budget = rng.randint(100, 2000) * M
+    slots = rng.randint(1, 4)
+    shares = [MIN_CPU_SHARE, 0.4, 1.0]
+    running = [
+        rs(100 + i, rng.randint(1, 600), rng.choice(shares)) for i in range(rng.randint(0, 5))
+    ]
+    waiting = [ws(i, rng.randint(1, 900), rng.choice(shares), rng.random()) for i in range(12)]
+    d = decide(waiting, running, budget, slots, now=rng.random())
+    share = {x.job_id: x.cpu for x in waiting}
+    predicted = {x.job_id: x.predicted for x in waiting}
+    used = sum(x.cpu for x in running)
+    if d.admit and not d.exclusive:
+        assert used + sum(share[i] for i in d.admit) <= slots + 1e-9
+        assert reserved_total(running) + sum(predicted[i] for i in d.admit) <= budget
+    assert len(running) + len(d.admit) <= max(len(running), int(slots / MIN_CPU_SHARE))
 
 
 def test_keeps_cpu_busy_when_something_fits() -> None:

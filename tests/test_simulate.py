@@ -215,7 +215,9 @@ def test_lower_bound_terms() -> None:
     assert lower_bound(jobs, cores=8, budget=500 * M) == pytest.approx(20.4)  # memory
     assert lower_bound(jobs, cores=8, budget=100 * G) == pytest.approx(10.0)  # longest
     sleepy = [c("a", 10, 10.0, cpu=0.1), c("b", 10, 10.0, cpu=0.1)]
-    assert lower_bound(sleepy, cores=1, budget=G, slots=1) == pytest.approx(20.0)
+    assert lower_bound(sleepy, cores=1, budget=G, slots=1, whole_slots=True) == pytest.approx(20.0)
+    # ...on a quarter slot each they can run side by side: the longest job binds.
+    assert lower_bound(sleepy, cores=1, budget=G, slots=1) == pytest.approx(10.0)
     assert lower_bound([], cores=1, budget=G) == 0.0
     # A job above the budget counts as the whole budget for its time.
     assert lower_bound([c("h", 4000, 5.0, cpu=0.0)], cores=1, budget=G) == pytest.approx(5.0)
@@ -239,15 +241,17 @@ def test_invariants_on_random_builds(seed: int) -> None:
     rng = random.Random(seed)
     jobs = _random_jobs(rng)
     shape = HostShape(cores=rng.randint(1, 8), budget_bytes=rng.randint(300, 3000) * M,
-                      ninja_width=rng.choice([None, 1, 3, 64]))
+                      ninja_width=rng.choice([None, 1, 3, 64]), whole_slots=rng.random() < 0.3)
     r = simulate(jobs, shape, dispatch_s=rng.choice([0.0, 0.15]), settle_s=rng.choice([0.0, 0.1]))
     assert sorted(s.output for s in r.schedule) == sorted(j.output for j in jobs)
     assert r.makespan_s >= r.lower_bound_s - 1e-9
     assert r.makespan_s <= sum(j.wall_s for j in jobs) + len(jobs) * 0.25 + 1e-6
     events = sorted({s.start_s for s in r.schedule})
+    share = {j.output: 1.0 if shape.whole_slots else j.cpu_share for j in jobs}
     for t in events:
         live = [s for s in r.schedule if s.start_s <= t < s.end_s]
-        assert len(live) <= shape.effective_slots
+        # Jobs that mostly wait take part of a slot (scheduler.cpu_share), never more than slots.
+        assert sum(share[s.output] for s in live) <= shape.effective_slots + 1e-9
         if any(s.exclusive for s in live):
             assert len(live) == 1
         else:

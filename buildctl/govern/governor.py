@@ -165,6 +165,9 @@ class GovernorOptions:
     gather_max_s: float = scheduler.GATHER_MAX_S
     # Predict never-measured jobs at most budget / slots (scheduler.capped_prior): --share-priors.
     cap_priors: bool = False
+    # A job whose profile shows it mostly waiting takes a fraction of a slot (scheduler.cpu_share);
+    # off: every job takes a whole slot (--whole-slots).
+    cpu_shares: bool = True
     repro_dir: Path | None = None
     executor: RemoteExecutor | None = None  # None: jobs run locally under the launcher
 
@@ -207,6 +210,9 @@ class Job:
     current_rss: int = 0
     peak_rss: int = 0
     cpu_s: float = 0.0
+    # pid -> run-queue wait seen last (ProcInfo.runq_s); summed at the end, a process that
+    # exited keeps what the last sample saw.
+    runq_by_pid: dict[int, float] = field(default_factory=dict)
     # Recent samples for rates only; the clock keeps time-since-progress over any window.
     samples: deque[TreeSample] = field(default_factory=lambda: deque(maxlen=256))
     clock: ProgressClock = field(default_factory=ProgressClock)
@@ -543,12 +549,14 @@ class Governor:
             return
         with self._lock:
             waiting = [
-                scheduler.Waiting(j.id, j.prediction.bytes, j.enqueued_at)
+                scheduler.Waiting(j.id, j.prediction.bytes, j.enqueued_at, self._share(j))
                 for j in self.jobs.values()
                 if j.state == "waiting"
             ]
             running = [
-                scheduler.Running(j.id, j.prediction.bytes, j.current_rss, j.exclusive)
+                scheduler.Running(
+                    j.id, j.prediction.bytes, j.current_rss, j.exclusive, self._share(j)
+                )
                 for j in self.jobs.values()
                 if j.state == "running"
             ]
@@ -569,6 +577,7 @@ class Governor:
                 job.started_at = self.now()
                 job.current_rss = 0
                 job.samples.clear()
+                job.runq_by_pid.clear()
                 job.clock = ProgressClock()
                 job.verdict = None
                 job.output_tail = ""
@@ -576,6 +585,9 @@ class Governor:
                 job.child_pid = None
                 job.go.set()
                 self._admitted_any = True
+
+    def _share(self, job: Job) -> float:
+        return job.prediction.cpu_share if self.opts.cpu_shares else 1.0
 
     def _gathering(self) -> bool:
         """Start-up: hold the first admission while launchers are still registering; a timer
@@ -738,6 +750,7 @@ class Governor:
             wait4_maxrss_bytes=maxrss,
             wall_s=round(elapsed, 3),
             cpu_s=round(float(done.get("cpu_s", 0.0)), 3),
+            runq_wait_s=round(float(done.get("runq_wait_s", sum(job.runq_by_pid.values()))), 3),
             queued_s=round(job.started_at - job.queued_at_first, 3),
             started_at_s=round(job.started_at, 3),
             attempts=job.attempts,
@@ -766,6 +779,7 @@ class Governor:
                     wait4_maxrss_bytes=maxrss,
                     wall_s=elapsed,
                     cpu_s=record.cpu_s,
+                    runq_wait_s=record.runq_wait_s,
                     target=record.target,
                 )
             )
@@ -854,6 +868,8 @@ class Governor:
                 job.current_rss = sample.rss
                 job.peak_rss = max(job.peak_rss, sample.rss)
                 job.cpu_s = sample.cpu_s
+                for proc in sample.procs:
+                    job.runq_by_pid[proc.pid] = proc.runq_s
             total += sample.rss
         self.peak_total_rss = max(self.peak_total_rss, total)
         if t - self._last_report_sample >= 0.5:

@@ -26,6 +26,9 @@ class ProcInfo:
     ppid: int = 0
     cpu_s: float = 0.0  # this process's own user+system time
     major_faults: int = 0
+    # Time it was runnable but waited for a CPU (/proc/<pid>/schedstat): with cpu_s, what the
+    # process asked of the CPUs, however busy the machine was (scheduler.cpu_share).
+    runq_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -108,8 +111,20 @@ def _read_stat(pid: int) -> _Stat | None:
                 name = base
         except OSError:
             pass
-    info = ProcInfo(pid, name, rss, _STATES.get(state, state), ppid, utime + stime, faults)
+    info = ProcInfo(
+        pid, name, rss, _STATES.get(state, state), ppid, utime + stime, faults, _runq_s(pid)
+    )
     return _Stat(info, utime + stime + cutime + cstime, utime + cutime)
+
+
+def _runq_s(pid: int) -> float:
+    """Seconds the process spent runnable but waiting for a CPU (0.0 where the kernel does not
+    keep schedstat)."""
+    try:
+        with open(f"/proc/{pid}/schedstat", "rb") as handle:
+            return int(handle.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
 
 
 def _io_chars(pid: int) -> int:

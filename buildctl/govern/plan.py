@@ -182,6 +182,7 @@ def host_shape(
     mem_budget: int | None,
     slots: int | None = None,
     here: host.HostInfo | None = None,
+    whole_slots: bool = False,
 ) -> tuple[HostShape, str, str]:
     """The simulated host: what is given, this host for the rest. A given --mem means another
     host, so its swap is 0 unless --swap says otherwise."""
@@ -216,7 +217,7 @@ def host_shape(
             "pass --mem/--mem-budget of at least 64M",
         )
     shape = HostShape(cores=n_cores, budget_bytes=budget, mem_bytes=mem if mem else ram,
-                      swap_bytes=swap_bytes, slots=slots)
+                      swap_bytes=swap_bytes, slots=slots, whole_slots=whole_slots)
     return shape, note, budget_note
 
 
@@ -232,10 +233,11 @@ def run_plan(
     profiles_json: Path | None = None,
     filter_text: str | None = None,
     here: host.HostInfo | None = None,
+    whole_slots: bool = False,
 ) -> PlanResult:
     """Everything `buildctl plan` does but printing. `here` replaces probing this host (tests)."""
     # The host arguments first: a wrong --cores is the message the user needs, whatever the jobs.
-    shape, note, budget_note = host_shape(cores, mem, swap, mem_budget, slots, here)
+    shape, note, budget_note = host_shape(cores, mem, swap, mem_budget, slots, here, whole_slots)
     jobs, source = load_jobs(report, profiles, profiles_json, filter_text)
     notes = []
     if report is None and profiles_json is None and not filter_text:

@@ -20,6 +20,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from buildctl.errors import BadInput
+from buildctl.govern.scheduler import cpu_share
 
 PROFILES_SCHEMA = "buildctl.profiles/1"
 MiB = 1024**2
@@ -102,6 +103,7 @@ class Prediction:
     bytes: int
     source: str  # exact | output | target | family | prior
     wall_s: float | None = None
+    cpu_share: float = 1.0  # of a CPU slot (scheduler.cpu_share); 1.0 unless measured waiting
 
 
 class ProfileEntry(BaseModel):
@@ -112,6 +114,7 @@ class ProfileEntry(BaseModel):
     wait4_maxrss_bytes: int = 0
     wall_s: float = 0.0
     cpu_s: float = 0.0
+    runq_wait_s: float = 0.0  # runnable but waiting for a CPU
     target: str = ""
     recorded_at: float = 0.0
 
@@ -120,6 +123,17 @@ class ProfileExport(BaseModel):
     schema_: str = Field(PROFILES_SCHEMA, alias="schema")
     entries: list[ProfileEntry]
     model_config = {"populate_by_name": True}
+
+
+def _from_rows(rows: Sequence[tuple[int, float, float, float]], source: str) -> Prediction:
+    """A prediction from recent runs (peak, wall, cpu, run-queue wait) of one job: the largest
+    of each, so a job is never predicted lighter than any of them (its CPU share included)."""
+    return Prediction(
+        bytes=max(r[0] for r in rows),
+        source=source,
+        wall_s=max(r[1] for r in rows),
+        cpu_share=max(cpu_share(r[2], r[1], r[3]) for r in rows),
+    )
 
 
 _SCHEMA_SQL = """
@@ -134,7 +148,8 @@ CREATE TABLE IF NOT EXISTS runs (
     wait4_rss INTEGER NOT NULL,
     wall_s REAL NOT NULL,
     cpu_s REAL NOT NULL,
-    recorded_at REAL NOT NULL
+    recorded_at REAL NOT NULL,
+    runq_s REAL NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS runs_output ON runs(output, compiler);
 CREATE INDEX IF NOT EXISTS runs_target ON runs(target, compiler);
@@ -152,6 +167,10 @@ class ProfileDB:
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.executescript(_SCHEMA_SQL)
+        columns = {row[1] for row in self._conn.execute("PRAGMA table_info(runs)")}
+        if "runq_s" not in columns:  # a DB from before run-queue waits were recorded
+            with self._tx() as conn:
+                conn.execute("ALTER TABLE runs ADD COLUMN runq_s REAL NOT NULL DEFAULT 0")
 
     def close(self) -> None:
         self._conn.close()
@@ -165,7 +184,7 @@ class ProfileDB:
         with self._tx() as conn:
             conn.execute(
                 "INSERT INTO runs (output, kind, compiler, target, family, peak_rss, wait4_rss,"
-                " wall_s, cpu_s, recorded_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                " wall_s, cpu_s, recorded_at, runq_s) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     entry.output,
                     entry.kind,
@@ -177,6 +196,7 @@ class ProfileDB:
                     entry.wall_s,
                     entry.cpu_s,
                     entry.recorded_at or time.time(),
+                    entry.runq_wait_s,
                 ),
             )
 
@@ -184,19 +204,20 @@ class ProfileDB:
         """Exact match first, then the same output with another compiler, the same target,
         the same source family, and finally a conservative prior."""
         rows = self._conn.execute(
-            "SELECT peak_rss, wall_s FROM runs WHERE output=? AND compiler=?"
+            "SELECT peak_rss, wall_s, cpu_s, runq_s FROM runs WHERE output=? AND compiler=?"
             " ORDER BY recorded_at DESC, id DESC LIMIT 3",
             (output, compiler),
         ).fetchall()
         if rows:
             # The max of the last three absorbs run-to-run noise without remembering forever.
-            return Prediction(max(r[0] for r in rows), "exact", max(r[1] for r in rows))
+            return _from_rows(rows, "exact")
         rows = self._conn.execute(
-            "SELECT peak_rss, wall_s FROM runs WHERE output=? ORDER BY recorded_at DESC LIMIT 3",
+            "SELECT peak_rss, wall_s, cpu_s, runq_s FROM runs WHERE output=?"
+            " ORDER BY recorded_at DESC LIMIT 3",
             (output,),
         ).fetchall()
         if rows:
-            return Prediction(max(r[0] for r in rows), "output", max(r[1] for r in rows))
+            return _from_rows(rows, "output")
         target = target_of(output)
         if target:
             peaks = self._latest_peaks(
@@ -227,7 +248,7 @@ class ProfileDB:
         entry per job of the build, as a plan needs."""
         rows = self._conn.execute(
             "SELECT output, kind, compiler, target, peak_rss, wait4_rss, wall_s, cpu_s,"
-            " recorded_at FROM runs r WHERE id = (SELECT MAX(id) FROM runs WHERE"
+            " recorded_at, runq_s FROM runs r WHERE id = (SELECT MAX(id) FROM runs WHERE"
             " output=r.output) ORDER BY target, output"
         ).fetchall()
         return [
@@ -241,8 +262,9 @@ class ProfileDB:
                 wall_s=ws,
                 cpu_s=cs,
                 recorded_at=ra,
+                runq_wait_s=rq,
             )
-            for o, k, c, t, p, w, ws, cs, ra in rows
+            for o, k, c, t, p, w, ws, cs, ra, rq in rows
         ]
 
     def export_json(self) -> str:

@@ -1,7 +1,9 @@
 """Admission policy (pure): which waiting jobs may start now.
 
-A job is admitted when `sum(reserved of running) + predicted(job) <= budget` and a CPU slot is
-free, with `reserved = max(predicted, current tree RSS)`. Among waiting jobs the largest predicted
+A job is admitted when `sum(reserved of running) + predicted(job) <= budget` and its CPU share fits
+in the free slots, with `reserved = max(predicted, current tree RSS)`. A job's CPU share is 1 slot
+unless its profile shows it mostly waiting (`cpu_share`: CPU below half its wall time), so jobs
+that hold memory while they wait do not keep a core idle. Among waiting jobs the largest predicted
 job that fits goes first (big jobs are the hard ones to place; small ones backfill). A job
 predicted above the whole budget runs alone: nothing new starts until it can start, and nothing
 starts beside it.
@@ -18,12 +20,36 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+# --- CPU shares --------------------------------------------------------------------------------
+
+WAITING_JOB_RATIO = 0.5  # below this CPU/wall a job counts as mostly waiting
+MIN_CPU_SHARE = 0.25  # ...and takes at least this much of a slot: at most 4 x slots jobs at once
+MIN_SHARE_WALL_S = 1.0  # shorter runs say too little about a job's CPU use
+
+
+def cpu_share(cpu_s: float | None, wall_s: float | None, runq_wait_s: float = 0.0) -> float:
+    """The fraction of a CPU slot a job takes, from one measured run.
+
+    What the job asked of the CPUs is its CPU time plus the time it was runnable but waited
+    for a CPU (`runq_wait_s`): a compile measured on an overloaded machine shows little CPU per
+    wall second but a long run-queue wait, and must not look like a job that sleeps, or
+    oversubscription would feed itself. 1.0 for anything that asked for a CPU at least half the
+    time; below that, the measured ratio, at least MIN_CPU_SHARE. Unknown, very short, or
+    parallel (CPU above wall) runs: 1.0."""
+    if not cpu_s or not wall_s or wall_s < MIN_SHARE_WALL_S:
+        return 1.0
+    ratio = (cpu_s + max(0.0, runq_wait_s)) / wall_s
+    if ratio >= WAITING_JOB_RATIO:
+        return 1.0
+    return max(MIN_CPU_SHARE, round(ratio, 2))
+
 
 @dataclass(frozen=True)
 class Waiting:
     job_id: int
     predicted: int
     enqueued_at: float
+    cpu: float = 1.0  # its CPU share (`cpu_share`)
 
 
 @dataclass(frozen=True)
@@ -32,6 +58,7 @@ class Running:
     predicted: int
     current_rss: int
     exclusive: bool = False
+    cpu: float = 1.0
 
     @property
     def reserved(self) -> int:
@@ -43,6 +70,9 @@ class Decision:
     admit: tuple[int, ...]
     exclusive: tuple[int, ...]  # subset of admit that runs alone (predicted above the budget)
     reason: str  # why the first waiting job did not start, for the live view
+
+
+_EPS = 1e-9
 
 
 def reserved_total(running: Sequence[Running]) -> int:
@@ -72,7 +102,7 @@ def decide(
     if any(job.exclusive for job in running):
         return Decision((), (), "a job predicted above the budget is running alone")
 
-    free_slots = slots - len(running)
+    free_slots = slots - sum(job.cpu for job in running)
     used = reserved_total(running)
     order = sorted(waiting, key=lambda w: (-w.predicted, w.enqueued_at, w.job_id))
     admitted: list[int] = []
@@ -80,7 +110,7 @@ def decide(
     blocked_since: float | None = None  # enqueue time of the largest job that did not fit
 
     for job in order:
-        if free_slots <= 0:
+        if free_slots < MIN_CPU_SHARE - _EPS:
             reason = reason or "all CPU slots busy"
             break
         if job.predicted > budget:
@@ -88,16 +118,21 @@ def decide(
                 return Decision((job.job_id,), (job.job_id,), "")
             # Drain: the oversized job needs the machine to itself.
             return Decision(tuple(admitted), (), reason or "draining for a job above the budget")
-        if used + job.predicted <= budget:
+        if job.cpu > free_slots + _EPS:
+            # A job that mostly waits may still fit in what is left of the slots.
+            reason = reason or "all CPU slots busy"
+        elif used + job.predicted <= budget:
             if blocked_since is not None and now - blocked_since >= max_bypass_s:
                 reason = "holding memory for a long-waiting large job"
                 break
             admitted.append(job.job_id)
             used += job.predicted
-            free_slots -= 1
-        elif blocked_since is None:
+            free_slots -= job.cpu
+            continue
+        else:
+            reason = reason or "waiting for memory"
+        if blocked_since is None:
             blocked_since = job.enqueued_at
-            reason = "waiting for memory"
     return Decision(tuple(admitted), (), reason)
 
 

@@ -64,6 +64,7 @@ class SessionOptions:
     # Predict never-measured jobs at budget/slots (faster first builds; the budget can be passed
     # for a moment, the job is then killed and re-run). Off: the contract's conservative prior.
     share_priors: bool = False
+    cpu_shares: bool = True  # jobs measured mostly waiting take a fraction of a slot
     plain: bool | None = None
     title: str = "buildctl"
     low_water_bytes: int | None = None
@@ -124,6 +125,7 @@ class GovernedSession:
                 executor=opts.executor,
                 # A prior the user chose is taken as it is.
                 cap_priors=opts.share_priors and not opts.prior_bytes,
+                cpu_shares=opts.cpu_shares,
             ),
             self.profiles,
         )

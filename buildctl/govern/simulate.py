@@ -25,7 +25,9 @@ Approximations (each one is a knob or a documented limit, not a hidden guess):
   `done`) and `dispatch_s` is added to every job that becomes ready mid-build (ninja starts a
   launcher, a Python process, which registers). The defaults were measured on the 2-core test
   machine.
-- CPU: a job takes one slot; jobs with inner parallelism (CPU time above wall time: parallel
+- CPU: a job takes one slot, or the fraction of one the governor gives a job measured mostly
+  waiting (`scheduler.cpu_share`; `HostShape.whole_slots` turns that off); jobs with inner
+  parallelism (CPU time above wall time: parallel
   device links, ThinLTO) are not slowed down when they share too few cores.
 - Memory: a running job holds its peak for its whole run, so the predicted peak total is an upper
   bound of a sampled one; the governor reserves `max(predicted, current RSS)`, and predicted is
@@ -62,6 +64,7 @@ class SimJob:
     wall_s: float
     cpu_s: float = 0.0
     target: str = ""
+    runq_wait_s: float = 0.0  # runnable but waiting for a CPU (what cpu_share adds to cpu_s)
     # What the governor predicts when it admits the job; None = the measured peak (a warm profile).
     predicted_bytes: int | None = None
     # When ninja's launcher registers it at the earliest (replays: the order launchers really
@@ -73,6 +76,10 @@ class SimJob:
     def predicted(self) -> int:
         return self.peak_bytes if self.predicted_bytes is None else self.predicted_bytes
 
+    @property
+    def cpu_share(self) -> float:
+        return scheduler.cpu_share(self.cpu_s, self.wall_s, self.runq_wait_s)
+
 
 @dataclass(frozen=True)
 class HostShape:
@@ -82,6 +89,7 @@ class HostShape:
     swap_bytes: int = 0
     slots: int | None = None  # CPU slots of the governor; default = cores
     ninja_width: int | None = None  # default: buildctl's max(4 x slots, 16)
+    whole_slots: bool = False  # every job takes a whole slot (buildctl --whole-slots)
 
     @property
     def effective_slots(self) -> int:
@@ -209,19 +217,29 @@ def _path_lengths(jobs: Sequence[SimJob], deps: dict[int, frozenset[int]]) -> li
 
 
 def lower_bound(
-    jobs: Iterable[SimJob], cores: int, budget: int, slots: int | None = None
+    jobs: Iterable[SimJob],
+    cores: int,
+    budget: int,
+    slots: int | None = None,
+    *,
+    whole_slots: bool = False,
 ) -> float:
     """No schedule of these jobs on `cores` within `budget` can be shorter than this:
     max(total CPU / cores, sum(peak x wall) / budget, longest job), and with `slots`,
-    sum(wall) / slots (a scheduler running at most that many jobs at once; it binds for jobs
-    that wait more than they compute). A job above the budget occupies the whole budget."""
+    sum(share x wall) / slots (a scheduler running jobs of these CPU shares on that many slots;
+    it binds for jobs that wait more than they compute). A job above the budget occupies the
+    whole budget."""
     jobs = list(jobs)
     if not jobs:
         return 0.0
     cpu = sum(j.cpu_s for j in jobs) / max(1, cores)
     mem = sum(min(j.peak_bytes, budget) * j.wall_s for j in jobs) / max(1, budget)
     longest = max(j.wall_s for j in jobs)
-    slot = sum(j.wall_s for j in jobs) / slots if slots else 0.0
+    slot = (
+        sum((1.0 if whole_slots else j.cpu_share) * j.wall_s for j in jobs) / slots
+        if slots
+        else 0.0
+    )
     return max(cpu, mem, longest, slot)
 
 
@@ -240,6 +258,7 @@ def simulate(
     budget = host.budget_bytes
     slots = host.effective_slots
     width = host.effective_width
+    shares = [1.0 if host.whole_slots else job.cpu_share for job in jobs]
     deps, notes = infer_dependencies(jobs)
     priority = _path_lengths(jobs, deps)
     missing = {i: set(d) for i, d in deps.items()}
@@ -275,9 +294,12 @@ def simulate(
         while pending and len(visible) + len(running) < width:
             visible[heapq.heappop(pending)[1]] = t
         decision = scheduler.decide(
-            [scheduler.Waiting(i, jobs[i].predicted, at) for i, at in visible.items()],
             [
-                scheduler.Running(i, jobs[i].predicted, jobs[i].peak_bytes, excl)
+                scheduler.Waiting(i, jobs[i].predicted, at, shares[i])
+                for i, at in visible.items()
+            ],
+            [
+                scheduler.Running(i, jobs[i].predicted, jobs[i].peak_bytes, excl, shares[i])
                 for i, excl in running.items()
             ],
             budget,
@@ -336,7 +358,7 @@ def simulate(
         fits=not alone,
         fits_in_ram=swap_needed == 0,
         fits_with_swap=swap_needed <= host.swap_bytes,
-        lower_bound_s=lower_bound(jobs, host.cores, budget, slots),
+        lower_bound_s=lower_bound(jobs, host.cores, budget, slots, whole_slots=host.whole_slots),
         total_cpu_s=sum(j.cpu_s for j in jobs),
         busy_peak_slots=busy_peak,
         link_deps=notes,
@@ -372,6 +394,7 @@ def jobs_from_report(report: BuildReport, *, replay: bool = False) -> list[SimJo
                 peak_bytes=record.peak_rss_bytes,
                 wall_s=record.wall_s,
                 cpu_s=record.cpu_s,
+                runq_wait_s=record.runq_wait_s,
                 target=record.target,
                 predicted_bytes=record.predicted_rss_bytes if replay else None,
                 arrival_s=arrival,
@@ -394,6 +417,7 @@ def jobs_from_profiles(entries: Iterable[ProfileEntry]) -> list[SimJob]:
             peak_bytes=e.peak_rss_bytes,
             wall_s=e.wall_s,
             cpu_s=e.cpu_s,
+            runq_wait_s=e.runq_wait_s,
             target=e.target,
         )
         for e in latest.values()

@@ -128,7 +128,7 @@ class RichView:
             (f"{self.title}  ", "bold"),
             f"{p.done}/{p.total or '?'} done  ",
             f"ETA {_fmt_s(p.eta_s())}  ",
-            f"{len(snap.running)}/{snap.slots} running, {snap.waiting} waiting  ",
+            f"{len(snap.running)} running ({snap.slots} slots), {snap.waiting} waiting  ",
         )
         budget = Text.assemble(
             "memory ",
