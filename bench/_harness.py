@@ -232,8 +232,8 @@ def median_run(runs: list[Run]) -> Run:
 @dataclass
 class Bounds:
     lower_bound_s: float  # max(CPU / cores, sum(peak x wall) / B, longest job)
-    slot_bound_s: float  # sum(wall) / slots: binds when jobs sleep (memcc) and every method runs
-    # at most `slots` jobs at once
+    slot_bound_s: float  # sum(wall) / slots: binds when jobs sleep (memcc) for a method that runs
+    # at most `slots` jobs at once (ninja -jN, buildctl --whole-slots)
     cpu_term_s: float
     mem_term_s: float
     longest_s: float
@@ -254,6 +254,24 @@ def bounds_from_report(report: dict[str, Any], cores: int, budget: int,
     slot = sum(j[durations] for j in jobs) / max(1, report.get("slots", cores))
     return Bounds(max(cpu, mem, longest), max(cpu, mem, longest, slot), cpu, mem, longest,
                   len(jobs))
+
+
+def fastest_jobs(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """One report-like dict whose jobs are each output's fastest clean run over `reports`
+    (its largest peak): the bound then does not grow with a run's own oversubscription (jobs
+    run beside too many others take longer, which would make that run's bound easier)."""
+    best: dict[str, dict[str, Any]] = {}
+    peaks: dict[str, int] = {}
+    for report in reports:
+        for job in report["jobs"]:
+            if job["status"] != "ok":
+                continue
+            out = job["output"]
+            peaks[out] = max(peaks.get(out, 0), job["peak_rss_bytes"])
+            if out not in best or job["wall_s"] < best[out]["wall_s"]:
+                best[out] = job
+    jobs = [dict(job, peak_rss_bytes=peaks[out]) for out, job in best.items()]
+    return {**reports[0], "jobs": jobs}
 
 
 def job_span(report: dict[str, Any]) -> float:

@@ -21,9 +21,9 @@ examples:
 how memory is governed:
   Every compile and link asks buildctl for admission. A job starts only when the predicted
   peak RSS of the running jobs plus its own fits the budget and a CPU slot is free (a job
-  that its profile shows mostly waiting, CPU below half its wall time, takes a fraction of a
-  slot, at least a quarter; --whole-slots turns that off). Predictions
-  come from measured peaks of earlier builds (`buildctl profile show`); unknown jobs get a
+  that its profile shows mostly waiting, on a CPU less than half the time, takes a fraction
+  of a slot, at least a quarter; --whole-slots turns that off). Predictions come from
+  measured peaks of earlier builds (`buildctl profile show`); unknown jobs get a
   conservative prior (--prior-rss; by default 1 GiB compile, 1.5 GiB link). A first build under
   a small budget therefore runs few jobs at once; --share-priors predicts unknown jobs at
   budget/slots instead (faster, but the total may pass the budget for a moment: a job that

@@ -133,6 +133,8 @@ def rs(i: int, mb: int, cpu: float) -> Running:
         (0.3, 4.0, 0.0, MIN_CPU_SHARE),  # memcc-like: holds memory and sleeps
         (0.1, 0.5, 0.0, 1.0),  # too short to tell
         (3.0, 10.0, 6.0, 1.0),  # a compile on an overloaded machine: waited for a CPU
+        (1.4, 5.2, 1.8, 0.41),  # a sleepy job run beside too many: not busier for that
+        (4.0, 10.0, 9.0, 1.0),  # runq wait over-sampled: never more than a whole slot
         (20.0, 10.0, 0.0, 1.0),  # inner parallelism
     ],
 )

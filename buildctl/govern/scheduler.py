@@ -2,11 +2,11 @@
 
 A job is admitted when `sum(reserved of running) + predicted(job) <= budget` and its CPU share fits
 in the free slots, with `reserved = max(predicted, current tree RSS)`. A job's CPU share is 1 slot
-unless its profile shows it mostly waiting (`cpu_share`: CPU below half its wall time), so jobs
-that hold memory while they wait do not keep a core idle. Among waiting jobs the largest predicted
-job that fits goes first (big jobs are the hard ones to place; small ones backfill). A job
-predicted above the whole budget runs alone: nothing new starts until it can start, and nothing
-starts beside it.
+unless its profile shows it mostly waiting (`cpu_share`: on a CPU less than half the time it did
+not spend queueing for one), so jobs that hold memory while they wait do not keep a core idle.
+Among waiting jobs the largest predicted job that fits goes first (big jobs are the hard ones to
+place; small ones backfill). A job predicted above the whole budget runs alone: nothing new
+starts until it can start, and nothing starts beside it.
 
 Three smaller policies live here too, so that they can be tested without processes:
 `gather_hold_s` (at start-up, wait a moment for the first launchers to register before the
@@ -28,17 +28,18 @@ MIN_SHARE_WALL_S = 1.0  # shorter runs say too little about a job's CPU use
 
 
 def cpu_share(cpu_s: float | None, wall_s: float | None, runq_wait_s: float = 0.0) -> float:
-    """The fraction of a CPU slot a job takes, from one measured run.
+    """The fraction of a CPU slot a job takes, from one measured run: the share of its time on
+    a CPU had it not waited for one, `cpu / (wall - run-queue wait)`.
 
-    What the job asked of the CPUs is its CPU time plus the time it was runnable but waited
-    for a CPU (`runq_wait_s`): a compile measured on an overloaded machine shows little CPU per
-    wall second but a long run-queue wait, and must not look like a job that sleeps, or
-    oversubscription would feed itself. 1.0 for anything that asked for a CPU at least half the
-    time; below that, the measured ratio, at least MIN_CPU_SHARE. Unknown, very short, or
-    parallel (CPU above wall) runs: 1.0."""
+    Taking the run-queue wait out of the wall keeps a compile measured on an overloaded machine
+    (little CPU per wall second, the rest waiting for a CPU) a whole-slot job, and keeps a job
+    that sleeps from looking busier after a run beside too many others; either mistake would
+    feed itself from build to build. 1.0 for anything on a CPU at least half its own time;
+    below that the ratio, at least MIN_CPU_SHARE. Unknown, very short or parallel (CPU above
+    wall) runs: 1.0."""
     if not cpu_s or not wall_s or wall_s < MIN_SHARE_WALL_S:
         return 1.0
-    ratio = (cpu_s + max(0.0, runq_wait_s)) / wall_s
+    ratio = cpu_s / max(wall_s - max(0.0, runq_wait_s), cpu_s)
     if ratio >= WAITING_JOB_RATIO:
         return 1.0
     return max(MIN_CPU_SHARE, round(ratio, 2))
