@@ -127,8 +127,14 @@ def test_gathering_is_only_at_start_up(tmp_path: Path) -> None:
         db.close()
 
 
-def _hog(sock: Path, cwd: Path, output: str, mb: int, hold_s: float) -> subprocess.Popen[str]:
-    code = f"import time; block = bytearray(b'1') * ({mb} << 20); time.sleep({hold_s})"
+def _hog(
+    sock: Path, cwd: Path, output: str, mb: int, hold_s: float, delay_s: float = 0.0
+) -> subprocess.Popen[str]:
+    """A job that holds `mb` MiB for `hold_s` seconds, after `delay_s` seconds holding little."""
+    code = (
+        f"import time; time.sleep({delay_s}); block = bytearray(b'1') * ({mb} << 20); "
+        f"time.sleep({hold_s})"
+    )
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     return subprocess.Popen(
         [
@@ -156,14 +162,15 @@ def _run_hogs(
     tmp_path: Path,
     db: ProfileDB,
     budget_mib: int,
-    hogs: list[tuple[str, int, float]],
+    hogs: list[tuple[str, int, float]] | list[tuple[str, int, float, float]],
     **opts: object,
 ) -> BuildReport:
-    """One governed 'build' of memory hogs (output, MB held, seconds), 2 slots; closes the DB.
+    """One governed 'build' of memory hogs (output, MB held, seconds[, delay]), 2 slots; closes
+    the DB.
     Every hog must succeed; returns the governor's report."""
     gov = _governor(tmp_path, db, budget_bytes=budget_mib * MiB, slots=2, **opts)
     try:
-        procs = [_hog(gov.opts.socket_path, tmp_path, out, mb, s) for out, mb, s in hogs]
+        procs = [_hog(gov.opts.socket_path, tmp_path, *hog) for hog in hogs]
         outs = [p.communicate(timeout=60) for p in procs]
     finally:
         gov.stop()
@@ -230,3 +237,31 @@ def test_a_job_above_its_measured_prediction_is_caught_when_the_budget_is_passed
     assert jobs["a.o"].predicted_rss_bytes > 200 * MiB  # re-queued at what it reached
     b = jobs["b.o"]
     assert jobs["a.o"].started_at_s >= b.started_at_s + b.wall_s - 0.05  # ran after b.o
+
+
+def test_a_job_that_outgrew_its_prediction_is_caught_before_the_budget_is_passed(
+    tmp_path: Path,
+) -> None:
+    """The bench incident, with real processes: a.o was measured at 60 MiB (other flags), b.o
+    at 300 MiB. This time a.o holds 150 MiB from the start while b.o first holds little for a
+    second, then its 300 MiB. The live total (~160 MiB) is under the 400 MiB budget until b.o
+    allocates; the two together will not fit. The guard kills a.o while the live total is
+    still under the budget, instead of one sample after b.o pushed it over."""
+    db = ProfileDB(tmp_path / "profiles.sqlite")
+    gov = _governor(tmp_path, db, budget_bytes=400 * MiB, slots=2)
+    try:
+        for output, mb in (("a.o", 60), ("b.o", 300)):
+            proc = _hog(gov.opts.socket_path, tmp_path, output, mb, 0.3)
+            assert proc.wait(timeout=60) == 0, proc.communicate()
+    finally:
+        gov.stop()
+    report = _run_hogs(tmp_path, db, 400, [("a.o", 150, 2.0), ("b.o", 300, 1.0, 1.0)])
+    jobs = {j.output: j for j in report.jobs}
+    assert jobs["b.o"].attempts == 1 and jobs["a.o"].attempts == 2
+    kills = [e for e in report.events if e.kind == "oom-guard-kill"]
+    assert [(e.output, e.data["reason"]) for e in kills] == [("a.o", "budget")]
+    assert kills[0].data["total_rss"] < 400 * MiB  # caught before the budget was passed
+    assert kills[0].data["reserved"] > 400 * MiB
+    assert kills[0].t_s < jobs["b.o"].started_at_s + 1.0  # before b.o allocated
+    # The re-run waits for b.o: at what it reached it no longer fits beside b.o's 300 MiB.
+    assert jobs["a.o"].started_at_s >= jobs["b.o"].started_at_s + jobs["b.o"].wall_s - 0.05

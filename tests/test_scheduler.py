@@ -284,6 +284,29 @@ def test_overrun_never_picks_measured_jobs_or_a_job_running_alone() -> None:
     assert overrun_victim(tie, budget=768 * M) == 2
 
 
+def test_overrun_counts_what_measured_jobs_are_heading_for() -> None:
+    # The bench incident: the heavy TU predicted from a GC-sized run (147 MiB) grows past it
+    # beside the ops TU, which is early in its run but measured at 579 MiB. The live total
+    # (100 + 200) fits 768 MiB; the two will not: kill the outgrown job now, not after.
+    live = [
+        Live(1, 100 * M, 1.0, False, predicted=579 * M),
+        Live(2, 200 * M, 2.0, False, predicted=147 * M),
+    ]
+    assert overrun_victim(live, budget=768 * M) == 2
+    # Still within its prediction plus noise: left alone.
+    noisy = [Live(1, 100 * M, 1.0, False, 579 * M), Live(2, 150 * M, 2.0, False, 147 * M)]
+    assert overrun_victim(noisy, budget=700 * M) is None
+
+
+def test_overrun_takes_capped_guesses_at_their_live_rss() -> None:
+    # Two never-measured jobs on budget/2 guesses: one outgrowing its half while the other is
+    # small is not an overrun (the guesses are not peaks anyone measured).
+    live = [Live(1, 500 * M, 1.0, True, 384 * M), Live(2, 30 * M, 2.0, True, 384 * M)]
+    assert overrun_victim(live, budget=768 * M) is None
+    live = [Live(1, 500 * M, 1.0, True, 384 * M), Live(2, 300 * M, 2.0, True, 384 * M)]
+    assert overrun_victim(live, budget=768 * M) == 2
+
+
 def test_overrun_victim_includes_jobs_above_their_prediction() -> None:
     # A profile from other flags predicted 150 MiB; the job is at 320 MiB beside a 580 MiB one
     # that is within its prediction: the one whose guess was wrong goes, even if older.

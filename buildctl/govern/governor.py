@@ -99,7 +99,9 @@ def classify_exit(
     if kill_reason == "oom-guard":
         return Outcome("guard", "killed by the OOM guard")
     if kill_reason == "budget":
-        return Outcome("guard", "killed: the jobs' live total went over the budget")
+        return Outcome(
+            "guard", "killed: it outgrew its prediction and the reservations passed the budget"
+        )
     if kill_reason in ("hang", "spin"):
         what = "stalled" if kill_reason == "hang" else "spinning"
         return Outcome(kill_reason, f"killed as {what}")
@@ -228,6 +230,7 @@ class Job:
     crashes: int = 0
     repro_dir: str | None = None  # crash repro or stall bundle of this job
     capped_from: int = 0  # the uncapped prior when the prediction is a capped prior, else 0
+    cpu_share: float = 1.0  # of a CPU slot, as admitted (scheduler.cpu_share)
 
 
 @dataclass(frozen=True)
@@ -574,6 +577,7 @@ class Governor:
                 job = self.jobs[job_id]
                 job.state = "running"
                 job.exclusive = job_id in decision.exclusive
+                job.cpu_share = self._share(job)
                 job.started_at = self.now()
                 job.current_rss = 0
                 job.samples.clear()
@@ -924,7 +928,7 @@ class Governor:
         return False
 
     def _budget_guard(self, running: list[Job]) -> None:
-        """The jobs' live total above the budget while a job runs above its prediction (or on
+        """The jobs' reservations above the budget while a job runs above its prediction (or on
         a capped prior): kill the youngest such job and re-queue it at what it reached (see
         scheduler.overrun_victim)."""
         live = [
@@ -938,6 +942,7 @@ class Governor:
         if victim_id is None:
             return
         total = sum(j.rss for j in live)
+        reserved = sum(scheduler.guard_reserved(j) for j in live)
         victim = self.jobs[victim_id]
         victim.kill_reason = "budget"
         victim.guard_kills += 1
@@ -945,12 +950,14 @@ class Governor:
         self.event(
             "oom-guard-kill",
             victim.output,
-            f"jobs' live total {host.format_size(total)} > budget "
-            f"{host.format_size(self.opts.budget_bytes)}: killed the youngest job above its "
-            f"prediction ({host.format_size(victim.current_rss)} of "
+            f"jobs' reservations {host.format_size(reserved)} (live "
+            f"{host.format_size(total)}) > budget {host.format_size(self.opts.budget_bytes)}: "
+            f"killed the youngest job above its prediction "
+            f"({host.format_size(victim.current_rss)} of "
             f"{host.format_size(victim.prediction.bytes)} predicted) and re-queued it",
             reason="budget",
             total_rss=total,
+            reserved=reserved,
             job_rss=victim.current_rss,
         )
 

@@ -1,11 +1,12 @@
 """Governed jobs on a Ray cluster (issue 8).
 
 `RayExecutor` is the governor's `RemoteExecutor`: once the governor admits a job (against the
-cluster's total memory and CPUs), the job becomes a Ray task asking for `num_cpus=1` and
-`memory=<its predicted peak>`, so Ray only places it on a node whose memory resource still has
-room. The task runs the exact argv in the same cwd (shared file system), measures the tree's
-peak RSS and CPU time, and returns its output and node; the governor records that in the report
-and the profile DB like a local job.
+cluster's total memory and CPUs), the job becomes a Ray task asking for `num_cpus=<its CPU
+share>` (1, or less for a job its profile shows mostly waiting) and `memory=<its predicted
+peak>`, so Ray only places it on a node whose memory resource still has room. The task runs the
+exact argv in the same cwd (shared file system), measures the tree's peak RSS and CPU time, and
+returns its output and node; the governor records that in the report and the profile DB like a
+local job.
 
 Failures:
 - a node lost mid-build: Ray re-runs its tasks elsewhere (`max_retries`); a compile rewrites its
@@ -283,7 +284,7 @@ class RayExecutor:
             job.cwd or None,
             ray_cluster.job_env(job.env) if job.env else self.env,
             job.prediction.bytes,
-            1,
+            job.cpu_share,  # a job measured mostly waiting asks for part of a CPU
             self._note,
             self._event,
         )
