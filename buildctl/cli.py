@@ -310,8 +310,10 @@ def cmd_profile(args: argparse.Namespace, console: Console) -> int:
                 )
             console.print(table)
             if args.jobs_detail:
+                from buildctl.govern.scheduler import cpu_share
+
                 jt = Table(title="per job (latest run)")
-                for col in ("output", "kind", "peak", "wall s", "compiler"):
+                for col in ("output", "kind", "peak", "wall s", "CPU slot", "compiler"):
                     jt.add_column(col)
                 for e in entries:
                     jt.add_row(
@@ -319,6 +321,8 @@ def cmd_profile(args: argparse.Namespace, console: Console) -> int:
                         e.kind,
                         host.format_size(e.peak_rss_bytes),
                         f"{e.wall_s:.1f}",
+                        # The share this run alone gives (predictions take the max of 3 runs).
+                        f"{cpu_share(e.cpu_s, e.wall_s, e.runq_wait_s):.2g}",
                         e.compiler,
                     )
                 console.print(jt)

@@ -41,3 +41,25 @@ def test_import_of_a_bad_file_is_bad_input(tmp_path: Path) -> None:
     result = run_buildctl("profile", "--profiles", str(tmp_path / "p.sqlite"), "import",
                           str(tmp_path / "missing.json"))
     assert result.returncode == 2
+
+
+def test_show_jobs_lists_each_jobs_cpu_slot_share(tmp_path: Path) -> None:
+    """A job measured mostly waiting shows the fraction of a slot it will be given; the
+    run-queue wait survives export and import (a CPU-starved compile stays at 1)."""
+    source = tmp_path / "a.sqlite"
+    db = ProfileDB(source)
+    db.record(ProfileEntry(output="sleepy.o", kind="compile", compiler="cc",
+                           peak_rss_bytes=500 * M, wall_s=8, cpu_s=1))
+    db.record(ProfileEntry(output="starved.o", kind="compile", compiler="cc",
+                           peak_rss_bytes=500 * M, wall_s=8, cpu_s=2, runq_wait_s=6))
+    db.close()
+    exported = tmp_path / "p.json"
+    target = tmp_path / "b.sqlite"
+    for db_path, verb in ((source, "export"), (target, "import")):
+        result = run_buildctl("profile", "--profiles", str(db_path), verb, str(exported))
+        assert result.returncode == 0, result.stderr
+    result = run_buildctl("profile", "--profiles", str(target), "show", "--jobs")
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[1]: line for line in result.stdout.splitlines() if ".o " in line}
+    assert "0.25" in rows["sleepy.o"]
+    assert " 1 " in rows["starved.o"] and "0.25" not in rows["starved.o"]
