@@ -41,7 +41,8 @@ def check(path: Path) -> list[str]:
                 continue
             seen.add(key)
             rep = BuildReport.model_validate(report)
-            shape = HostShape(cores=cores, budget_bytes=rep.budget_bytes, slots=rep.slots)
+            shape = HostShape(cores=cores, budget_bytes=rep.budget_bytes, slots=rep.slots,
+                              whole_slots=whole_slots(run["method"]))
             replay = simulate(jobs_from_report(rep, replay=True), shape)
             plan = simulate(jobs_from_report(rep), shape)
             span = job_span(report)
@@ -56,8 +57,14 @@ def check(path: Path) -> list[str]:
     return rows
 
 
+def whole_slots(method: str) -> bool:
+    """Runs in which every job took a whole CPU slot: plain ninja and `--whole-slots`."""
+    return "--whole-slots" in method or not method.startswith("buildctl")
+
+
 def mode(method: str) -> str:
     """Which job set a run built: the heavy TU split, whole, or (memjobs) the only one."""
+    method = method.replace("--whole-slots", "")
     if "kept whole" in method or "whole" in method or "--no-split" in method:
         return "whole"
     return "split" if "split" in method else ""
@@ -85,11 +92,12 @@ def cross(path: Path) -> list[str]:
             if run.get("report"):
                 if run is source:
                     continue
-                shape = HostShape(cores=cores, budget_bytes=budget["budget_bytes"])
+                shape = HostShape(cores=cores, budget_bytes=budget["budget_bytes"],
+                                  whole_slots=whole_slots(run["method"]))
                 measured = job_span(run["report"])
             else:
                 n = int(run["command"][-1].removeprefix("-j"))
-                shape = HostShape(cores=cores, budget_bytes=10**15, slots=n)
+                shape = HostShape(cores=cores, budget_bytes=10**15, slots=n, whole_slots=True)
                 measured = run["wall_s"]
             result = simulate(jobs, shape)
             rows.append(f"| {path.name} | {source['method']} ({first['label']}) | "

@@ -40,6 +40,8 @@ class JobRecord(BaseModel):
     cpu_s: float = 0.0
     # Runnable but waiting for a CPU (sampled): cpu_s + this is what the job asked of the CPUs.
     runq_wait_s: float = 0.0
+    # The fraction of a CPU slot it was admitted with (None: a report from before CPU shares).
+    cpu_share: float | None = None
     queued_s: float = 0.0
     started_at_s: float = 0.0
     attempts: int = 1

@@ -9,7 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from test_governor_admission import Client, _governor
+from test_governor_admission import Client, _governor, _run_hogs
 
 from buildctl.govern.monitor import sample_tree
 from buildctl.govern.profiles import ProfileDB, ProfileEntry
@@ -128,3 +128,16 @@ def test_simulator_packs_waiting_jobs_like_the_governor() -> None:
     # Memory still binds: 150 MiB for 50 MiB jobs leaves room for three.
     tight = simulate(jobs, HostShape(cores=1, budget_bytes=150 * MiB))
     assert tight.busy_peak_slots == 3
+
+
+def test_report_records_the_share_each_job_was_admitted_with(tmp_path: Path) -> None:
+    """Real launchers: a.o's profile shows it mostly waiting, b.o is unknown. The report keeps
+    the share each was admitted with (a replay needs it: the next run's times would say
+    otherwise for b.o)."""
+    db = ProfileDB(tmp_path / "p.sqlite")
+    db.record(ProfileEntry(output="a.o", kind="other", compiler="cc",
+                           peak_rss_bytes=50 * MiB, wall_s=4.0, cpu_s=0.4))
+    report = _run_hogs(tmp_path, db, 4096, [("a.o", 20, 1.2), ("b.o", 20, 1.2)])
+    shares = {j.output: j.cpu_share for j in report.jobs}
+    assert shares == {"a.o": 0.25, "b.o": 1.0}
+    assert all(j.cpu_s > 0 and j.runq_wait_s >= 0 for j in report.jobs)

@@ -286,6 +286,17 @@ def test_jobs_from_report_keeps_clean_jobs_and_replays_predictions_and_arrivals(
     replay = jobs_from_report(report, replay=True)
     assert all(j.predicted == G for j in replay)
     assert replay[1].arrival_s == pytest.approx(0.3)  # registered at 10.3, first start at 10.0
+    # A replay keeps the share a job was admitted with; a report from before CPU shares has
+    # none, and the share comes from the job's times (b.cpp.o computed half its time: 1.0).
+    assert all(j.cpu_share == 1.0 for j in replay)
+    old = report.jobs[0].model_copy(update={"cpu_s": 0.4})
+    assert old.cpu_share is None
+    assert jobs_from_report(report.model_copy(update={"jobs": [old]}), replay=True)[0].cpu_share \
+        == 0.25
+    sleepy = report.jobs[0].model_copy(update={"cpu_s": 0.4, "cpu_share": 1.0})
+    rep2 = report.model_copy(update={"jobs": [sleepy]})
+    assert jobs_from_report(rep2, replay=True)[0].cpu_share == 1.0  # a first build: no profile
+    assert jobs_from_report(rep2)[0].cpu_share == 0.25  # the next build will know
     assert jobs_from_report(BuildReport(budget_bytes=G, slots=1)) == []
 
 

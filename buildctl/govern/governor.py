@@ -755,6 +755,7 @@ class Governor:
             wall_s=round(elapsed, 3),
             cpu_s=round(float(done.get("cpu_s", 0.0)), 3),
             runq_wait_s=round(float(done.get("runq_wait_s", sum(job.runq_by_pid.values()))), 3),
+            cpu_share=job.cpu_share,
             queued_s=round(job.started_at - job.queued_at_first, 3),
             started_at_s=round(job.started_at, 3),
             attempts=job.attempts,

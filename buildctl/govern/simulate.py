@@ -64,7 +64,9 @@ class SimJob:
     wall_s: float
     cpu_s: float = 0.0
     target: str = ""
-    runq_wait_s: float = 0.0  # runnable but waiting for a CPU (what cpu_share adds to cpu_s)
+    runq_wait_s: float = 0.0  # runnable but waiting for a CPU (taken out of wall_s by cpu_share)
+    # The CPU share the governor admitted it with (replays); None = from this job's own times.
+    admitted_share: float | None = None
     # What the governor predicts when it admits the job; None = the measured peak (a warm profile).
     predicted_bytes: int | None = None
     # When ninja's launcher registers it at the earliest (replays: the order launchers really
@@ -78,6 +80,8 @@ class SimJob:
 
     @property
     def cpu_share(self) -> float:
+        if self.admitted_share is not None:
+            return self.admitted_share
         return scheduler.cpu_share(self.cpu_s, self.wall_s, self.runq_wait_s)
 
 
@@ -370,10 +374,10 @@ def simulate(
 
 def jobs_from_report(report: BuildReport, *, replay: bool = False) -> list[SimJob]:
     """The jobs of a build report. `replay=True` keeps what the governor predicted at the time
-    and the order the first launchers arrived in (to check the simulator against that very run);
-    otherwise predictions are the measured peaks, as in a rebuild with a warm profile DB, and
-    every job is there from the start. Jobs that did not finish cleanly are left out: their
-    times say nothing about a normal run."""
+    (peak and CPU share) and the order the first launchers arrived in (to check the simulator
+    against that very run); otherwise predictions are the measured peaks, as in a rebuild with
+    a warm profile DB, and every job is there from the start. Jobs that did not finish cleanly
+    are left out: their times say nothing about a normal run."""
     records = [r for r in report.jobs if r.status in ("ok", "killed-retried")]
     if not records:
         return []
@@ -397,6 +401,7 @@ def jobs_from_report(report: BuildReport, *, replay: bool = False) -> list[SimJo
                 runq_wait_s=record.runq_wait_s,
                 target=record.target,
                 predicted_bytes=record.predicted_rss_bytes if replay else None,
+                admitted_share=record.cpu_share if replay else None,
                 arrival_s=arrival,
             )
         )
