@@ -503,7 +503,7 @@ def test_cancel_all_kills_the_remote_trees(ray_cluster: RayTestCluster, tmp_path
     executor = executor_for(ray_cluster, tmp_path)
     job = SimpleNamespace(output="slow.o", argv=[str(script)], cwd=str(tmp_path), env=None,
                           prediction=Prediction(64 * MiB, "prior"), peak_rss=0, cpu_s=0.0,
-                          started_at=0.0)
+                          started_at=0.0, cpu_share=1.0)
     result: dict[str, Any] = {}
     thread = threading.Thread(target=lambda: result.update(asyncio.run(executor.run(job))))
     thread.start()
