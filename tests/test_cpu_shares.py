@@ -7,9 +7,10 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from test_governor_admission import Client, _governor, _run_hogs
+from test_governor_admission import Client, _governed, _run_hogs
 
 from buildctl.govern.monitor import sample_tree
 from buildctl.govern.profiles import ProfileDB, ProfileEntry
@@ -74,6 +75,10 @@ def test_profile_db_from_before_run_queue_waits_is_upgraded(tmp_path: Path) -> N
     )
     conn.commit()
     conn.close()
+    # Several builds opening the old DB at once (the upgrade runs under the write lock).
+    with ThreadPoolExecutor(4) as pool:
+        for other in list(pool.map(lambda _: ProfileDB(path), range(4))):
+            other.close()
     db = ProfileDB(path)
     assert db.predict("old.o", "compile", "cc").cpu_share == 0.25
     db.record(ProfileEntry(output="new.o", kind="compile", compiler="cc",
@@ -89,17 +94,11 @@ def _admitted_after_gathering(tmp_path: Path, cpu_shares: bool, cpu_s: float,
         db.record(ProfileEntry(output=f"j{i}.o", kind="compile", compiler="cc",
                                peak_rss_bytes=50 * MiB, wall_s=4.0, cpu_s=cpu_s,
                                runq_wait_s=runq_s))
-    gov = _governor(tmp_path, db, budget_bytes=4096 * MiB, slots=1, cpu_shares=cpu_shares)
-    clients: list[Client] = []
-    try:
-        clients = [Client(gov.opts.socket_path, f"j{i}.o") for i in range(6)]
+    options = {"budget_bytes": 4096 * MiB, "slots": 1, "cpu_shares": cpu_shares}
+    with _governed(tmp_path, db, **options) as (gov, clients):
+        clients.extend(Client(gov.opts.socket_path, f"j{i}.o") for i in range(6))
         time.sleep(1.2)  # past the gathering window; nothing finishes (the clients hold)
         return sum(1 for c in clients if c.go_at)
-    finally:
-        for client in clients:
-            client.close()
-        gov.stop()
-        db.close()
 
 
 def test_governor_runs_four_waiting_jobs_on_one_slot(tmp_path: Path) -> None:

@@ -11,6 +11,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -69,6 +71,23 @@ class Client:
         self.sock.close()
 
 
+@contextmanager
+def _governed(
+    tmp_path: Path, db: ProfileDB, **options: object
+) -> Iterator[tuple[Governor, list[Client]]]:
+    """A running governor and a list for the clients a test opens; closes all of them, the
+    governor and the profile DB after the test, however it ends."""
+    gov = _governor(tmp_path, db, **options)
+    clients: list[Client] = []
+    try:
+        yield gov, clients
+    finally:
+        for client in clients:
+            client.close()
+        gov.stop()
+        db.close()
+
+
 def test_the_first_admission_waits_for_the_largest_job_to_register(tmp_path: Path) -> None:
     db = ProfileDB(tmp_path / "profiles.sqlite")
     for output, mb in (("small-1.o", 30), ("small-2.o", 40), ("big.o", 600)):
@@ -77,9 +96,7 @@ def test_the_first_admission_waits_for_the_largest_job_to_register(tmp_path: Pat
                 output=output, kind="compile", compiler="cc", peak_rss_bytes=mb * MiB, wall_s=1.0
             )
         )
-    gov = _governor(tmp_path, db, budget_bytes=1024 * MiB, slots=1)
-    clients: list[Client] = []
-    try:
+    with _governed(tmp_path, db, budget_bytes=1024 * MiB, slots=1) as (gov, clients):
         # The small jobs' launchers register first, the big one 50 ms later (ninja started them
         # together; Python start-up order is luck). One slot: it must go to the big job.
         clients.append(Client(gov.opts.socket_path, "small-1.o"))
@@ -96,20 +113,13 @@ def test_the_first_admission_waits_for_the_largest_job_to_register(tmp_path: Pat
         # ...after the quiet period, not much later.
         waited = clients[2].go_at - started  # type: ignore[operator]
         assert 0.05 < waited < 1.0
-    finally:
-        for client in clients:
-            client.close()
-        gov.stop()
-        db.close()
 
 
 def test_gathering_is_only_at_start_up(tmp_path: Path) -> None:
     db = ProfileDB(tmp_path / "profiles.sqlite")
-    gov = _governor(
-        tmp_path, db, budget_bytes=4096 * MiB, slots=4, gather_quiet_s=0.3, gather_max_s=0.3
-    )
-    clients: list[Client] = []
-    try:
+    options = {"budget_bytes": 4096 * MiB, "slots": 4, "gather_quiet_s": 0.3,
+               "gather_max_s": 0.3}
+    with _governed(tmp_path, db, **options) as (gov, clients):
         clients.append(Client(gov.opts.socket_path, "a.o"))
         time.sleep(0.6)
         assert clients[0].go_at is not None  # held for the window, then admitted
@@ -120,11 +130,6 @@ def test_gathering_is_only_at_start_up(tmp_path: Path) -> None:
         while late.go_at is None and time.monotonic() < deadline:
             time.sleep(0.005)
         assert late.go_at is not None and late.go_at - sent < 0.25  # no second window
-    finally:
-        for client in clients:
-            client.close()
-        gov.stop()
-        db.close()
 
 
 def _hog(

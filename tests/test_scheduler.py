@@ -284,37 +284,29 @@ def test_overrun_never_picks_measured_jobs_or_a_job_running_alone() -> None:
     assert overrun_victim(tie, budget=768 * M) == 2
 
 
-def test_overrun_counts_what_measured_jobs_are_heading_for() -> None:
-    # The bench incident: the heavy TU predicted from a GC-sized run (147 MiB) grows past it
-    # beside the ops TU, which is early in its run but measured at 579 MiB. The live total
-    # (100 + 200) fits 768 MiB; the two will not: kill the outgrown job now, not after.
-    live = [
-        Live(1, 100 * M, 1.0, False, predicted=579 * M),
-        Live(2, 200 * M, 2.0, False, predicted=147 * M),
-    ]
-    assert overrun_victim(live, budget=768 * M) == 2
-    # Still within its prediction plus noise: left alone.
-    noisy = [Live(1, 100 * M, 1.0, False, 579 * M), Live(2, 150 * M, 2.0, False, 147 * M)]
-    assert overrun_victim(noisy, budget=700 * M) is None
-
-
-def test_overrun_takes_capped_guesses_at_their_live_rss() -> None:
-    # Two never-measured jobs on budget/2 guesses: one outgrowing its half while the other is
-    # small is not an overrun (the guesses are not peaks anyone measured).
-    live = [Live(1, 500 * M, 1.0, True, 384 * M), Live(2, 30 * M, 2.0, True, 384 * M)]
-    assert overrun_victim(live, budget=768 * M) is None
-    live = [Live(1, 500 * M, 1.0, True, 384 * M), Live(2, 300 * M, 2.0, True, 384 * M)]
-    assert overrun_victim(live, budget=768 * M) == 2
-
-
-def test_overrun_victim_includes_jobs_above_their_prediction() -> None:
-    # A profile from other flags predicted 150 MiB; the job is at 320 MiB beside a 580 MiB one
-    # that is within its prediction: the one whose guess was wrong goes, even if older.
-    live = [
-        Live(1, 320 * M, 1.0, False, predicted=150 * M),
-        Live(2, 580 * M, 2.0, False, predicted=600 * M),
-    ]
-    assert overrun_victim(live, budget=768 * M) == 1
-    # Within their predictions, nobody is second-guessed (the admission was right).
-    within = [Live(1, 140 * M, 1.0, False, 150 * M), Live(2, 580 * M, 2.0, False, 600 * M)]
-    assert overrun_victim(within, budget=700 * M) is None
+@pytest.mark.parametrize(
+    ("live", "budget_mb", "victim"),
+    [
+        # A profile from other flags predicted 150 MiB; the job is at 320 MiB beside a 580 MiB
+        # one within its prediction: the one whose guess was wrong goes, even if older.
+        ([Live(1, 320 * M, 1.0, False, 150 * M), Live(2, 580 * M, 2.0, False, 600 * M)], 768, 1),
+        # Within their predictions nobody is second-guessed (the admission was right).
+        ([Live(1, 140 * M, 1.0, False, 150 * M), Live(2, 580 * M, 2.0, False, 600 * M)], 700,
+         None),
+        # The bench incident: the heavy TU predicted from a GC-sized run (147 MiB) outgrows it
+        # beside the ops TU, early in its run but measured at 579 MiB. The live total (300 MiB)
+        # fits; the two will not: the outgrown job goes now, not one sample after.
+        ([Live(1, 100 * M, 1.0, False, 579 * M), Live(2, 200 * M, 2.0, False, 147 * M)], 768, 2),
+        # 3 MiB above its prediction is noise (slack 5 % / 8 MiB): left alone.
+        ([Live(1, 100 * M, 1.0, False, 579 * M), Live(2, 150 * M, 2.0, False, 147 * M)], 700,
+         None),
+        # Capped guesses count at their live RSS: one outgrowing its half of the budget while
+        # the other is small is no overrun...
+        ([Live(1, 500 * M, 1.0, True, 384 * M), Live(2, 30 * M, 2.0, True, 384 * M)], 768, None),
+        # ...until the live total passes the budget: the younger goes.
+        ([Live(1, 500 * M, 1.0, True, 384 * M), Live(2, 300 * M, 2.0, True, 384 * M)], 768, 2),
+    ],
+)
+def test_overrun_victim_by_reservations(live: list[Live], budget_mb: int,
+                                        victim: int | None) -> None:
+    assert overrun_victim(live, budget=budget_mb * M) == victim

@@ -557,9 +557,7 @@ class Governor:
                 if j.state == "waiting"
             ]
             running = [
-                scheduler.Running(
-                    j.id, j.prediction.bytes, j.current_rss, j.exclusive, self._share(j)
-                )
+                scheduler.Running(j.id, j.prediction.bytes, j.current_rss, j.exclusive, j.cpu_share)
                 for j in self.jobs.values()
                 if j.state == "running"
             ]
@@ -754,7 +752,7 @@ class Governor:
             wait4_maxrss_bytes=maxrss,
             wall_s=round(elapsed, 3),
             cpu_s=round(float(done.get("cpu_s", 0.0)), 3),
-            runq_wait_s=round(float(done.get("runq_wait_s", sum(job.runq_by_pid.values()))), 3),
+            runq_wait_s=round(sum(job.runq_by_pid.values()), 3),  # 0 for remote jobs: unseen
             cpu_share=job.cpu_share,
             queued_s=round(job.started_at - job.queued_at_first, 3),
             started_at_s=round(job.started_at, 3),

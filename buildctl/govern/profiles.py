@@ -167,10 +167,20 @@ class ProfileDB:
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.executescript(_SCHEMA_SQL)
-        columns = {row[1] for row in self._conn.execute("PRAGMA table_info(runs)")}
-        if "runq_s" not in columns:  # a DB from before run-queue waits were recorded
-            with self._tx() as conn:
-                conn.execute("ALTER TABLE runs ADD COLUMN runq_s REAL NOT NULL DEFAULT 0")
+        self._upgrade()
+
+    def _upgrade(self) -> None:
+        """Add the run-queue column to a DB from before it existed. Under the write lock, so two
+        builds opening the same old DB at once do not both try to add it."""
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            columns = {row[1] for row in self._conn.execute("PRAGMA table_info(runs)")}
+            if "runq_s" not in columns:
+                self._conn.execute("ALTER TABLE runs ADD COLUMN runq_s REAL NOT NULL DEFAULT 0")
+            self._conn.execute("COMMIT")
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
         self._conn.close()
