@@ -3,6 +3,7 @@ ninja wide under the governor."""
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import re
@@ -13,13 +14,38 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from buildctl.errors import BadInput, BuildFailed
+from rich.console import Console
+
+from buildctl import __version__, host
+from buildctl.errors import EXIT_INTERRUPTED, BadInput, BuildFailed
 from buildctl.govern.profiles import ProfileEntry
 from buildctl.govern.session import GovernedSession, SessionOptions
 from buildctl.govern.session import _set_pdeathsig as die_with_parent
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_PROJECT = REPO_ROOT / "kernels" / "pagedattn"
+
+EPILOG_BUILD = """\
+examples:
+  buildctl build                                  build the bundled kernel project
+  buildctl build --source ~/src/proj --mem-budget 28G --report build.json
+  buildctl build --source . --low-ram -- -DCMAKE_BUILD_TYPE=Release
+
+how memory is governed:
+  Every compile and link asks buildctl for admission. A job starts only when the predicted
+  peak RSS of the running jobs plus its own fits the budget and a CPU slot is free (a job
+  that its profile shows mostly waiting, on a CPU less than half the time, takes a fraction
+  of a slot, at least a quarter; --whole-slots turns that off). Predictions come from
+  measured peaks of earlier builds (`buildctl profile show`); unknown jobs get a
+  conservative prior (--prior-rss; by default 1 GiB compile, 1.5 GiB link). A first build under
+  a small budget therefore runs few jobs at once; --share-priors predicts unknown jobs at
+  budget/slots instead (faster, but the total may pass the budget for a moment: a job that
+  outgrows its share is then killed and re-run later at the full prior). If host memory runs
+  low anyway, admission pauses; if it gets critical the youngest job is killed and re-run
+  later, so the kernel OOM killer never picks.
+
+exit codes: 0 built, 1 build failed, 2 bad input, 130 interrupted.
+"""
 
 
 def find_tool(name: str) -> str:
@@ -180,3 +206,77 @@ def governed_build(req: BuildRequest, opts: SessionOptions) -> tuple[int, Govern
     with GovernedSession(opts) as session:
         rc = run_build(session, req)
     return rc, session
+
+
+def cmd_build(args: argparse.Namespace, console: Console) -> int:
+    from buildctl.kernels import bundled_build_settings
+    from buildctl.settings import resolve_budget, session_options
+
+    cmake_args = list(args.cmake_args)
+    if cmake_args[:1] == ["--"]:
+        cmake_args = cmake_args[1:]
+    extra: dict[str, str] = {}
+    budget, slots = resolve_budget(args)  # bad sizes fail before any project is looked at
+    if args.source is None:
+        source, extra, default_build = bundled_build_settings(
+            args.preset, args.low_ram, budget, slots, split=not args.no_split
+        )
+        build_dir = args.build_dir or default_build
+    else:
+        source = args.source.resolve()
+        if not source.is_dir():
+            raise BadInput(
+                f"--source {args.source} is not a directory",
+                "pass the top directory of a CMake project",
+            )
+        build_dir = args.build_dir or (source / "build-buildctl")
+    opts = session_options(args, build_dir, f"buildctl build {source.name}", str(source))
+    req = BuildRequest(
+        source_dir=source,
+        build_dir=build_dir.resolve(),
+        budget_bytes=opts.budget_bytes,
+        slots=opts.slots,
+        ninja_width=args.ninja_width or ninja_width(opts.slots),
+        cmake_args=cmake_args,
+        extra_defines=extra,
+        targets=args.target or [],
+    )
+    console.print(
+        f"[bold]buildctl[/bold] {__version__}: budget {host.format_size(opts.budget_bytes)}, "
+        f"{opts.slots} CPU slots, build dir {req.build_dir}",
+        highlight=False,
+    )
+    try:
+        rc, session = governed_build(req, opts)
+    finally:
+        if opts.executor is not None:
+            opts.executor.close()
+    return _summarize(console, session, rc, args.report)
+
+
+def _summarize(console: Console, session, rc: int, report_path: Path | None) -> int:
+    rep = session.report
+    console.print(
+        f"buildctl: {rep.status} in {rep.wall_s:.1f}s; {len(rep.jobs)} jobs; peak total RSS "
+        f"{host.format_size(rep.peak_total_rss_bytes)} of budget "
+        f"{host.format_size(rep.budget_bytes)}"
+        + (f"; report {report_path}" if report_path else ""),
+        highlight=False,
+    )
+    from buildctl.govern.repro import failure_lines
+
+    for line in failure_lines(rep):
+        console.print(line, highlight=False, markup=False)
+    if session.interrupted:
+        console.print("buildctl: interrupted; finished objects are kept, rerun to continue")
+        return EXIT_INTERRUPTED
+    if rc != 0:
+        failed = [j.output for j in rep.jobs if j.status in ("failed", "hung", "crashed")]
+        console.print(
+            f"error: the build failed{(' at ' + ', '.join(failed[:5])) if failed else ''}\n"
+            "  fix: read the compiler output above"
+            + (f"; details in {report_path}" if report_path else "; add --report FILE for details"),
+            highlight=False,
+        )
+        return 1
+    return 0

@@ -5,7 +5,9 @@ host shape, run the pure simulation (`buildctl.govern.simulate`) and render the 
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -339,3 +341,17 @@ def render_plan(plan: PlanResult, console: Console) -> None:
             "  fix: add swap (--swap to re-plan), a bigger host, --low-ram settings or a patch "
             "that shrinks that job")
     say(f"[dim]approximations: {APPROXIMATIONS}[/dim]")
+
+
+def cmd_plan(args: argparse.Namespace, console: Console) -> int:
+    result = run_plan(
+        cores=args.cores, mem=args.mem, swap=args.swap, mem_budget=args.mem_budget,
+        slots=args.jobs, report=args.report_in, profiles=args.profiles,
+        profiles_json=args.profiles_json, filter_text=args.filter,
+        whole_slots=args.whole_slots,
+    )
+    if args.json:
+        sys.stdout.write(result.to_json() + "\n")
+    else:
+        render_plan(result, console)
+    return result.exit_code

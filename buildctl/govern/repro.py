@@ -4,9 +4,12 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from dataclasses import dataclass
 from pathlib import Path
+
+from rich.console import Console
 
 from buildctl.errors import BadInput
 from buildctl.govern.diagnostics import MANIFESTS
@@ -140,3 +143,20 @@ def failure_lines(report: BuildReport) -> list[str]:
             lines.append(f"  {job.output}: passed on attempt {job.attempts} after a failure; "
                          f"evidence: {job.repro_dir}")
     return lines
+
+
+def cmd_repro(args: argparse.Namespace, console: Console) -> int:
+    root = default_root(args.build_dir.resolve())
+    if args.repro_cmd == "list":
+        items = list_repros(root)
+        if not items:
+            console.print(f"no repros in {root}", highlight=False)
+        for i, it in enumerate(items, 1):
+            console.print(
+                f"{i:3} {it.kind:5} {it.output}  {it.created}\n      {it.reason}\n      {it.path}",
+                highlight=False,
+                markup=False,
+            )
+    else:
+        console.print(show_repro(resolve_repro(root, args.ref)), highlight=False, markup=False)
+    return 0
