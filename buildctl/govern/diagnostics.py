@@ -28,12 +28,13 @@ from pathlib import Path
 import psutil
 
 from buildctl import __version__
+from buildctl.govern.redact import redact_argv, redact_env, redact_text
 
 MANIFESTS = {"crash": "crash.json", "stall": "stall.json"}
 
-# Names that may hold credentials: never written into a repro. Everything else of the job's
+# Meaningless outside this build. Variables that may hold credentials are left out too, and
+# secret-looking values masked (buildctl.govern.redact); everything else of the job's
 # environment is kept, because "exact env" is what makes a compiler crash reproducible.
-_SECRET = re.compile(r"TOKEN|SECRET|PASSW|CREDENTIAL|API_?KEY|PRIVATE|AUTH|COOKIE|SESSION", re.I)
 _DROP = re.compile(r"^(BUILDCTL_SOCKET|NINJA_STATUS)$")
 # Intermediate files a command line may name that the build deletes afterwards.
 _INTERMEDIATE = (".spv", ".bc", ".ll", ".rsp", ".ii", ".i", ".s", ".ptx", ".cubin", ".fatbin",
@@ -51,10 +52,12 @@ def _staged_dir(root: Path, kind: str, output: str) -> Iterator[tuple[Path, list
     """Yield a hidden staging dir and a one-item list that receives the final path."""
     root.mkdir(parents=True, exist_ok=True)
     stage = root / f".tmp-{kind}-{os.getpid()}-{secrets.token_hex(4)}"
-    stage.mkdir()
+    stage.mkdir(mode=0o700)
+    os.chmod(stage, 0o700)  # whatever the umask: nobody else may look in while it fills
     final: list[Path] = []
     try:
         yield stage, final
+        _make_private(stage)
         base = root / f"{time.strftime('%Y%m%d-%H%M%S')}-{kind}-{_slug(output)}"
         n = 1
         while True:
@@ -72,19 +75,30 @@ def _staged_dir(root: Path, kind: str, output: str) -> Iterator[tuple[Path, list
             shutil.rmtree(stage, ignore_errors=True)
 
 
-def split_env(env: dict[str, str] | None) -> tuple[dict[str, str], list[str]]:
-    """(environment to record, names left out because they may hold secrets)."""
-    source = dict(os.environ if env is None else env)
-    kept: dict[str, str] = {}
-    redacted: list[str] = []
-    for key in sorted(source):
-        if _DROP.match(key):
-            continue
-        if _SECRET.search(key):
-            redacted.append(key)
-            continue
-        kept[key] = source[key]
-    return kept, redacted
+def _make_private(stage: Path) -> None:
+    """A bundle may hold source, environment and paths: 0700 dirs, 0600 files (rerun.sh 0700),
+    whatever the umask, and whatever mode the files it copied (inputs/) or a helper wrote had."""
+    for dirpath, _dirnames, filenames in os.walk(stage):  # symlinks are neither followed...
+        os.chmod(dirpath, 0o700)
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            if not os.path.islink(path):  # ...nor changed
+                os.chmod(path, 0o700 if name == "rerun.sh" else 0o600)
+
+
+def _write_private(path: Path, text: str, mode: int = 0o600) -> None:
+    """Write a bundle file readable by its owner only, with secret-looking values masked (the
+    last net: the environment and argv were masked already, output tails and versions were not)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+    with os.fdopen(fd, "w") as handle:
+        os.fchmod(handle.fileno(), mode)
+        handle.write(redact_text(text))
+
+
+def split_env(env: dict[str, str] | None) -> tuple[dict[str, str], list[str], list[str]]:
+    """(environment to record, names left out because they may hold secrets, names whose
+    values had secret-looking parts masked)."""
+    return redact_env(dict(os.environ if env is None else env), _DROP)
 
 
 def _read(path: str) -> str:
@@ -248,7 +262,8 @@ def _rerun_script(
     lines = [
         "#!/usr/bin/env bash",
         f"# {what}",
-        "# Exact argv, environment (minus secret-looking names, see README.md) and directory.",
+        "# Exact argv, environment and directory; credentials left out or masked as ***",
+        "# (see README.md).",
         "# Exit status is the command's: 128+N = died of signal N (136 SIGFPE, 139 SIGSEGV).",
         'here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"',
     ]
@@ -277,13 +292,17 @@ def _copy_inputs(stage: Path, argv: list[str], cwd: str, output: str) -> list[tu
     return restores
 
 
-def _redacted_note(redacted: list[str]) -> str:
-    return f"\nLeft out of the recorded environment: {', '.join(redacted)}\n" if redacted else ""
+def _redacted_note(redacted: list[str], masked: list[str]) -> str:
+    note = ""
+    if redacted:
+        note += f"\nLeft out of the recorded environment: {', '.join(redacted)}\n"
+    if masked:
+        note += f"\nRecorded with credentials masked as `***`: {', '.join(masked)}\n"
+    return note
 
 
 def _write_exec(path: Path, text: str) -> None:
-    path.write_text(text)
-    path.chmod(0o755)
+    _write_private(path, text, 0o700)
 
 
 def save_stall_bundle(
@@ -302,10 +321,12 @@ def save_stall_bundle(
 ) -> Path:
     """Command, env, cwd, versions, last output lines and /proc status/wchan/stack of the tree
     (collected by `collect_tree` before the kill)."""
-    kept, redacted = split_env(env)
+    kept, redacted, masked = split_env(env)
+    argv = redact_argv(argv)
     versions = {**host_versions(), "compiler": compiler}
     with _staged_dir(root, "stall", output) as (stage, final):
-        (stage / "stall.json").write_text(
+        _write_private(
+            stage / "stall.json",
             json.dumps(
                 {
                     "kind": "stall",
@@ -318,13 +339,14 @@ def save_stall_bundle(
                     "versions": versions,
                     "env": kept,
                     "redacted_env": redacted,
+                    "masked_env": masked,
                     "processes": processes,
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 },
                 indent=2,
-            )
+            ),
         )
-        (stage / "output-tail.txt").write_text(output_tail)
+        _write_private(stage / "output-tail.txt", output_tail)
         _write_exec(
             stage / "rerun.sh",
             _rerun_script(argv, cwd, kept, [], f"Re-runs the command that stalled: {output}."),
@@ -333,13 +355,14 @@ def save_stall_bundle(
             f"- `{p['pid']}` (parent {p['ppid']}) waits in `{p['wchan'] or '?'}`: `{p['cmdline']}`"
             for p in processes
         )
-        (stage / "README.md").write_text(
+        _write_private(
+            stage / "README.md",
             f"# Stalled job: `{output}` (attempt {attempt})\n\n"
             f"{evidence}\n\n## Process tree when it was killed\n\n{tree or '(gone)'}\n\n"
             "Full /proc status, wchan, syscall and kernel stack per process are in `stall.json`;"
             " the last output lines in `output-tail.txt`. `./rerun.sh` runs the command again.\n\n"
             "## Versions\n\n" + "".join(f"- {k}: {v}\n" for k, v in versions.items())
-            + _redacted_note(redacted)
+            + _redacted_note(redacted, masked),
         )
     return final[0]
 
@@ -371,14 +394,15 @@ def save_crash_repro(
     """`rerun.sh` with the exact argv/env/cwd, compiler version, preprocessed input, temp inputs
     the command names, README. Runs the compiler (--version, -E): call it off the event loop.
     Raises Cancelled (and leaves nothing behind) once `cancel` is set."""
-    kept, redacted = split_env(env)
+    kept, redacted, masked = split_env(env)
     run_env = dict(os.environ if env is None else env)
     run_env.pop("BUILDCTL_SOCKET", None)
     version = compiler_version(argv[0], run_env, cancel)
     versions = {**host_versions(), "compiler": compiler}
+    recorded_argv = redact_argv(argv)  # what is written down; the real argv is what runs
     with _staged_dir(root, "crash", output) as (stage, final):
-        (stage / "compiler-version.txt").write_text(version + "\n")
-        (stage / "stderr.txt").write_text(stderr_tail)
+        _write_private(stage / "compiler-version.txt", version + "\n")
+        _write_private(stage / "stderr.txt", stderr_tail)
         restores = _copy_inputs(stage, argv, cwd, output)
         source = next((a for a in reversed(argv) if a.endswith(_SOURCE_EXT)), "")
         pre_name = "preprocessed.i" if source.endswith(".c") else "preprocessed.ii"
@@ -393,34 +417,36 @@ def save_crash_repro(
                 )
                 if pre_rc != 0:
                     (stage / pre_name).unlink(missing_ok=True)
-                    (stage / "preprocess.log").write_text(pre_out)
+                    _write_private(stage / "preprocess.log", pre_out)
             except (OSError, subprocess.TimeoutExpired) as exc:
                 pre_note = f"failed: {exc}"
                 (stage / pre_name).unlink(missing_ok=True)
         _write_exec(
             stage / "rerun.sh",
-            _rerun_script(argv, cwd, kept, restores,
+            _rerun_script(recorded_argv, cwd, kept, restores,
                           f"Re-runs the command that crashed building {output}."),
         )
         result = describe_exit(rc, sig)
-        (stage / "README.md").write_text(
+        _write_private(
+            stage / "README.md",
             f"# Compiler crash while building `{output}`\n\n"
             f"- result: {result}: {reason}\n- attempt: {attempt}\n"
             f"- working directory: `{cwd}`\n- preprocessed input: {pre_note}\n"
             + "".join(f"- {k}: {v}\n" for k, v in versions.items())
-            + f"- `{argv[0]} --version`:\n\n```\n{version}\n```\n\n"
+            + f"- `{recorded_argv[0]} --version`:\n\n```\n{version}\n```\n\n"
             "Reproduce with `./rerun.sh` (its exit status is the compiler's). Attach this directory"
             " (rerun.sh, compiler-version.txt, stderr.txt, the preprocessed input, inputs/) to the"
             " compiler bug report. Temporary inputs the command named are copied in `inputs/` and"
             " restored by rerun.sh when missing. Later attempts are logged in `attempts.log`.\n"
-            + _redacted_note(redacted)
+            + _redacted_note(redacted, masked),
         )
-        (stage / "crash.json").write_text(
+        _write_private(
+            stage / "crash.json",
             json.dumps(
                 {
                     "kind": "crash",
                     "output": output,
-                    "argv": argv,
+                    "argv": recorded_argv,
                     "cwd": cwd,
                     "rc": rc,
                     "signal": sig,
@@ -429,20 +455,22 @@ def save_crash_repro(
                     "versions": versions,
                     "env": kept,
                     "redacted_env": redacted,
+                    "masked_env": masked,
                     "inputs": {saved: str(orig) for orig, saved in restores},
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 },
                 indent=2,
-            )
+            ),
         )
-        (stage / "attempts.log").write_text(f"attempt {attempt}: {result}: {reason}\n")
+        _write_private(stage / "attempts.log", f"attempt {attempt}: {result}: {reason}\n")
     return final[0]
 
 
 def note_attempt(path: Path, attempt: int, text: str, stderr_tail: str = "") -> None:
     """Record what a later attempt of the same job did (crashed again, or passed: flaky)."""
     with contextlib.suppress(OSError):
-        with open(path / "attempts.log", "a") as handle:
-            handle.write(f"attempt {attempt}: {text}\n")
+        fd = os.open(path / "attempts.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "a") as handle:
+            handle.write(redact_text(f"attempt {attempt}: {text}\n"))
         if stderr_tail:
-            (path / f"stderr-attempt-{attempt}.txt").write_text(stderr_tail)
+            _write_private(path / f"stderr-attempt-{attempt}.txt", stderr_tail)
