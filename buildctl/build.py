@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -18,6 +19,7 @@ from rich.console import Console
 
 from buildctl import __version__, host
 from buildctl.errors import EXIT_INTERRUPTED, BadInput, BuildFailed
+from buildctl.govern.cache import chain_launchers, strip_launcher_defines, user_launchers
 from buildctl.govern.profiles import ProfileEntry
 from buildctl.govern.session import GovernedSession, SessionOptions
 from buildctl.govern.session import _set_pdeathsig as die_with_parent
@@ -148,13 +150,16 @@ def configure(session: GovernedSession, req: BuildRequest) -> None:
             f"{req.source_dir} has no CMakeLists.txt",
             "pass --source pointing at a CMake project's top directory",
         )
-    defines = {**session.cmake_defines(), **req.extra_defines}
+    # A user launcher (ccache) runs after buildctl's, never instead of it.
+    launchers = chain_launchers(session.cmake_defines(), user_launchers(req.cmake_args, os.environ))
+    defines = {**launchers, **req.extra_defines}
+    cmake_args = strip_launcher_defines(req.cmake_args)
     if defines.get("BUILDCTL_SPLIT_SOURCES") and "BUILDCTL_SPLIT_HINTS" not in defines:
         # Measured whole-file peaks replace the probe's extrapolation (buildctl/split).
         hints = write_split_hints(session, req.build_dir, defines["BUILDCTL_SPLIT_SOURCES"])
         defines["BUILDCTL_SPLIT_HINTS"] = str(hints)
     stamp_file = req.build_dir / ".buildctl" / "configure.stamp"
-    stamp = _configure_stamp(defines, req.cmake_args)
+    stamp = _configure_stamp(defines, cmake_args)
     if (
         (req.build_dir / "build.ninja").exists()
         and stamp_file.exists()
@@ -177,7 +182,7 @@ def configure(session: GovernedSession, req: BuildRequest) -> None:
         "Ninja",
         f"-DCMAKE_MAKE_PROGRAM={find_tool('ninja')}",
         *[f"-D{k}={v}" for k, v in defines.items()],
-        *req.cmake_args,
+        *cmake_args,
     ]
     session.console.print(f"[bold]buildctl[/bold]: configuring {req.source_dir}", highlight=False)
     # Tied to our life like ninja: a killed buildctl leaves no cmake behind.

@@ -26,6 +26,7 @@ from collections.abc import Callable
 TAIL_BYTES = 16 * 1024
 TAIL_PUSH_S = 1.0
 PR_SET_PDEATHSIG = 1
+JOB_MARKER = "BUILDCTL_IN_JOB"  # set in every job's environment
 
 
 def job_output(argv: list[str]) -> str:
@@ -130,6 +131,43 @@ def _connect(path: str) -> socket.socket | None:
     return sock
 
 
+def _is_ccache(program: str) -> bool:
+    """`ccache` itself, or a masquerading link such as /usr/lib/ccache/g++."""
+    if os.path.basename(program) == "ccache":
+        return True
+    return "/" in program and os.path.basename(os.path.realpath(program)) == "ccache"
+
+
+def _job_env(argv: list[str]) -> tuple[dict[str, str], str]:
+    """The job's environment and, for ccache, the per-job stats log it will write (ccache >= 4.4
+    names hit or miss there, so a cache hit is never taken for the compile's peak)."""
+    env = dict(os.environ)
+    # A compiler wrapper that goes through the launcher again (CXX set by `buildctl run`) runs
+    # its command directly inside a job: admitting it twice could wait for its own slot.
+    env[JOB_MARKER] = "1"
+    stats_log = ""
+    if argv and _is_ccache(argv[0]):
+        runtime = os.environ.get("XDG_RUNTIME_DIR") or "/tmp"
+        stats_log = os.path.join(runtime, f"buildctl-ccache-{os.getpid()}-{time.time_ns()}.log")
+        env["CCACHE_STATSLOG"] = stats_log
+    return env, stats_log
+
+
+def _read_and_remove(path: str) -> str:
+    """The job's ccache stats log; appended to the user's own CCACHE_STATSLOG if they keep one."""
+    try:
+        with open(path, errors="replace") as handle:
+            text = handle.read(65536)
+        os.unlink(path)
+    except OSError:
+        return ""
+    users = os.environ.get("CCACHE_STATSLOG")
+    if users and text:
+        with contextlib.suppress(OSError), open(users, "a") as handle:
+            handle.write(text)
+    return text
+
+
 def _run_once(argv: list[str], chan: _Channel) -> tuple[int, dict]:
     """Run the command once; return (exit status for ninja, rusage facts for the governor)."""
     started = time.monotonic()
@@ -139,8 +177,11 @@ def _run_once(argv: list[str], chan: _Channel) -> tuple[int, dict]:
         setup = lambda: _child_setup(prctl, me)  # noqa: E731
     except (OSError, AttributeError):
         setup = None
+    env, stats_log = _job_env(argv)
     try:
-        proc = subprocess.Popen(argv, stderr=subprocess.PIPE, process_group=0, preexec_fn=setup)
+        proc = subprocess.Popen(
+            argv, stderr=subprocess.PIPE, process_group=0, preexec_fn=setup, env=env
+        )
     except OSError as exc:
         # Like a shell: 127, and the governor hears a normal (failed) run rather than silence.
         sys.stderr.write(f"buildctl launcher: cannot run {argv[0]!r}: {exc.strerror}\n")
@@ -214,6 +255,8 @@ def _run_once(argv: list[str], chan: _Channel) -> tuple[int, dict]:
         "stderr_tail": tail.decode(errors="replace"),
         "interrupted": bool(got_signal),
     }
+    if stats_log:
+        facts["cache_log"] = _read_and_remove(stats_log)
     if got_signal:
         sys.exit(128 + got_signal[0])
     return rc, facts
@@ -230,7 +273,8 @@ def main(args: list[str] | None = None) -> int:
     if not args:
         sys.stderr.write("usage: python -m buildctl.govern.launcher --socket PATH -- CMD...\n")
         return 2
-    sock = _connect(socket_path) if socket_path else None
+    inside_job = os.environ.get(JOB_MARKER) == "1"
+    sock = _connect(socket_path) if socket_path and not inside_job else None
     if sock is None:
         _exec_direct(args)
         return 127  # not reached
