@@ -20,6 +20,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from buildctl.govern.policy import GRID_POINTS, Curve, Envelope, grid, horizon_of, waiting_envelope
+
 # --- CPU shares --------------------------------------------------------------------------------
 
 WAITING_JOB_RATIO = 0.5  # below this CPU/wall a job counts as mostly waiting
@@ -51,6 +53,10 @@ class Waiting:
     predicted: int
     enqueued_at: float
     cpu: float = 1.0  # its CPU share (`cpu_share`)
+    curve: Curve = ()  # its recorded RSS curve, when its profile has one (policy.Envelope)
+    # Key of its family while nothing of that family is measured ("" once something is): a
+    # slow start admits at most `unknown_limit` such jobs of one family at once.
+    unknown_group: str = ""
 
 
 @dataclass(frozen=True)
@@ -60,10 +66,15 @@ class Running:
     current_rss: int
     exclusive: bool = False
     cpu: float = 1.0
+    envelope: Envelope | None = None  # its memory from now on; None: max(predicted, live)
+    unknown_group: str = ""
 
     @property
     def reserved(self) -> int:
         return max(self.predicted, self.current_rss)
+
+    def future(self) -> Envelope:
+        return self.envelope or Envelope((), 0.0, self.reserved)
 
 
 @dataclass(frozen=True)
@@ -89,22 +100,35 @@ def decide(
     paused: bool = False,
     now: float = 0.0,
     max_bypass_s: float = 60.0,
+    unknown_limit: int | None = None,
 ) -> Decision:
     """Pick the jobs to admit now.
 
-    `paused` (host memory under the low-water mark, or memory pressure) admits nothing.
-    `max_bypass_s`: once the largest waiting job has waited this long, smaller jobs stop
-    overtaking it, so it cannot starve behind a stream of small ones.
+    A job fits when the future total of the running jobs, the ones admitted in this decision
+    and it stays under the budget (policy.Envelope: jobs with recorded curves count at what
+    they will still reach, when they will reach it; others at max(predicted, live RSS)).
+    `paused` (host memory under the low-water mark, or the projected total near the budget)
+    admits nothing. `max_bypass_s`: once the largest waiting job has waited this long, smaller
+    jobs stop overtaking it, so it cannot starve behind a stream of small ones.
     """
     if not waiting:
         return Decision((), (), "")
     if paused:
-        return Decision((), (), "paused: host memory low")
+        return Decision((), (), "paused: memory")
     if any(job.exclusive for job in running):
         return Decision((), (), "a job predicted above the budget is running alone")
 
     free_slots = slots - sum(job.cpu for job in running)
-    used = reserved_total(running)
+    envelopes = {w.job_id: waiting_envelope(w.curve, w.predicted) for w in waiting}
+    running_envelopes = [job.future() for job in running]
+    horizon = horizon_of([*running_envelopes, *envelopes.values()])
+    total = [0] * (GRID_POINTS + 1)
+    for envelope in running_envelopes:
+        total = [a + b for a, b in zip(total, grid(envelope, horizon), strict=True)]
+    unknown_running: dict[str, int] = {}
+    for job in running:
+        if job.unknown_group:
+            unknown_running[job.unknown_group] = unknown_running.get(job.unknown_group, 0) + 1
     order = sorted(waiting, key=lambda w: (-w.predicted, w.enqueued_at, w.job_id))
     admitted: list[int] = []
     reason = ""
@@ -119,16 +143,26 @@ def decide(
                 return Decision((job.job_id,), (job.job_id,), "")
             # Drain: the oversized job needs the machine to itself.
             return Decision(tuple(admitted), (), reason or "draining for a job above the budget")
+        if (
+            unknown_limit is not None
+            and job.unknown_group
+            and unknown_running.get(job.unknown_group, 0) >= unknown_limit
+        ):
+            reason = reason or "learning: a few jobs of an unmeasured family at a time"
+            continue
+        column = grid(envelopes[job.job_id], horizon)
         if job.cpu > free_slots + _EPS:
             # A job that mostly waits may still fit in what is left of the slots.
             reason = reason or "all CPU slots busy"
-        elif used + job.predicted <= budget:
+        elif max(a + b for a, b in zip(total, column, strict=True)) <= budget:
             if blocked_since is not None and now - blocked_since >= max_bypass_s:
                 reason = "holding memory for a long-waiting large job"
                 break
             admitted.append(job.job_id)
-            used += job.predicted
+            total = [a + b for a, b in zip(total, column, strict=True)]
             free_slots -= job.cpu
+            if job.unknown_group:
+                unknown_running[job.unknown_group] = unknown_running.get(job.unknown_group, 0) + 1
             continue
         else:
             reason = reason or "waiting for memory"

@@ -14,7 +14,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from buildctl.govern.governor import Snapshot
+from buildctl.govern.snapshot import Snapshot
 from buildctl.host import format_size
 from buildctl.report import Event
 

@@ -1,0 +1,401 @@
+"""Memory policy (pure): what the governor does about memory, over plain data.
+
+The governor's loop feeds these functions snapshots of its jobs and carries out what they
+return; nothing here reads /proc, sends signals or touches the clock. Four decisions live here:
+
+- **Reservations over time** (`Envelope`, `future_total`). A job's memory is a curve, not a
+  constant: real compilers peak in a short phase (nvcc's cicc, icpx's device code generation,
+  g++'s GC) and spend most of their run well below it. A running job whose profile has a curve
+  reserves what it will still reach from where it is now, blurred in time because a loaded
+  machine shifts every curve; a waiting job is admitted when the jobs' future total stays under
+  the budget, so jobs whose peaks do not coincide may overlap.
+- **The safety net, in order of cost** (`pressure_actions`). Act on the live total with a
+  short-horizon growth estimate, never on a sum of worst cases: (1) pause admission when the
+  projected total nears the budget or the host runs low; (2) freeze (SIGSTOP) the growing job
+  that costs least to hold, keeping the oldest job running so the build always progresses, and
+  thaw when memory returns; (3) only when the live total is over the budget (or the host is at
+  its critical mark) kill the job whose death loses the least work per byte freed.
+- **Retry and censoring** (`after_memory_kill`, `censored_record`). A job is killed for memory at
+  most once per build; its re-run is protected (never frozen or killed again) and reserved at
+  least at what the killed run reached. A run cut short gives a lower bound, never a peak.
+- **Learning inside one build** (`sibling_prediction`, `unknown_family_limit`). A never-measured
+  job is predicted from measured siblings in this build (same compiler and kind; the same
+  target directory and source family first; scaled by source size), and while a family has no
+  finished job only a few of its jobs start at once: a first build converges after a few jobs
+  instead of running everything on a guess.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+Curve = tuple[tuple[float, int], ...]  # (seconds since the job started, tree RSS in bytes)
+
+# --- curves and envelopes ----------------------------------------------------------------------
+
+CURVE_BLUR = 0.15  # of a job's duration: how far a loaded machine shifts its curve in time
+PROGRESS_MARGIN = 0.1  # progress is estimated low by this much (earlier = larger future peak)
+GRID_POINTS = 48  # resolution of the future-total check
+
+
+def curve_duration(curve: Curve) -> float:
+    return curve[-1][0] if curve else 0.0
+
+
+def curve_peak(curve: Curve) -> int:
+    return max((rss for _, rss in curve), default=0)
+
+
+def _max_over(curve: Curve, start: float, end: float) -> int:
+    """Largest RSS of the curve over [start, end] (curve time); the sample at or before
+    `start` counts, since RSS holds between samples."""
+    best = 0
+    before = 0
+    for t, rss in curve:
+        if t < start:
+            before = rss
+            continue
+        if t > end:
+            break
+        best = max(best, rss)
+    return max(best, before)
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """A job's memory from now on, as the admission check sees it.
+
+    `curve` is the recorded curve (empty: unknown shape, so the job holds `floor` until it
+    ends, which we do not know either); `position` is where on the curve the job is now (curve
+    seconds); `scale` stretches the curve's RSS (a run heavier than its record); `floor` is a
+    lower bound the job holds until it ends (its live RSS, or its prediction when no curve)."""
+
+    curve: Curve
+    position: float
+    floor: int
+    scale: float = 1.0
+
+    @property
+    def remaining_s(self) -> float:
+        if not self.curve:
+            return math.inf
+        return max(0.0, curve_duration(self.curve) - self.position)
+
+    def at(self, dt: float) -> int:
+        """RSS `dt` seconds from now, blurred over ± CURVE_BLUR of the duration. Past the end
+        of the curve (plus the blur) the job is done and holds nothing."""
+        if not self.curve:
+            return self.floor
+        duration = curve_duration(self.curve)
+        blur = CURVE_BLUR * duration
+        t = self.position + dt
+        if t - blur > duration:
+            return 0
+        value = int(_max_over(self.curve, max(0.0, t - blur), t + blur) * self.scale)
+        # The live RSS holds at least until the curve says the job falls below it; once the
+        # blurred curve has moved past now, trust the curve.
+        return max(value, self.floor) if dt <= blur else value
+
+    def peak_ahead(self) -> int:
+        """The most it will still reach (the remaining peak)."""
+        if not self.curve:
+            return self.floor
+        start = max(0.0, self.position - CURVE_BLUR * curve_duration(self.curve))
+        return max(self.floor, int(_max_over(self.curve, start, math.inf) * self.scale))
+
+
+def running_envelope(
+    curve: Curve,
+    predicted: int,
+    rss: int,
+    elapsed_s: float,
+    cpu_s: float = 0.0,
+    predicted_cpu_s: float = 0.0,
+) -> Envelope:
+    """The envelope of a running job. With a curve, the job's position on it is the lower of
+    its wall- and CPU-based progress, less a margin: an early estimate can only overstate what
+    is still to come (the remaining peak never grows as the position moves on). A job already
+    above its record scales the rest of the curve up. Without a curve it reserves
+    max(predicted, live) to the end, as a sum of peaks would."""
+    if not curve:
+        return Envelope((), 0.0, max(predicted, rss))
+    duration = curve_duration(curve)
+    progress = elapsed_s / duration if duration else 1.0
+    if predicted_cpu_s > 0:
+        progress = min(progress, cpu_s / predicted_cpu_s)
+    progress = max(0.0, min(1.0, progress) - PROGRESS_MARGIN)
+    position = progress * duration
+    recorded_now = _max_over(curve, max(0.0, position - CURVE_BLUR * duration), position)
+    scale = max(1.0, rss / recorded_now) if recorded_now else 1.0
+    return Envelope(curve, position, rss, min(scale, 4.0))
+
+
+def waiting_envelope(curve: Curve, predicted: int) -> Envelope:
+    """A job about to start: its whole curve (scaled to its predicted peak), or its predicted
+    peak to the end when it has no curve."""
+    if not curve:
+        return Envelope((), 0.0, predicted)
+    peak = curve_peak(curve)
+    scale = max(1.0, predicted / peak) if peak else 1.0
+    return Envelope(curve, 0.0, 0, scale)
+
+
+def horizon_of(envelopes: Sequence[Envelope]) -> float:
+    """How far ahead the future-total check looks: until the last job with a curve is done."""
+    return max(
+        (e.remaining_s + CURVE_BLUR * curve_duration(e.curve) for e in envelopes if e.curve),
+        default=0.0,
+    )
+
+
+def grid(envelope: Envelope, horizon: float, points: int = GRID_POINTS) -> list[int]:
+    """The envelope sampled at `points + 1` evenly spaced times from now to `horizon`."""
+    if not envelope.curve or horizon <= 0:
+        return [envelope.at(0.0)] * (points + 1)
+    step = horizon / points
+    return [envelope.at(i * step) for i in range(points + 1)]
+
+
+def future_total(envelopes: Sequence[Envelope]) -> int:
+    """The largest total the jobs will reach together from now on (grid over the longest
+    finite remaining time; jobs with no curve count at their floor throughout)."""
+    if not envelopes:
+        return 0
+    horizon = horizon_of(envelopes)
+    columns = [grid(e, horizon) for e in envelopes]
+    return max(sum(values) for values in zip(*columns, strict=True))
+
+
+def fits_beside(running: Sequence[Envelope], candidate: Envelope, budget: int) -> bool:
+    return future_total([*running, candidate]) <= budget
+
+
+# --- pressure: pause, freeze, thaw, kill -------------------------------------------------------
+
+GROWTH_HORIZON_S = 2.0  # how far ahead the growth estimate looks
+PAUSE_AT = 0.90  # projected total / budget that pauses admission
+FREEZE_AT = 0.97  # projected total / budget that freezes a growing job
+THAW_BELOW = 0.85  # a frozen job resumes when the total plus what it may still grow fits this
+
+
+@dataclass(frozen=True)
+class LiveJob:
+    """A running job as the memory guard sees it."""
+
+    job_id: int
+    rss: int
+    growth_bps: float  # recent RSS slope (bytes/s); negative when shrinking
+    started_at: float
+    cpu_s: float  # work done so far: what a kill throws away
+    frozen: bool = False
+    protected: bool = False  # a re-run after a memory kill: never frozen or killed again
+    peak_ahead: int = 0  # what its profile says it will still reach (0: unknown)
+
+
+@dataclass(frozen=True)
+class PressureActions:
+    pause: str = ""  # why admission is paused ("" = not paused)
+    freeze: tuple[int, ...] = ()
+    thaw: tuple[int, ...] = ()
+    kill: int | None = None
+    why: str = ""  # the evidence for a freeze or kill, for the event log
+
+
+def projected_total(jobs: Sequence[LiveJob], horizon_s: float = GROWTH_HORIZON_S) -> int:
+    """Live total plus each running (not frozen) job's growth over the horizon; a job is not
+    expected to grow past what its profile says it will still reach."""
+    total = 0
+    for job in jobs:
+        grow = 0 if job.frozen else max(0.0, job.growth_bps) * horizon_s
+        if job.peak_ahead and not job.frozen:
+            grow = min(grow, max(0, job.peak_ahead - job.rss)) if job.rss <= job.peak_ahead else grow
+        total += job.rss + int(grow)
+    return total
+
+
+def kill_victim(jobs: Sequence[LiveJob]) -> int | None:
+    """The job whose death loses the least work per byte freed (CPU seconds / RSS), never a
+    protected re-run; ties go to the youngest. None when fewer than two jobs run (a lone job
+    would run alone on a retry too) or every candidate is protected."""
+    if len(jobs) < 2:
+        return None
+    candidates = [job for job in jobs if not job.protected and job.rss > 0]
+    if not candidates:
+        return None
+    return min(
+        candidates, key=lambda j: (j.cpu_s / j.rss, -j.started_at, -j.job_id)
+    ).job_id
+
+
+def pressure_actions(
+    jobs: Sequence[LiveJob],
+    budget: int,
+    *,
+    host_available: int | None = None,
+    low_water: int = 0,
+    critical: int = 0,
+    horizon_s: float = GROWTH_HORIZON_S,
+    can_freeze: bool = True,
+) -> PressureActions:
+    """What to do about memory now.
+
+    Kill only when the live total is already over the budget or the host is under its
+    critical mark; before that, freeze growing jobs (cheapest to hold first: least RSS pinned)
+    until the projected total fits, keeping the oldest unfrozen job running; thaw the
+    earliest-started frozen job when the total plus what it may still grow fits again."""
+    live = sum(job.rss for job in jobs)
+    projected = projected_total(jobs, horizon_s)
+    host_low = host_available is not None and host_available < low_water
+    host_critical = host_available is not None and host_available < critical
+
+    pause = ""
+    if host_low:
+        pause = "host memory under the low-water mark"
+    elif projected >= PAUSE_AT * budget:
+        pause = "the jobs' projected total is near the budget"
+
+    if live > budget or host_critical:
+        victim = kill_victim(jobs)
+        where = "host available memory is critical" if host_critical else "live total over budget"
+        if victim is not None:
+            return PressureActions(pause or where, kill=victim, why=where)
+        # Nothing may be killed (one job, or only protected re-runs): freeze what can be frozen.
+
+    frozen_ids = {job.job_id for job in jobs if job.frozen}
+    running = [job for job in jobs if not job.frozen]
+    freeze: list[int] = []
+    if can_freeze and (projected > FREEZE_AT * budget or live > budget or host_critical):
+        oldest = min(running, key=lambda j: (j.started_at, j.job_id), default=None)
+        growing = sorted(
+            (
+                job
+                for job in running
+                if job.growth_bps > 0 and not job.protected and job is not oldest
+            ),
+            key=lambda j: (j.rss, -j.started_at),
+        )
+        over = projected - int(FREEZE_AT * budget)
+        for job in growing:
+            if over <= 0 and live <= budget:
+                break
+            freeze.append(job.job_id)
+            over -= int(max(0.0, job.growth_bps) * horizon_s)
+        if freeze:
+            return PressureActions(pause or "freezing growing jobs", freeze=tuple(freeze),
+                                   why=f"projected total {projected} > {FREEZE_AT:.0%} of budget")
+
+    thaw: list[int] = []
+    if frozen_ids and projected <= FREEZE_AT * budget and not host_low:
+        room = int(THAW_BELOW * budget) - projected
+        nothing_runs = not running
+        for job in sorted((j for j in jobs if j.frozen), key=lambda j: (j.started_at, j.job_id)):
+            may_grow = max(0, job.peak_ahead - job.rss) if job.peak_ahead else int(
+                max(0.0, job.growth_bps) * horizon_s
+            )
+            if may_grow <= room or (nothing_runs and not thaw):
+                thaw.append(job.job_id)
+                room -= may_grow
+    return PressureActions(pause, thaw=tuple(thaw))
+
+
+def growth_rate(samples: Sequence[tuple[float, int]], window_s: float = 1.5) -> float:
+    """RSS slope (bytes/s) over the last `window_s` of (t, rss) samples; 0 with too few."""
+    if len(samples) < 2:
+        return 0.0
+    t_end, rss_end = samples[-1]
+    start = samples[0]
+    for t, rss in reversed(samples):
+        start = (t, rss)
+        if t_end - t >= window_s:
+            break
+    dt = t_end - start[0]
+    return (rss_end - start[1]) / dt if dt > 0 else 0.0
+
+
+# --- retry and censoring ----------------------------------------------------------------------
+
+RERUN_HEADROOM = 1.1  # a re-run after a memory kill reserves this much above what it reached
+
+
+@dataclass(frozen=True)
+class Rerun:
+    reserve: int  # what the re-run is admitted on
+    protected: bool  # never frozen or killed again
+
+
+def after_memory_kill(predicted: int, reached: int, memory_kills: int) -> Rerun | None:
+    """A job killed for memory is re-run once, protected, and reserved at least at what the
+    killed run reached (plus headroom); a second memory kill cannot happen (protected), so a
+    job that already had its one kill gets no further memory retry (None)."""
+    if memory_kills > 1:
+        return None
+    return Rerun(reserve=max(predicted, int(reached * RERUN_HEADROOM)), protected=True)
+
+
+def censored_record(status: str, peak: int) -> tuple[int, bool]:
+    """(peak to store, censored?) for a finished attempt: a run that completed measured its
+    peak (a freeze pauses a job, it does not cut it short); a run that was killed, interrupted
+    or hung only shows a lower bound."""
+    return peak, status != "ok"
+
+
+# --- learning inside one build ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sibling:
+    """A job of this build as sibling prediction sees it (finished, or still running)."""
+
+    compiler: str
+    kind: str
+    directory: str  # the output's directory (CMake: the target's object dir)
+    family: str  # source suffix: .cu, .cpp, ...
+    source_bytes: int
+    peak: int  # finished: its peak; running: the most it reached so far (a lower bound)
+    finished: bool = True
+    curve: Curve = ()
+
+
+SIZE_SCALE_LIMITS = (0.5, 2.0)  # a source's size moves its sibling-based prediction at most this
+
+
+def _scaled(peak: int, size: int, sibling_size: int) -> int:
+    if size <= 0 or sibling_size <= 0:
+        return peak
+    low, high = SIZE_SCALE_LIMITS
+    return int(peak * min(high, max(low, size / sibling_size)))
+
+
+def sibling_prediction(job: Sibling, siblings: Sequence[Sibling]) -> tuple[int, str, Curve] | None:
+    """Predict a never-measured job from its siblings in this build: same compiler and kind,
+    the same directory and family first, then the same family anywhere in the build. Finished
+    siblings give size-scaled peaks (the upper quartile, so a job is placed as one of the
+    heavier ones); running siblings give lower bounds (what they reached so far). None when no
+    sibling finished yet. Returns (bytes, source, curve of the closest-sized finished one)."""
+    same = [s for s in siblings if s.compiler == job.compiler and s.kind == job.kind]
+    for scope, group in (
+        ("sibling-dir", [s for s in same if s.directory == job.directory
+                         and s.family == job.family]),
+        ("sibling", [s for s in same if s.family == job.family]),
+    ):
+        finished = [s for s in group if s.finished]
+        if not finished:
+            continue
+        scaled = sorted(_scaled(s.peak, job.source_bytes, s.source_bytes) for s in finished)
+        estimate = scaled[min(len(scaled) - 1, (3 * len(scaled)) // 4)]
+        floor = max((s.peak for s in group if not s.finished), default=0)
+        closest = min(finished, key=lambda s: abs(s.source_bytes - job.source_bytes))
+        return max(estimate, floor), scope, closest.curve
+    return None
+
+
+UNKNOWN_START_FRACTION = 0.25  # of the slots: jobs of an unmeasured family that may start at once
+
+
+def unknown_family_limit(slots: int) -> int:
+    """How many jobs of a family with nothing measured (no finished job in this build, no
+    profile) may run at once: a slow start, so a first build learns from a few jobs before it
+    bets the whole budget on a guess."""
+    return max(2, math.ceil(slots * UNKNOWN_START_FRACTION))
