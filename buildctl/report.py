@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
+
+from buildctl.errors import BadInput, BuildctlError, BuildFailed
 
 JobKind = Literal["compile", "link", "other"]
 JobStatus = Literal["ok", "failed", "hung", "killed-retried", "crashed", "interrupted", "running"]
@@ -25,6 +29,8 @@ EventKind = Literal[
     "spin",
     "interrupt",
     "info",
+    "freeze",
+    "thaw",
 ]
 
 
@@ -48,6 +54,8 @@ class JobRecord(BaseModel):
     status: JobStatus = "running"
     exit_code: int | None = None
     exclusive: bool = False
+    frozen_s: float = 0.0  # time the memory guard held it stopped (not in wall_s)
+    memory_kills: int = 0  # times the memory guard killed it (at most once per build)
     node: str | None = None
     verdict: str = "healthy"
     # What the verdict rests on: CPU share, RSS and its trend, major faults/s, the process.
@@ -100,13 +108,74 @@ class BuildReport(BaseModel):
         return cls.model_validate(json.loads(Path(path).read_text()))
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+def current_umask() -> int:
+    """The process umask, read without changing it (other threads may be creating files)."""
     try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # no /proc: the only other way to read it is to set it
+    os.umask(mask)
+    return mask
+
+
+def shared_file_mode(path: Path) -> int:
+    """The mode a file the user shares (report, wheel, index page) gets: the mode it has now, or
+    what a plain `open(path, "w")` would give a new file (0666 minus the umask). Temporary files
+    are born 0600; the file that replaces the old one must not be."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return 0o666 & ~current_umask()
+
+
+def _write_error(path: Path, exc: OSError) -> BuildctlError:
+    """A failed write as the two lines a user can act on (never a traceback)."""
+    reason = exc.strerror or str(exc)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG):
+        return BuildFailed(
+            f"cannot write {path}: {reason}", f"free some space on {path.parent} and run again"
+        )
+    return BadInput(
+        f"cannot write {path}: {reason}", "name a file in a directory you can write to"
+    )
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` so that a crash or a full disk never leaves half a file (the old
+    one stays). The new file gets the mode the old one had, or the umask's (it is shared).
+    Failures are BuildctlErrors: a directory named as the file (bad input), a full disk."""
+    write_bytes_atomic(path, text.encode())
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    if path.is_dir():
+        raise BadInput(f"{path} is a directory", "name a file, e.g. " + str(path / "report.json"))
+    if path.exists() and not path.is_file():
+        # A device or a pipe (/dev/stdout): write into it; renaming over it would replace it.
+        try:
+            with open(path, "wb") as handle:
+                handle.write(data)
+        except OSError as exc:
+            raise _write_error(path, exc) from None
+        return
+    tmp: str | None = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        mode = shared_file_mode(path)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), mode)
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())  # ENOSPC shows up here, not after the rename
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        tmp = None
+    except OSError as exc:
+        raise _write_error(path, exc) from None
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)

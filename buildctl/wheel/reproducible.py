@@ -23,6 +23,7 @@ from packaging.version import InvalidVersion, Version
 
 import buildctl
 from buildctl.errors import BadInput
+from buildctl.report import shared_file_mode
 from buildctl.wheel.elfsyms import is_elf
 from buildctl.wheel.wheelzip import (
     check_member_name,
@@ -89,6 +90,7 @@ def write_entries(
                 info.create_system = 3  # Unix, so external_attr carries the mode
                 info.external_attr = (0o100000 | _mode(name, data)) << 16
                 zf.writestr(info, data, compresslevel=6)
+        os.chmod(tmp, shared_file_mode(dst))  # mkstemp made it 0600; wheels are shared
         os.replace(tmp, dst)  # atomic: a crash never leaves half a wheel under the real name
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
