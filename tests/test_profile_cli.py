@@ -24,7 +24,7 @@ def test_export_import_show_roundtrip(tmp_path: Path) -> None:
     exported = tmp_path / "ops.json"
     result = run_buildctl("profile", "--profiles", str(source), "export", str(exported))
     assert result.returncode == 0, result.stderr
-    assert json.loads(exported.read_text())["schema"] == "buildctl.profiles/1"
+    assert json.loads(exported.read_text())["schema"] == "buildctl.profiles/2"
     target = tmp_path / "b.sqlite"
     result = run_buildctl("profile", "--profiles", str(target), "import", str(exported))
     assert result.returncode == 0 and "imported 2" in result.stdout

@@ -11,6 +11,7 @@ import pytest
 from buildctl.errors import BadInput
 from buildctl.govern.profiles import (
     DEFAULT_PRIORS,
+    JobKey,
     ProfileDB,
     ProfileEntry,
     summarize_by_target,
@@ -27,6 +28,10 @@ def entry(output: str, mb: int, kind: str = "compile", compiler: str = GXX) -> P
     )
 
 
+def key(output: str, kind: str = "compile", compiler: str = GXX) -> JobKey:
+    return JobKey(output, kind, compiler)
+
+
 def test_target_of_cmake_object_paths() -> None:
     assert target_of("CMakeFiles/ops.dir/gen/a.cpp.o") == "ops"
     assert target_of("sub/CMakeFiles/x.dir/b.cc.o") == "x"
@@ -36,15 +41,15 @@ def test_target_of_cmake_object_paths() -> None:
 def test_prediction_falls_back_in_order(tmp_path: Path) -> None:
     db = ProfileDB(tmp_path / "p.sqlite")
     out = "CMakeFiles/ops.dir/a.cpp.o"
-    assert db.predict(out, "compile", GXX).source == "prior"
-    assert db.predict(out, "compile", GXX).bytes == DEFAULT_PRIORS["compile"]
+    assert db.predict(key(out)).source == "prior"
+    assert db.predict(key(out)).bytes == DEFAULT_PRIORS["compile"]
     db.record(entry("CMakeFiles/ops.dir/b.cpp.o", 300))
-    p = db.predict(out, "compile", GXX)
+    p = db.predict(key(out))
     assert (p.source, p.bytes) == ("target", 300 * M)
     db.record(entry(out, 120, compiler="clang++"))
-    assert db.predict(out, "compile", GXX).source == "output"
+    assert db.predict(key(out)).source == "output"
     db.record(entry(out, 100))
-    p = db.predict(out, "compile", GXX)
+    p = db.predict(key(out))
     assert (p.source, p.bytes) == ("exact", 100 * M)
 
 
@@ -52,14 +57,14 @@ def test_exact_prediction_is_max_of_recent_three(tmp_path: Path) -> None:
     db = ProfileDB(tmp_path / "p.sqlite")
     for mb in (500, 100, 110, 105):
         db.record(entry("x.o", mb))
-    assert db.predict("x.o", "compile", GXX).bytes == 110 * M
+    assert db.predict(key("x.o")).bytes == 110 * M
 
 
 def test_family_needs_several_samples(tmp_path: Path) -> None:
     db = ProfileDB(tmp_path / "p.sqlite")
     for i, mb in enumerate((100, 200, 300, 400)):
         db.record(entry(f"other{i}/f{i}.cpp.o", mb))
-    p = db.predict("new/thing.cpp.o", "compile", GXX)
+    p = db.predict(key("new/thing.cpp.o"))
     assert p.source == "family" and 300 * M <= p.bytes <= 400 * M
 
 
@@ -94,7 +99,7 @@ def test_writer_killed_mid_build_leaves_db_usable(tmp_path: Path) -> None:
     proc.join()
     db = ProfileDB(path)
     db.record(entry("after.o", 5))
-    assert db.predict("after.o", "compile", GXX).bytes == 5 * M
+    assert db.predict(key("after.o")).bytes == 5 * M
 
 
 def test_export_import_roundtrip(tmp_path: Path) -> None:
@@ -102,10 +107,10 @@ def test_export_import_roundtrip(tmp_path: Path) -> None:
     a.record(entry("CMakeFiles/t.dir/x.cpp.o", 150))
     a.record(entry("libt.so", 40, kind="link"))
     text = a.export_json()
-    assert '"schema": "buildctl.profiles/1"' in text
+    assert '"schema": "buildctl.profiles/2"' in text
     b = ProfileDB(tmp_path / "b.sqlite")
     assert b.import_json(text) == 2
-    assert b.predict("CMakeFiles/t.dir/x.cpp.o", "compile", GXX).bytes == 150 * M
+    assert b.predict(key("CMakeFiles/t.dir/x.cpp.o")).bytes == 150 * M
     summary = summarize_by_target(b.latest())
     assert summary[0].target == "t" and summary[0].max_peak_bytes == 150 * M
 

@@ -1,29 +1,44 @@
-"""Peak-RSS profiles: every finished job's measured peak, keyed by output + compiler identity.
+"""Peak-RSS profiles: every finished job's measured peak and thinned RSS curve, keyed by project,
+output, compiler identity and compile fingerprint.
 
 SQLite in WAL mode so that concurrent builds (CI building several torch versions at once) and
-crashes mid-write never corrupt it; each finished job is one short transaction.
+crashes mid-write never corrupt it; each finished job is one short transaction. The DB is a help,
+never a reason to stop a command: a corrupt file is moved aside and replaced, and a DB that cannot
+be written (read-only, disk full) is read as far as it can be while nothing is recorded; both are
+told once through `ProfileDB.warnings`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
+import re
 import sqlite3
 import statistics
+import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
-from buildctl.errors import BadInput
+from buildctl.errors import BadInput, BuildctlError
 from buildctl.govern.scheduler import cpu_share
 
-PROFILES_SCHEMA = "buildctl.profiles/1"
+PROFILES_SCHEMA = "buildctl.profiles/2"
+ACCEPTED_SCHEMAS = ("buildctl.profiles/1", PROFILES_SCHEMA)
+SCHEMA_VERSION = 2  # PRAGMA user_version of the DB layout below
 MiB = 1024**2
+PiB = 1024**5
+# No build job runs for months; a larger time in an import is a broken file.
+MAX_SECONDS = 1e7
+CURVE_POINTS = 64
+RECENT_RUNS = 3  # the max of the last three absorbs run-to-run noise without remembering forever
 
 # Used only when nothing is known about a job or its neighbours. Conservative for g++ TUs
 # (100-300 MB measured here) and honest for GPU-kernel TUs, which reach gigabytes.
@@ -98,15 +113,74 @@ def family_of(output: str) -> str:
     return suffix or name
 
 
+# Before schema 2 a compile's fingerprint was glued onto its compiler identity: "g++ 12 #1a2b3c4d".
+_GLUED_FINGERPRINT = re.compile(r"^(.*) #([0-9a-f]{1,64})$", re.DOTALL)
+
+
+def split_compiler(compiler: str) -> tuple[str, str]:
+    """("g++: g++ 12", "1a2b3c4d") from a schema-1 compiler string "g++: g++ 12 #1a2b3c4d";
+    (compiler, "") when nothing is glued on (pure)."""
+    match = _GLUED_FINGERPRINT.match(compiler)
+    return (match.group(1), match.group(2)) if match else (compiler, "")
+
+
+def thin_curve(
+    samples: Sequence[tuple[float, int]], max_points: int = CURVE_POINTS
+) -> list[tuple[float, int]]:
+    """At most `max_points` samples of an RSS curve (time since job start, tree RSS), pure.
+
+    Keeps the first and last sample and, from each of `max_points - 2` equal slices of time in
+    between, its highest sample: an upper envelope, so the peak is always kept and a thinned
+    curve never shows a job lighter than it was at any time."""
+    points = sorted((float(t), int(rss)) for t, rss in samples)
+    if len(points) <= max_points:
+        return points
+    if max_points < 2:
+        return [max(points, key=lambda p: p[1])][:max_points]
+    first, last, inner = points[0], points[-1], points[1:-1]
+    slices = max_points - 2
+    span = last[0] - first[0]
+    best: dict[int, tuple[float, int]] = {}
+    for position, point in enumerate(inner):
+        if span > 0:
+            index = min(slices - 1, int((point[0] - first[0]) / span * slices))
+        else:  # every sample at one instant: slice by position instead
+            index = position * slices // len(inner)
+        if index not in best or point[1] > best[index][1]:
+            best[index] = point
+    return [first, *(best[i] for i in sorted(best)), last]
+
+
+@dataclass(frozen=True)
+class JobKey:
+    """What a prediction is asked for."""
+
+    output: str  # build-dir-relative output path
+    kind: str  # compile | link | other
+    compiler: str  # compiler identity ("g++: g++ (Debian 12.2.0-14) 12.2.0"), no fingerprint
+    fingerprint: str = ""  # compile_fingerprint(argv, source digest); "" for link/other
+    project: str = ""  # two projects never share an exact/output/target/family prediction
+
+
 @dataclass(frozen=True)
 class Prediction:
     bytes: int
     source: str  # exact | output | target | family | prior
     wall_s: float | None = None
     cpu_share: float = 1.0  # of a CPU slot (scheduler.cpu_share); 1.0 unless measured waiting
+    # A run of this job was cut short (killed, frozen, interrupted) after its last complete
+    # measurement and its bound raised `bytes`, or the job has only such runs (then `bytes` is
+    # at least that bound and `source` tells where the rest of the estimate came from).
+    censored: bool = False
+    # The thinned RSS curve (t_s since job start, tree RSS) of the run `bytes` came from;
+    # exact and output predictions only.
+    curve: tuple[tuple[float, int], ...] = ()
 
 
 class ProfileEntry(BaseModel):
+    """One run of one job, as the governor records it. Lenient: whatever production measured is
+    kept (an output outside the build dir stays absolute); imports go through CheckedEntry."""
+
     output: str
     kind: str
     compiler: str
@@ -117,27 +191,193 @@ class ProfileEntry(BaseModel):
     runq_wait_s: float = 0.0  # runnable but waiting for a CPU
     target: str = ""
     recorded_at: float = 0.0
+    fingerprint: str = ""
+    project: str = ""
+    censored: bool = False  # peak_rss_bytes is only a lower bound (killed/frozen/interrupted run)
+    curve: list[tuple[float, int]] = []  # thinned RSS curve (t_s since start, tree RSS)
+    source_bytes: int = 0  # size of the compiled source (for scaling sibling predictions)
+    cache_hit: bool = False  # a ccache/sccache hit: never used as a measurement of the compile
+
+
+_Bytes = Annotated[int, Field(ge=0, le=PiB)]
+_Seconds = Annotated[float, Field(ge=0, le=MAX_SECONDS, allow_inf_nan=False)]
+
+
+class CheckedEntry(ProfileEntry):
+    """A profile entry from a file: impossible values are refused, not recorded."""
+
+    output: str = Field(min_length=1, max_length=4096)
+    kind: Literal["compile", "link", "other"]
+    compiler: str = Field(max_length=4096)
+    peak_rss_bytes: int = Field(gt=0, le=PiB)
+    wait4_maxrss_bytes: _Bytes = 0
+    wall_s: _Seconds = 0.0
+    cpu_s: _Seconds = 0.0
+    runq_wait_s: _Seconds = 0.0
+    recorded_at: float = Field(0.0, ge=0, le=1e11, allow_inf_nan=False)
+    fingerprint: str = Field("", pattern=r"^[0-9a-f]{0,64}$")
+    project: str = Field("", max_length=200)
+    curve: list[tuple[_Seconds, _Bytes]] = Field([], max_length=10_000)
+    source_bytes: _Bytes = 0
+
+    @field_validator("output")
+    @classmethod
+    def _relative_inside_build_dir(cls, output: str) -> str:
+        if "\0" in output or output.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", output):
+            raise ValueError("must be a path relative to the build directory")
+        if ".." in re.split(r"[/\\]", output):
+            raise ValueError("must not contain '..'")
+        return output
 
 
 class ProfileExport(BaseModel):
+    """What `profile export` writes."""
+
     schema_: str = Field(PROFILES_SCHEMA, alias="schema")
     entries: list[ProfileEntry]
     model_config = {"populate_by_name": True}
 
 
-def _from_rows(rows: Sequence[tuple[int, float, float, float]], source: str) -> Prediction:
-    """A prediction from recent runs (peak, wall, cpu, run-queue wait) of one job: the largest
-    of each, so a job is never predicted lighter than any of them (its CPU share included)."""
+class _CheckedExport(BaseModel):
+    schema_: str = Field(alias="schema")
+    entries: list[CheckedEntry]
+
+
+_IMPORT_FIX = "pass a file written by `buildctl profile export`"
+
+
+def read_export_text(path: Path) -> str:
+    """The text of a profile export file; unreadable or non-UTF-8 files are bad input."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise BadInput(f"cannot read {path}: {exc.strerror or exc}", _IMPORT_FIX) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadInput(
+            f"{path} is not UTF-8 text (bad byte at offset {exc.start}), so not a profile export",
+            _IMPORT_FIX,
+        ) from None
+
+
+def parse_export(text: str, source: str = "<json>") -> list[ProfileEntry]:
+    """The entries of a profile export (schema 1 or 2), checked; BadInput otherwise (pure)."""
+    try:
+        raw = json.loads(text)
+    except ValueError as exc:
+        raise BadInput(f"{source} is not a buildctl profile export: {exc}", _IMPORT_FIX) from None
+    schema = raw.get("schema") if isinstance(raw, dict) else None
+    if not isinstance(raw, dict) or "entries" not in raw:
+        raise BadInput(f"{source} is not a buildctl profile export (no entries)", _IMPORT_FIX)
+    if schema not in ACCEPTED_SCHEMAS:
+        raise BadInput(
+            f"{source} has schema {schema!r}, expected one of {', '.join(ACCEPTED_SCHEMAS)}",
+            "re-export it with this buildctl version",
+        )
+    try:
+        checked = _CheckedExport.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise BadInput(
+            f"{source} is not a valid profile export: {where}: {first['msg']}"
+            + (f" ({exc.error_count()} problems)" if exc.error_count() > 1 else ""),
+            _IMPORT_FIX,
+        ) from None
+    return [ProfileEntry.model_validate(e.model_dump()) for e in checked.entries]
+
+
+@dataclass(frozen=True)
+class _Run:
+    """One row of the runs table, as the prediction rules read it."""
+
+    output: str
+    compiler: str
+    fingerprint: str
+    peak: int
+    wall_s: float
+    cpu_s: float
+    runq_s: float
+    censored: bool
+    curve: str
+
+
+@dataclass(frozen=True)
+class _Estimate:
+    """A job's estimate from its own runs, newest first: the recent complete ones, and the
+    lower bounds of the runs cut short since the newest complete one."""
+
+    recent: tuple[_Run, ...]
+    bound: int
+
+    @property
+    def measured(self) -> bool:
+        return bool(self.recent)
+
+
+def estimate_runs(runs_newest_first: Iterable[_Run], recent: int = RECENT_RUNS) -> _Estimate:
+    """Pure: the last `recent` complete runs, and the largest censored bound newer than the
+    newest complete run (older cut-short runs were superseded by a complete measurement)."""
+    complete: list[_Run] = []
+    bound = 0
+    for run in runs_newest_first:
+        if run.censored:
+            if not complete:
+                bound = max(bound, run.peak)
+            continue
+        complete.append(run)
+        if len(complete) >= recent:
+            break
+    return _Estimate(tuple(complete), bound)
+
+
+def latest_per_output(runs_oldest_first: Iterable[_Run]) -> dict[str, int]:
+    """Pure: each output's current value: its newest complete peak, raised by the bounds of runs
+    cut short after it (an output with only cut-short runs counts at its bound)."""
+    state: dict[str, tuple[int, int]] = {}
+    for run in runs_oldest_first:
+        peak, bound = state.get(run.output, (0, 0))
+        state[run.output] = (peak, max(bound, run.peak)) if run.censored else (run.peak, 0)
+    return {output: max(peak, bound) for output, (peak, bound) in state.items()}
+
+
+def _parse_curve(text: str) -> tuple[tuple[float, int], ...]:
+    try:
+        return tuple((float(t), int(rss)) for t, rss in json.loads(text or "[]"))
+    except (ValueError, TypeError):
+        return ()
+
+
+def _measured(estimate: _Estimate, source: str, bound: int, cut_short: bool) -> Prediction:
+    """A prediction from a job's complete runs: the largest of each, so a job is never predicted
+    lighter than any of them (its CPU share included), nor below a later cut-short run.
+    `cut_short`: the exact key has only runs cut short (this estimate is another flags' one)."""
+    heaviest = max(estimate.recent, key=lambda r: r.peak)
+    bound = max(bound, estimate.bound)
     return Prediction(
-        bytes=max(r[0] for r in rows),
+        bytes=max(heaviest.peak, bound),
         source=source,
-        wall_s=max(r[1] for r in rows),
-        cpu_share=max(cpu_share(r[2], r[1], r[3]) for r in rows),
+        wall_s=max(r.wall_s for r in estimate.recent),
+        cpu_share=max(cpu_share(r.cpu_s, r.wall_s, r.runq_s) for r in estimate.recent),
+        censored=cut_short or bound > heaviest.peak,
+        curve=_parse_curve(heaviest.curve),
     )
 
 
-_SCHEMA_SQL = """
-CREATE TABLE IF NOT EXISTS runs (
+_COLUMNS_V1 = ("output", "kind", "compiler", "target", "family", "peak_rss", "wait4_rss",
+               "wall_s", "cpu_s", "recorded_at")
+_COLUMNS_V2_ADDED = {
+    "runq_s": "REAL NOT NULL DEFAULT 0",
+    "fingerprint": "TEXT NOT NULL DEFAULT ''",
+    "project": "TEXT NOT NULL DEFAULT ''",
+    "censored": "INTEGER NOT NULL DEFAULT 0",
+    "curve": "TEXT NOT NULL DEFAULT '[]'",
+    "source_bytes": "INTEGER NOT NULL DEFAULT 0",
+    "cache_hit": "INTEGER NOT NULL DEFAULT 0",
+}
+_CREATE_V2 = """
+CREATE TABLE runs (
     id INTEGER PRIMARY KEY,
     output TEXT NOT NULL,
     kind TEXT NOT NULL,
@@ -149,153 +389,489 @@ CREATE TABLE IF NOT EXISTS runs (
     wall_s REAL NOT NULL,
     cpu_s REAL NOT NULL,
     recorded_at REAL NOT NULL,
-    runq_s REAL NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS runs_output ON runs(output, compiler);
-CREATE INDEX IF NOT EXISTS runs_target ON runs(target, compiler);
+    runq_s REAL NOT NULL DEFAULT 0,
+    fingerprint TEXT NOT NULL DEFAULT '',
+    project TEXT NOT NULL DEFAULT '',
+    censored INTEGER NOT NULL DEFAULT 0,
+    curve TEXT NOT NULL DEFAULT '[]',
+    source_bytes INTEGER NOT NULL DEFAULT 0,
+    cache_hit INTEGER NOT NULL DEFAULT 0
+)
 """
+_INDEXES_V2 = (
+    "CREATE INDEX IF NOT EXISTS runs_exact ON runs(project, output, compiler, fingerprint)",
+    "CREATE INDEX IF NOT EXISTS runs_target2 ON runs(project, target, compiler, kind)",
+    "CREATE INDEX IF NOT EXISTS runs_family ON runs(project, family, compiler, kind)",
+)
+_RUN_COLUMNS = "output, compiler, fingerprint, peak_rss, wall_s, cpu_s, runq_s, censored, curve"
+
+# sqlite primary result codes (the low byte of an extended code).
+_SQLITE_CORRUPT = 11
+_SQLITE_NOTADB = 26
+
+
+class _Unusable(Exception):
+    """The file is an sqlite DB but not a profile DB this version can use."""
+
+
+class _NotOurs(_Unusable):
+    """Corrupt as far as we are concerned: no usable runs table."""
+
+
+class _Newer(_Unusable):
+    """Written by a newer buildctl (higher user_version): read it, never write it."""
+
+
+def _is_corrupt(exc: BaseException) -> bool:
+    if isinstance(exc, _NotOurs):
+        return True
+    if not isinstance(exc, sqlite3.DatabaseError):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
+    text = str(exc).lower()
+    return "not a database" in text or "malformed" in text
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def migrate(conn: sqlite3.Connection, allow_newer: bool = False) -> None:
+    """Bring a DB to schema 2, under the write lock so two builds opening an old DB at once
+    do not both upgrade it. Schema 1 glued a compile's fingerprint onto its compiler identity;
+    it moves to its own column, so the target and family fallbacks match compile jobs."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION and not allow_newer:
+            raise _Newer(f"it has schema {version}, this buildctl knows {SCHEMA_VERSION}")
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if "runs" not in tables:
+            conn.execute(_CREATE_V2)
+        else:
+            columns = {r[1] for r in conn.execute("PRAGMA table_info(runs)")}
+            missing = [c for c in _COLUMNS_V1 if c not in columns]
+            if missing:
+                raise _NotOurs(f"its runs table has no {', '.join(missing)} column")
+            for name, decl in _COLUMNS_V2_ADDED.items():
+                if name not in columns:
+                    conn.execute(f"ALTER TABLE runs ADD COLUMN {name} {decl}")
+            if version < 2:
+                glued = conn.execute(
+                    "SELECT id, compiler FROM runs WHERE kind='compile' AND fingerprint=''"
+                    " AND compiler LIKE '% #%'"
+                ).fetchall()
+                updates = [(*split_compiler(c), i) for i, c in glued if split_compiler(c)[1]]
+                conn.executemany("UPDATE runs SET compiler=?, fingerprint=? WHERE id=?", updates)
+                conn.execute("DROP INDEX IF EXISTS runs_output")
+                conn.execute("DROP INDEX IF EXISTS runs_target")
+        for statement in _INDEXES_V2:
+            conn.execute(statement)
+        if version < SCHEMA_VERSION:
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _check(conn: sqlite3.Connection) -> None:
+    """Raise when the file is not a healthy sqlite DB (reads every page's structure)."""
+    result = conn.execute("PRAGMA quick_check").fetchone()
+    if not result or result[0] != "ok":
+        raise sqlite3.DatabaseError(f"database disk image is malformed ({result and result[0]})")
+
+
+def _connect(target: str, uri: bool = False) -> sqlite3.Connection:
+    return sqlite3.connect(
+        target, timeout=30, check_same_thread=False, isolation_level=None, uri=uri
+    )
+
+
+T = TypeVar("T")
 
 
 class ProfileDB:
-    """History of measured jobs; predictions come from the most recent runs."""
+    """History of measured jobs; predictions come from the most recent runs.
+
+    Never raises for the state of the file: `warnings` collects one line per problem for the
+    command to print, `record()` returns False when nothing could be written."""
 
     def __init__(self, path: Path | None = None, priors: dict[str, int] | None = None) -> None:
-        self.path = path or default_db_path()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = Path(path) if path is not None else default_db_path()
+        if os.path.isdir(self.path):
+            raise BadInput(
+                f"the profile database {self.path} is a directory",
+                f"pass a file path, e.g. --profiles {self.path / 'profiles.sqlite'}",
+            )
         self.priors = {**DEFAULT_PRIORS, **(priors or {})}
-        self._conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.executescript(_SCHEMA_SQL)
-        self._upgrade()
+        self.warnings: list[str] = []
+        self.writable = False
+        self._inode: tuple[int, int] | None = None
+        self._lock = threading.RLock()
+        self._conn = self._open()
 
-    def _upgrade(self) -> None:
-        """Add the run-queue column to a DB from before it existed. Under the write lock, so two
-        builds opening the same old DB at once do not both try to add it."""
-        self._conn.execute("BEGIN IMMEDIATE")
+    # -- opening, with the checks and fallbacks ------------------------------------------------
+
+    def _warn(self, message: str) -> None:
+        if message not in self.warnings:
+            self.warnings.append(message)
+
+    def _not_recording(self, why: str) -> None:
+        self.writable = False
+        self._warn(
+            f"not recording profiles: {why}; fix: make {self.path} writable (or free disk space),"
+            " or pass --profiles FILE on a writable disk"
+        )
+
+    def _open(self) -> sqlite3.Connection:
         try:
-            columns = {row[1] for row in self._conn.execute("PRAGMA table_info(runs)")}
-            if "runq_s" not in columns:
-                self._conn.execute("ALTER TABLE runs ADD COLUMN runq_s REAL NOT NULL DEFAULT 0")
-            self._conn.execute("COMMIT")
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            self._not_recording(f"cannot create {self.path.parent}: {_why(exc)}")
+            return self._in_memory(None)
+        try:
+            return self._open_writable()
+        except (sqlite3.Error, _Unusable, OSError) as exc:
+            if not _is_corrupt(exc):
+                if isinstance(exc, _Newer):
+                    self._not_recording(f"{self.path} was written by a newer buildctl ({exc})")
+                else:
+                    self._not_recording(f"cannot write {self.path} ({_why(exc)})")
+                return self._in_memory(self.path)
+            first = exc
+        try:
+            moved = self._move_aside_if_corrupt()
+        except OSError as exc:
+            self._not_recording(f"{self.path} is corrupt ({_why(first)}) and cannot be moved "
+                                f"aside ({_why(exc)})")
+            return self._in_memory(None)
+        if moved:
+            self._warn(f"profile DB {self.path} was corrupt ({_why(first)}); moved it aside to "
+                       f"{moved.name} and started a fresh one")
+        try:
+            return self._open_writable()
+        except (sqlite3.Error, _Unusable, OSError) as exc:
+            self._not_recording(f"cannot start a fresh {self.path} ({_why(exc)})")
+            return self._in_memory(None)
+
+    def _open_writable(self) -> sqlite3.Connection:
+        conn = _connect(str(self.path))
+        try:
+            _check(conn)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            migrate(conn)
         except BaseException:
-            self._conn.execute("ROLLBACK")
+            conn.close()
             raise
+        self.writable = True
+        self._inode = self._file_identity()
+        return conn
+
+    def _file_identity(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino)
+
+    def _in_memory(self, source: Path | None) -> sqlite3.Connection:
+        """What can be read of `source`, copied into memory (where predictions and this build's
+        own records live without touching the file); an empty DB when nothing can be read."""
+        memory = _connect(":memory:")
+        if source is not None and os.path.exists(source):
+            for query in ("mode=ro", "immutable=1"):
+                try:
+                    src = _connect(f"{source.resolve().as_uri()}?{query}", uri=True)
+                    try:
+                        _check(src)
+                        src.backup(memory)
+                    finally:
+                        src.close()
+                    break
+                except sqlite3.Error:
+                    memory.close()
+                    memory = _connect(":memory:")
+        try:
+            migrate(memory, allow_newer=True)
+        except (sqlite3.Error, _Unusable):
+            memory.close()
+            memory = _connect(":memory:")
+            migrate(memory)
+        return memory
+
+    def _move_aside_if_corrupt(self) -> Path | None:
+        """Rename the corrupt DB (and its WAL files) to `<name>.corrupt-<time>`, unless another
+        process already replaced it: checked again under a lock, so two builds opening a corrupt
+        DB at once move it aside once and both use the same fresh one."""
+        lock_path = self.path.with_name(self.path.name + ".repair-lock")
+        with open(lock_path, "a") as lock_file:
+            fcntl.flock(lock_file, fcntl.LOCK_EX)
+            try:
+                probe = _connect(str(self.path))
+                try:
+                    _check(probe)
+                    tables = probe.execute("SELECT name FROM sqlite_master").fetchall()
+                    columns = {r[1] for r in probe.execute("PRAGMA table_info(runs)")}
+                    if not tables or all(c in columns for c in _COLUMNS_V1):
+                        return None  # healthy now (another process repaired it)
+                except sqlite3.Error as exc:
+                    if not _is_corrupt(exc):
+                        return None
+                finally:
+                    probe.close()
+                stamp = time.strftime("%Y%m%d-%H%M%S")
+                aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+                serial = 1
+                while aside.exists():
+                    serial += 1
+                    aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{serial}")
+                os.replace(self.path, aside)
+                for suffix in ("-wal", "-shm", "-journal"):
+                    side = self.path.with_name(self.path.name + suffix)
+                    if side.exists():
+                        os.replace(side, aside.with_name(aside.name + suffix))
+                return aside
+            finally:
+                fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+    def _reopen(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self._conn.close()
+        self._conn = self._open()
 
     def close(self) -> None:
-        self._conn.close()
+        with self._lock, contextlib.suppress(sqlite3.Error):
+            self._conn.close()
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._conn:
-            yield self._conn
+    def _read(self, query: Callable[[sqlite3.Connection], T], default: T) -> T:
+        """Run a read; a DB corrupted or replaced under us is reopened (moved aside if need be)
+        and the read tried once more; anything else gives `default` and a warning."""
+        with self._lock:
+            for attempt in range(2):
+                try:
+                    return query(self._conn)
+                except sqlite3.Error as exc:
+                    if attempt == 0 and _is_corrupt(exc):
+                        self._reopen()
+                        continue
+                    self._warn(f"profile DB {self.path} could not be read ({_why(exc)}); "
+                               "using priors")
+                    return default
+            return default
 
-    def record(self, entry: ProfileEntry) -> None:
-        with self._tx() as conn:
-            conn.execute(
-                "INSERT INTO runs (output, kind, compiler, target, family, peak_rss, wait4_rss,"
-                " wall_s, cpu_s, recorded_at, runq_s) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    entry.output,
-                    entry.kind,
-                    entry.compiler,
-                    entry.target or target_of(entry.output),
-                    family_of(entry.output),
-                    entry.peak_rss_bytes,
-                    entry.wait4_maxrss_bytes,
-                    entry.wall_s,
-                    entry.cpu_s,
-                    entry.recorded_at or time.time(),
-                    entry.runq_wait_s,
-                ),
-            )
+    # -- writing --------------------------------------------------------------------------------
 
-    def predict(self, output: str, kind: str, compiler: str) -> Prediction:
-        """Exact match first, then the same output with another compiler, the same target,
-        the same source family, and finally a conservative prior."""
-        rows = self._conn.execute(
-            "SELECT peak_rss, wall_s, cpu_s, runq_s FROM runs WHERE output=? AND compiler=?"
-            " ORDER BY recorded_at DESC, id DESC LIMIT 3",
-            (output, compiler),
-        ).fetchall()
-        if rows:
-            # The max of the last three absorbs run-to-run noise without remembering forever.
-            return _from_rows(rows, "exact")
-        rows = self._conn.execute(
-            "SELECT peak_rss, wall_s, cpu_s, runq_s FROM runs WHERE output=?"
-            " ORDER BY recorded_at DESC LIMIT 3",
-            (output,),
-        ).fetchall()
-        if rows:
-            return _from_rows(rows, "output")
-        target = target_of(output)
-        if target:
-            peaks = self._latest_peaks(
-                "target=? AND compiler=? AND kind=?", (target, compiler, kind)
-            )
-            if peaks:
-                return Prediction(max(peaks), "target")
-        peaks = self._latest_peaks(
-            "family=? AND compiler=? AND kind=?", (family_of(output), compiler, kind)
+    def record(self, entry: ProfileEntry) -> bool:
+        """Store one run. False when it was not stored in the file (read-only, disk full, nothing
+        measured); the first such problem is added to `warnings`. Never raises."""
+        return self.record_many([entry]) == 1
+
+    def record_many(self, entries: Sequence[ProfileEntry]) -> int:
+        """Store runs in one transaction; how many reached the file (all or none)."""
+        rows = [row for row in (self._row(e) for e in entries) if row is not None]
+        if not rows:
+            return 0
+        with self._lock:
+            if self.writable and self._file_identity() != self._inode:
+                # The file was replaced or deleted under us: write to what is there now.
+                self._reopen()
+            for attempt in range(2):
+                try:
+                    self._conn.execute("BEGIN IMMEDIATE")
+                    try:
+                        self._conn.executemany(
+                            "INSERT INTO runs (output, kind, compiler, fingerprint, project,"
+                            " target, family, peak_rss, wait4_rss, wall_s, cpu_s, recorded_at,"
+                            " runq_s, censored, curve, source_bytes, cache_hit)"
+                            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                            rows,
+                        )
+                        self._conn.execute("COMMIT")
+                    except BaseException:
+                        with contextlib.suppress(sqlite3.Error):
+                            self._conn.execute("ROLLBACK")
+                        raise
+                    return len(rows) if self.writable else 0
+                except (sqlite3.Error, OverflowError) as exc:
+                    if attempt == 0 and _is_corrupt(exc):
+                        self._reopen()  # overwritten under us: moved aside, fresh DB
+                        continue
+                    self._not_recording(f"writing {self.path} failed ({_why(exc)})")
+                    if self._conn_is_file():
+                        with contextlib.suppress(sqlite3.Error):
+                            self._conn.close()
+                        self._conn = self._in_memory(self.path)
+                    return 0
+            return 0
+
+    def _conn_is_file(self) -> bool:
+        with contextlib.suppress(sqlite3.Error):
+            return any(row[2] for row in self._conn.execute("PRAGMA database_list"))
+        return False
+
+    @staticmethod
+    def _row(entry: ProfileEntry) -> tuple[Any, ...] | None:
+        peak = entry.peak_rss_bytes or entry.wait4_maxrss_bytes  # sampling missed a short job
+        if peak <= 0:
+            return None  # nothing was measured
+        compiler, fingerprint = entry.compiler, entry.fingerprint
+        if not fingerprint and entry.kind == "compile":
+            compiler, fingerprint = split_compiler(compiler)
+        return (
+            entry.output,
+            entry.kind,
+            compiler,
+            fingerprint,
+            entry.project,
+            entry.target or target_of(entry.output),
+            family_of(entry.output),
+            peak,
+            entry.wait4_maxrss_bytes,
+            entry.wall_s,
+            entry.cpu_s,
+            entry.recorded_at or time.time(),
+            entry.runq_wait_s,
+            int(entry.censored),
+            json.dumps([[round(t, 3), rss] for t, rss in thin_curve(entry.curve)]),
+            entry.source_bytes,
+            int(entry.cache_hit),
         )
+
+    # -- predicting -----------------------------------------------------------------------------
+
+    def predict(
+        self, key: JobKey | str, kind: str | None = None, compiler: str | None = None
+    ) -> Prediction:
+        """Same project + output + compiler + fingerprint first ("exact"), then the same output
+        with other flags or another compiler ("output"), the same target, the same source family,
+        and finally a conservative prior. Cache hits are never measurements; a run cut short
+        only ever raises a prediction.
+
+        `predict(output, kind, compiler)` with a schema-1 compiler string ("name #fp") is the
+        old call, kept until every caller passes a JobKey."""
+        if not isinstance(key, JobKey):
+            name, fingerprint = split_compiler(compiler or "")
+            key = JobKey(key, kind or "other", name, fingerprint)
+        return self._read(lambda conn: self._predict(conn, key), self._prior(key, 0, False))
+
+    def _prior(self, key: JobKey, bound: int, censored: bool) -> Prediction:
+        prior = self.priors.get(key.kind, self.priors["other"])
+        return Prediction(max(prior, bound), "prior", censored=censored)
+
+    def _predict(self, conn: sqlite3.Connection, key: JobKey) -> Prediction:
+        def runs(where: str, params: tuple[str, ...]) -> Iterator[_Run]:
+            cursor = conn.execute(
+                f"SELECT {_RUN_COLUMNS} FROM runs WHERE project=? AND cache_hit=0 AND {where}"
+                " ORDER BY recorded_at DESC, id DESC",
+                (key.project, *params),
+            )
+            return (_Run(*row) for row in cursor)
+
+        bound = 0
+        levels = (
+            ("exact", "output=? AND compiler=? AND fingerprint=?",
+             (key.output, key.compiler, key.fingerprint)),
+            ("output", "output=?", (key.output,)),
+        )
+        for source, where, params in levels:
+            estimate = estimate_runs(runs(where, params))
+            if estimate.measured:
+                return _measured(estimate, source, bound, cut_short=bound > 0)
+            bound = max(bound, estimate.bound)
+        censored = bound > 0
+        target = target_of(key.output)
+        if target:
+            peaks = self._others(conn, key, "target=?", target)
+            if peaks:
+                return Prediction(max(max(peaks), bound), "target", censored=censored)
+        peaks = self._others(conn, key, "family=?", family_of(key.output))
         if len(peaks) >= 3:
             # Unknown file of a known family: assume it is as heavy as the heavier quarter.
-            return Prediction(int(statistics.quantiles(peaks, n=4)[-1]), "family")
-        return Prediction(self.priors.get(kind, self.priors["other"]), "prior")
+            family = int(statistics.quantiles(peaks, n=4)[-1])
+            return Prediction(max(family, bound), "family", censored=censored)
+        return self._prior(key, bound, censored)
 
-    def _latest_peaks(self, where: str, params: tuple[str, ...]) -> list[int]:
-        rows = self._conn.execute(
-            f"SELECT output, peak_rss FROM runs WHERE {where} ORDER BY recorded_at ASC, id ASC",
+    @staticmethod
+    def _others(conn: sqlite3.Connection, key: JobKey, where: str, value: str) -> list[int]:
+        """The current value of every other output of the project matching `where`."""
+        cursor = conn.execute(
+            f"SELECT {_RUN_COLUMNS} FROM runs WHERE project=? AND cache_hit=0 AND {where}"
+            " AND compiler=? AND kind=? AND output<>? ORDER BY recorded_at ASC, id ASC",
+            (key.project, value, key.compiler, key.kind, key.output),
+        )
+        return list(latest_per_output(_Run(*row) for row in cursor).values())
+
+    # -- reading whole histories ----------------------------------------------------------------
+
+    def latest(self, project: str | None = None) -> list[ProfileEntry]:
+        """The most recent complete run of every output (whatever compiler or flags it ran
+        with), one entry per project and output, as a plan needs. Its peak is raised by any run
+        cut short since (then `censored` is set); cache hits are left out."""
+        return self._read(lambda conn: self._latest(conn, project), [])
+
+    def _latest(self, conn: sqlite3.Connection, project: str | None) -> list[ProfileEntry]:
+        where, params = ("AND project=?", (project,)) if project is not None else ("", ())
+        cursor = conn.execute(
+            "SELECT output, kind, compiler, fingerprint, project, target, peak_rss, wait4_rss,"
+            " wall_s, cpu_s, recorded_at, runq_s, censored, curve, source_bytes FROM runs"
+            f" WHERE cache_hit=0 {where} ORDER BY recorded_at ASC, id ASC",
             params,
-        ).fetchall()
-        latest: dict[str, int] = {}
-        for output, peak in rows:
-            latest[output] = peak
-        return list(latest.values())
+        )
+        newest: dict[tuple[str, str], tuple[tuple[Any, ...] | None, tuple[Any, ...], int]] = {}
+        for row in cursor:
+            ident = (row[4], row[0])
+            complete, last, bound = newest.get(ident, (None, row, 0))
+            if row[12]:
+                newest[ident] = (complete, row, max(bound, row[6]))
+            else:
+                newest[ident] = (row, row, 0)
+        entries = []
+        for complete, last, bound in newest.values():
+            base = complete or last
+            (output, kind, compiler, fingerprint, proj, target, peak, wait4, wall, cpu, at, runq,
+             _, curve, source_bytes) = base
+            entries.append(ProfileEntry(
+                output=output, kind=kind, compiler=compiler, fingerprint=fingerprint,
+                project=proj, target=target, peak_rss_bytes=max(peak if complete else 0, bound),
+                wait4_maxrss_bytes=wait4, wall_s=wall, cpu_s=cpu, recorded_at=at,
+                runq_wait_s=runq, censored=complete is None or bound > peak,
+                curve=list(_parse_curve(curve)), source_bytes=source_bytes,
+            ))
+        return sorted(entries, key=lambda e: (e.project, e.target, e.output))
 
-    def latest(self) -> list[ProfileEntry]:
-        """The most recent run of every output (whatever compiler or flags it ran with): one
-        entry per job of the build, as a plan needs."""
-        rows = self._conn.execute(
-            "SELECT output, kind, compiler, target, peak_rss, wait4_rss, wall_s, cpu_s,"
-            " recorded_at, runq_s FROM runs r WHERE id = (SELECT MAX(id) FROM runs WHERE"
-            " output=r.output) ORDER BY target, output"
-        ).fetchall()
-        return [
-            ProfileEntry(
-                output=o,
-                kind=k,
-                compiler=c,
-                target=t,
-                peak_rss_bytes=p,
-                wait4_maxrss_bytes=w,
-                wall_s=ws,
-                cpu_s=cs,
-                recorded_at=ra,
-                runq_wait_s=rq,
+    def projects(self) -> list[str]:
+        return self._read(
+            lambda conn: [r[0] for r in conn.execute(
+                "SELECT DISTINCT project FROM runs ORDER BY project")],
+            [],
+        )
+
+    def export_json(self, project: str | None = None) -> str:
+        return ProfileExport(entries=self.latest(project)).model_dump_json(by_alias=True, indent=1)
+
+    def import_json(self, text: str, source: str = "<json>", project: str | None = None) -> int:
+        """Merge an export (schema 1 or 2) into the DB; `project` names entries that carry none
+        (schema-1 files). BadInput for impossible data; BuildctlError when the DB cannot take it."""
+        entries = parse_export(text, source)
+        if project is not None:
+            entries = [e if e.project else e.model_copy(update={"project": project})
+                       for e in entries]
+        if not entries:
+            return 0
+        stored = self.record_many(entries)
+        if stored != len(entries):
+            raise BuildctlError(
+                f"could not store the profiles of {source} in {self.path}",
+                self.warnings[-1] if self.warnings else "check that the DB file is writable",
             )
-            for o, k, c, t, p, w, ws, cs, ra, rq in rows
-        ]
-
-    def export_json(self) -> str:
-        return ProfileExport(entries=self.latest()).model_dump_json(by_alias=True, indent=1)
-
-    def import_json(self, text: str, source: str = "<json>") -> int:
-        try:
-            data = ProfileExport.model_validate(json.loads(text))
-        except (ValueError, TypeError) as exc:
-            raise BadInput(
-                f"{source} is not a buildctl profile export: {str(exc).splitlines()[0]}",
-                "pass a file written by `buildctl profile export`",
-            ) from exc
-        if data.schema_ != PROFILES_SCHEMA:
-            raise BadInput(
-                f"{source} has schema {data.schema_!r}, expected {PROFILES_SCHEMA!r}",
-                "re-export it with this buildctl version",
-            )
-        for entry in data.entries:
-            self.record(entry)
-        return len(data.entries)
+        return stored
 
 
 @dataclass(frozen=True)
@@ -306,15 +882,16 @@ class TargetSummary:
     heaviest_output: str
     total_cpu_s: float
     link_peak_bytes: int
+    project: str = ""
 
 
 def summarize_by_target(entries: Iterable[ProfileEntry]) -> list[TargetSummary]:
-    """The table users ask for: expected peak memory per target (pure)."""
-    groups: dict[str, list[ProfileEntry]] = {}
+    """The table users ask for: expected peak memory per project and target (pure)."""
+    groups: dict[tuple[str, str], list[ProfileEntry]] = {}
     for entry in entries:
-        groups.setdefault(entry.target or "(other)", []).append(entry)
+        groups.setdefault((entry.project, entry.target or "(other)"), []).append(entry)
     summaries = []
-    for target, items in groups.items():
+    for (project, target), items in groups.items():
         heaviest = max(items, key=lambda e: e.peak_rss_bytes)
         links = [e.peak_rss_bytes for e in items if e.kind == "link"]
         summaries.append(
@@ -325,6 +902,7 @@ def summarize_by_target(entries: Iterable[ProfileEntry]) -> list[TargetSummary]:
                 heaviest_output=heaviest.output,
                 total_cpu_s=sum(e.cpu_s for e in items),
                 link_peak_bytes=max(links, default=0),
+                project=project,
             )
         )
     return sorted(summaries, key=lambda s: s.max_peak_bytes, reverse=True)
