@@ -132,11 +132,11 @@ def thin_curve(
     Keeps the first and last sample and, from each of `max_points - 2` equal slices of time in
     between, its highest sample: an upper envelope, so the peak is always kept and a thinned
     curve never shows a job lighter than it was at any time."""
+    if max_points < 3:
+        raise ValueError("a thinned curve keeps at least its first, peak and last samples")
     points = sorted((float(t), int(rss)) for t, rss in samples)
     if len(points) <= max_points:
         return points
-    if max_points < 2:
-        return [max(points, key=lambda p: p[1])][:max_points]
     first, last, inner = points[0], points[-1], points[1:-1]
     slices = max_points - 2
     span = last[0] - first[0]
@@ -610,9 +610,10 @@ class ProfileDB:
         """Rename the corrupt DB (and its WAL files) to `<name>.corrupt-<time>`, unless another
         process already replaced it: checked again under a lock, so two builds opening a corrupt
         DB at once move it aside once and both use the same fresh one."""
-        lock_path = self.path.with_name(self.path.name + ".repair-lock")
-        with open(lock_path, "a") as lock_file:
-            fcntl.flock(lock_file, fcntl.LOCK_EX)
+        # The directory is the lock (flock on its descriptor): no lock file is left behind.
+        lock_fd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
             try:
                 probe = _connect(str(self.path))
                 try:
@@ -639,7 +640,9 @@ class ProfileDB:
                         os.replace(side, aside.with_name(aside.name + suffix))
                 return aside
             finally:
-                fcntl.flock(lock_file, fcntl.LOCK_UN)
+                fcntl.flock(lock_fd, fcntl.LOCK_UN)
+        finally:
+            os.close(lock_fd)
 
     def _reopen(self) -> None:
         with contextlib.suppress(sqlite3.Error):
