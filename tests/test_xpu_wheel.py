@@ -65,7 +65,9 @@ def test_xpu_project_pins_2025_3_and_builds_a_verified_wheel(tmp_path: Path) -> 
         for key in ("sycl-tla", "oneDNN")
     }
     source = tmp_path / "src"
-    shutil.copytree(FIXTURE, source)
+    commit = _git_repo_from(FIXTURE, source)
+    # the fixture stands in for v0.1.11.1 (oneDNN by FetchContent, kernel config presets)
+    subprocess.run(["git", "tag", "v0.1.11.1"], cwd=source, check=True)
     project = xpu_project(
         torch="2.12.0+xpu",
         source=source,
@@ -85,6 +87,8 @@ def test_xpu_project_pins_2025_3_and_builds_a_verified_wheel(tmp_path: Path) -> 
     assert project.cmake_defines["BUILDCTL_SYCL_LINK_JOBS"] == "2"  # 16 GiB / ~6 GiB per job
     assert project.cmake_defines["BUILDCTL_XPU_AOT_DEVICES"] == "bmg-g31-a0"
     assert project.source_ref == "v0.1.11.1"
+    assert project.source_commit == commit
+    assert project.source_dir != source  # built from the build-owned copy
 
     cache = ROOT / ".buildctl-cache"  # the torch env is shared with the other wheel tests
     req = WheelRequest(
@@ -96,6 +100,7 @@ def test_xpu_project_pins_2025_3_and_builds_a_verified_wheel(tmp_path: Path) -> 
         cmake_defines=project.cmake_defines,
         build_env=project.build_env,
         source_ref=project.source_ref,
+        source_commit=project.source_commit,
         patches=project.patches,
     )
     opts = SessionOptions(

@@ -16,6 +16,9 @@ KERNELS_DIR = REPO_ROOT / "kernels"
 PRESETS = ("tiny", "default", "full")
 BUNDLED = "pagedattn"
 KNOWN = (BUNDLED, "vllm-xpu-kernels")
+# A define value that stands for the Python the build runs with (the per-torch env of a wheel
+# build, sys.executable for `build`): only the driver knows it (`fill_build_python`).
+BUILD_PYTHON = "@BUILDCTL_BUILD_PYTHON@"
 
 
 @dataclass
@@ -30,6 +33,13 @@ class ProjectBuild:
     dist_name: str | None = None
     base_version: str | None = None
     scikit_build: dict | None = None
+    source_commit: str | None = None  # the user's checkout, when source_dir is a build-owned copy
+    source_dirty: bool = False
+    torch: str | None = None  # the torch the sources build with, when they decide it
+
+
+def fill_build_python(defines: dict[str, str], python: str) -> dict[str, str]:
+    return {k: (python if v == BUILD_PYTHON else v) for k, v in defines.items()}
 
 
 def merge_hooks(*define_sets: dict[str, str]) -> dict[str, str]:

@@ -1,27 +1,31 @@
-"""vllm-xpu-kernels: resolve the ref for a torch version, pin the oneAPI compiler, fetch/patch
-the source, pre-stage FetchContent dependencies, and derive the low-RAM knobs from the budget.
+"""vllm-xpu-kernels: read the checkout's tag, check it against `--torch`, pin the oneAPI compiler,
+stage the build-owned copy of the sources (patches, dependencies), and pass what upstream's own
+setup.py passes to CMake, plus the low-RAM knobs derived from the budget.
 
-The build itself goes through the same governed scikit-build-core path as the bundled project:
-buildctl's wrapper pyproject points scikit-build-core at upstream's CMakeLists.txt.
+The tag decides: patches, sycl-tla/oneDNN revisions and the torch a checkout builds with come
+from its matrix row, never from a guess based on `--torch`. The user's checkout is only read;
+everything we change lives in a copy under the cache (`buildctl.toolchain.source_copy`).
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 
 from buildctl.errors import BadInput, BuildFailed
-from buildctl.kernels import ProjectBuild
-from buildctl.toolchain import compat, oneapi, xpu_adapter
-from buildctl.toolchain.patches import apply_patches
+from buildctl.kernels import BUILD_PYTHON, ProjectBuild
+from buildctl.toolchain import compat, oneapi, upstream, xpu_adapter
+from buildctl.toolchain.source_copy import copy_dir_for, stage_source
 
 XPU_SMOKE = """
 import torch, vllm_xpu_kernels  # noqa: F401  (loads the extensions against this torch)
 print("vllm_xpu_kernels imported against torch", torch.__version__)
 """
 
-# Upstream ships `_C` etc. as cp38-abi3 extensions; scikit-build-core gives the same tag.
+# Upstream ships `_C` etc. as cp38-abi3 extensions (py_limited_api=True in its setup.py);
+# scikit-build-core gives the same tag.
 UPSTREAM_SCIKIT_BUILD = {
     "wheel": {"py-api": "cp38", "packages": ["vllm_xpu_kernels"]},
     "cmake": {"build-type": "Release"},
@@ -48,9 +52,40 @@ def fetch_source(repo: str, ref: str, cache_dir: Path) -> Path:
     return dest
 
 
+def torch_for_checkout(source: Path) -> str:
+    """The torch a checkout builds with (for `buildctl build` without --torch)."""
+    matrix = compat.load_matrix()
+    row = upstream.ref_for_identity(upstream.identify_checkout(source, matrix), matrix)
+    return f"{row.builds_with_torch}+xpu"
+
+
+def _resolve_for_checkout(
+    checkout: upstream.UpstreamCheckout, torch: str | None, matrix: compat.CompatMatrix
+) -> compat.Resolution:
+    row = upstream.ref_for_identity(checkout.identity, matrix)
+    if torch is None:
+        torch = f"{row.builds_with_torch}+xpu"
+    release = compat.parse_torch_version(torch).base_version
+    upstream.check_torch_fits(row, release, matrix)
+    return compat.resolve(torch, matrix, kernel_ref=row.ref)
+
+
+def check_aot_supported(aot: str | None, checkout: upstream.UpstreamCheckout) -> None:
+    """Tags whose CMakeLists.txt hard-codes AOT_DEVICES ignore VLLM_XPU_AOT_DEVICES: --aot would
+    silently do nothing there."""
+    if aot is None or checkout.cmake.aot_from_env:
+        return
+    tag = checkout.identity.tag or "this checkout"
+    raise BadInput(
+        f"vllm-xpu-kernels {tag} hard-codes AOT_DEVICES ({checkout.cmake.aot_devices}) and "
+        "ignores VLLM_XPU_AOT_DEVICES, so --aot cannot narrow the devices",
+        "drop --aot (the build compiles for the devices above), or build v0.1.4 or later",
+    )
+
+
 def xpu_project(
     *,
-    torch: str,
+    torch: str | None,
     source: Path | None,
     preset: str | None,
     low_ram: bool,
@@ -60,9 +95,29 @@ def xpu_project(
     compiler: str | None,
     aot: str | None,
     dep_overrides: dict[str, tuple[str, str]] | None = None,
+    environ: Mapping[str, str] | None = None,
+    link_peak_bytes: int | None = None,
 ) -> ProjectBuild:
-    resolution = compat.resolve(torch)
+    env_in = dict(os.environ if environ is None else environ)
+    matrix = compat.load_matrix()
     manifest = xpu_adapter.load_manifest()
+    if source is None:
+        if torch is None:
+            raise BadInput("no --source and no --torch", "pass --torch 2.12.0+xpu or --source DIR")
+        wanted = compat.resolve(torch, matrix)
+        src = fetch_source(str(manifest.data["repo"]), wanted.kernel_ref, cache_dir)
+    else:
+        src = source.resolve()
+        if not (src / "CMakeLists.txt").is_file():
+            raise BadInput(
+                f"--source {source} has no CMakeLists.txt",
+                "pass the top directory of a vllm-xpu-kernels checkout",
+            )
+    checkout = upstream.read_checkout(src, matrix)
+    resolution = _resolve_for_checkout(checkout, torch, matrix)
+    check_aot_supported(aot, checkout)
+    aot_devices = xpu_adapter.aot_devices_for(aot, manifest) if aot else None
+
     found = oneapi.discover(oneapi_roots)
     install = oneapi.pin(found.installs, compiler or resolution.oneapi)
     captured = oneapi.capture_env(install)
@@ -72,40 +127,63 @@ def xpu_project(
     # scikit-build-core would otherwise take CC/CXX from Python's sysconfig (gcc).
     build_env["CXX"] = str(install.icpx)
     build_env["CC"] = str(install.icpx.with_name("icx"))
-    if source is None:
-        src = fetch_source(str(manifest.data["repo"]), resolution.kernel_ref, cache_dir)
-    else:
-        src = source.resolve()
-        if not (src / "CMakeLists.txt").is_file():
-            raise BadInput(
-                f"--source {source} has no CMakeLists.txt",
-                "pass the top directory of a vllm-xpu-kernels checkout",
-            )
+    # upstream's cmake/toolchain.cmake picks the compiler from $CMPLR_ROOT
+    build_env.setdefault("CMPLR_ROOT", str(install.icpx.parent.parent))
+
     patches = xpu_adapter.patches_for(resolution)
-    if patches:
-        apply_patches(src, patches)
     staged = xpu_adapter.prestage_deps(
         manifest, resolution.kernel_ref, cache_dir / "deps", overrides=dep_overrides
     )
-    xpu_adapter.populate_submodules(src, staged)
-    aot_devices = xpu_adapter.aot_devices_for(aot, manifest) if aot else None
+    copy = stage_source(
+        src,
+        copy_dir_for(src, cache_dir / "sources", "vllm-xpu-kernels"),
+        patches=patches,
+        links=staged.submodules,
+    )
     defines = xpu_adapter.cmake_defines_for(
-        resolution, budget_bytes, aot_devices, preset, low_ram, staged
+        resolution,
+        budget_bytes,
+        aot_devices,
+        preset,
+        low_ram,
+        staged,
+        per_link_job_bytes=link_peak_bytes,
+    )
+    defines.update(
+        xpu_adapter.upstream_defines(
+            checkout.setup,
+            checkout.cmake,
+            copy.path,
+            python=BUILD_PYTHON,
+            fetchcontent_dir=cache_dir / "deps" / "fetchcontent",
+            environ=env_in,
+        )
     )
     defines["CMAKE_PROJECT_INCLUDE"] = str(xpu_adapter.HOOK_PATH)
     defines["CMAKE_CXX_COMPILER"] = str(install.icpx)
-    has_pyproject = (src / "pyproject.toml").is_file() and "scikit_build_core" in (
-        src / "pyproject.toml"
-    ).read_text()
+    pyproject = copy.path / "pyproject.toml"
+    has_skbuild = pyproject.is_file() and "scikit_build_core" in pyproject.read_text()
+    identity = checkout.identity
+    scikit_build = dict(UPSTREAM_SCIKIT_BUILD)
+    if checkout.cmake.cmake_min:
+        scikit_build["cmake"] = {
+            **scikit_build["cmake"],
+            "version": f">={checkout.cmake.cmake_min}",
+        }
     return ProjectBuild(
-        name="vllm-xpu-kernels",
-        source_dir=src,
+        name=checkout.name,
+        source_dir=copy.path,
         cmake_defines=defines,
         build_env=build_env,
-        smoke_snippet="" if has_pyproject else XPU_SMOKE,
-        source_ref=resolution.kernel_ref,
+        smoke_snippet="" if has_skbuild else XPU_SMOKE,
+        source_ref=identity.tag if identity.exact and identity.tag else identity.describe(),
+        source_commit=identity.commit or resolution.kernel_commit,
+        source_dirty=identity.dirty,
         patches=patches,
-        dist_name=None if has_pyproject else "vllm-xpu-kernels",
-        base_version=None if has_pyproject else resolution.kernel_ref.lstrip("v"),
-        scikit_build=None if has_pyproject else UPSTREAM_SCIKIT_BUILD,
+        dist_name=None if has_skbuild else checkout.name,
+        base_version=None
+        if has_skbuild
+        else upstream.scm_version(identity.tag or resolution.kernel_ref, identity.distance),
+        scikit_build=None if has_skbuild else scikit_build,
+        torch=resolution.torch,
     )

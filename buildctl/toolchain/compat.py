@@ -58,6 +58,11 @@ class KernelRef(_Model):
     sycl_tla: DepRev
     onednn: DepRev
     kernel_config_presets: bool  # csrc/xpu/attn/kernel_configs/*.conf selection exists
+    # CMakeLists.txt: cmake_minimum_required, PYTHON_SUPPORTED_VERSIONS (configure stops outside
+    # them, whatever pyproject's requires-python says), and whether VLLM_XPU_AOT_DEVICES is read
+    cmake_min: str = "3.26"
+    python_supported_versions: list[str] = Field(default_factory=list)
+    aot_devices_from_env: bool = True
     patches: list[str] = Field(default_factory=list)  # relative to patches/vllm-xpu-kernels/
     problems: list[str] = Field(default_factory=list)
     notes: list[str] = Field(default_factory=list)
@@ -144,6 +149,9 @@ class Resolution(_Model):
     problems: list[str]
     alternatives: list[str]
     notes: list[str]
+    cmake_min: str = "3.26"
+    python_supported_versions: list[str] = Field(default_factory=list)  # "3.9" .. "3.12"
+    aot_devices_from_env: bool = True
 
 
 def default_matrix_path() -> Path:
@@ -283,6 +291,9 @@ def resolve(
         problems=list(ref.problems),
         alternatives=[r for r in row.kernel_refs if r != ref.ref],
         notes=notes,
+        cmake_min=ref.cmake_min,
+        python_supported_versions=list(ref.python_supported_versions),
+        aot_devices_from_env=ref.aot_devices_from_env,
     )
 
 
@@ -309,8 +320,14 @@ def _combine_python(*specs: str) -> str:
 
 
 def python_ok(resolution: Resolution, python_version: str) -> bool:
-    """Whether a target interpreter version (e.g. "3.11.4") is inside the resolved range."""
-    return SpecifierSet(resolution.python).contains(python_version, prereleases=True)
+    """Whether a target interpreter version (e.g. "3.11.4") is inside the resolved range and,
+    where the ref's CMakeLists.txt lists them, one of its PYTHON_SUPPORTED_VERSIONS."""
+    if not SpecifierSet(resolution.python).contains(python_version, prereleases=True):
+        return False
+    if resolution.python_supported_versions:
+        major_minor = ".".join(python_version.split(".")[:2])
+        return major_minor in resolution.python_supported_versions
+    return True
 
 
 def torch_row_for_oneapi(matrix: CompatMatrix, torch_version: str) -> TorchRow | None:

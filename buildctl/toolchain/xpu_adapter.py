@@ -22,10 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from buildctl.data import KERNELS_DIR, PATCHES_DIR
 from buildctl.errors import BadInput, BuildFailed
 from buildctl.host import parse_size
 from buildctl.toolchain.compat import DepRev, KernelRef, Resolution, load_matrix
 from buildctl.toolchain.patches import PatchResult, apply_patches, patches_for_ref
+from buildctl.toolchain.upstream import CMakeFacts, SetupFacts
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -46,19 +48,19 @@ __all__ = [
     "patches_for",
     "populate_submodules",
     "prestage_deps",
+    "upstream_defines",
 ]
 
 HOOK_PATH = Path(__file__).with_name("xpu_hook.cmake")
-_REPO_ROOT = Path(__file__).resolve().parents[2]
 MAX_LINK_JOBS = 16  # upstream's hard-coded value; more never helps
 
 
 def default_manifest_path() -> Path:
-    return _REPO_ROOT / "kernels" / "vllm-xpu-kernels" / "manifest.toml"
+    return KERNELS_DIR / "vllm-xpu-kernels" / "manifest.toml"
 
 
 def default_patch_root() -> Path:
-    return _REPO_ROOT / "patches" / "vllm-xpu-kernels"
+    return PATCHES_DIR / "vllm-xpu-kernels"
 
 
 @dataclass(frozen=True)
@@ -239,6 +241,43 @@ def cmake_defines_for(
     if staged_deps is not None:
         staged = staged_deps.defines if isinstance(staged_deps, StagedDeps) else staged_deps
         defines.update({k: str(v) for k, v in staged.items()})
+    return defines
+
+
+def upstream_defines(
+    setup: SetupFacts,
+    cmake: CMakeFacts,
+    source_dir: Path,
+    *,
+    python: str,
+    fetchcontent_dir: Path,
+    environ: Mapping[str, str],
+) -> dict[str, str]:
+    """What the tag's own setup.py passes to CMake, read from that setup.py.
+
+    Left out on purpose: `VLLM_PYTHON_PATH` (upstream only assigns it to an unused variable),
+    `CMAKE_JOB_POOLS` (the governor admits every job), the ccache/sccache launchers (the
+    governor's launcher takes that slot), and `FETCHCONTENT_BASE_DIR=<source>/.deps` (it points
+    at the build-owned cache instead, so nothing is written into the sources).
+    """
+    defines: dict[str, str] = {
+        "CMAKE_BUILD_TYPE": environ.get("CMAKE_BUILD_TYPE") or "Release",
+    }
+    if setup.toolchain_file:
+        path = Path(setup.toolchain_file)
+        defines["CMAKE_TOOLCHAIN_FILE"] = str(path if path.is_absolute() else source_dir / path)
+    if setup.target_device:
+        defines["VLLM_TARGET_DEVICE"] = environ.get("VLLM_TARGET_DEVICE", setup.default_device)
+    if setup.python_executable or cmake.needs_python_executable:
+        defines["VLLM_PYTHON_EXECUTABLE"] = python
+    if setup.fetchcontent_base_dir:
+        defines["FETCHCONTENT_BASE_DIR"] = str(fetchcontent_dir)
+    for option in setup.kernel_options:
+        value = environ.get(option, "ON").strip().upper()
+        defines[option] = "OFF" if value in ("0", "OFF", "FALSE", "NO") else "ON"
+    for name in setup.forwarded_env:
+        if environ.get(name):
+            defines[name] = environ[name]
     return defines
 
 

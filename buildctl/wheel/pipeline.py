@@ -24,6 +24,8 @@ from buildctl import host
 from buildctl.build import find_tool
 from buildctl.errors import BadInput, BuildFailed
 from buildctl.govern.session import GovernedSession, SessionOptions
+from buildctl.kernels import fill_build_python
+from buildctl.wheel.guard import add_import_guard
 from buildctl.wheel.index import add_wheels, write_pages
 from buildctl.wheel.provenance import (
     BuildProvenance,
@@ -64,6 +66,9 @@ class WheelRequest:
     dist_name: str | None = None
     base_version: str | None = None
     scikit_build: dict | None = None
+    # When source_dir is a build-owned copy: the user's checkout commit, for provenance.
+    source_commit: str | None = None
+    source_dirty: bool = False
 
 
 @dataclass
@@ -198,7 +203,9 @@ def build_wheel(req: WheelRequest, opts: SessionOptions, console: object = None)
     try:
         raw_dir = staging / "raw"
         with GovernedSession(opts) as session:
-            defines = {**session.cmake_defines(), **req.cmake_defines}
+            defines = fill_build_python(
+                {**session.cmake_defines(), **req.cmake_defines}, str(env.python)
+            )
             env_vars = {
                 **os.environ,
                 **req.build_env,
@@ -247,7 +254,14 @@ def build_wheel(req: WheelRequest, opts: SessionOptions, console: object = None)
             )
         cxx = defines.get("CMAKE_CXX_COMPILER") or shutil.which("c++") or "c++"
         provenance = BuildProvenance(
-            source=source_ref(req.project, req.source_dir, req.source_ref),
+            source=SourceRef(
+                project=req.project,
+                ref=req.source_ref,
+                commit=req.source_commit,
+                dirty=req.source_dirty,
+            )
+            if req.source_commit
+            else source_ref(req.project, req.source_dir, req.source_ref),
             patches=patch_records(req.patches),
             compilers={"CXX": compiler_identity(cxx)},
             torch=torch_identity(env.python, target.variant),
@@ -255,6 +269,7 @@ def build_wheel(req: WheelRequest, opts: SessionOptions, console: object = None)
             source_date_epoch=epoch,
         )
         add_provenance(raw, provenance)
+        add_import_guard(raw, target)
         repaired_dir = staging / "repaired"
         repaired = repair_wheel(raw, repaired_dir, torch_lib_dir=env.torch_lib_dir)
         against = (
