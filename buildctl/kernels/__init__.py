@@ -35,7 +35,7 @@ class ProjectBuild:
     scikit_build: dict | None = None
     source_commit: str | None = None  # the user's checkout, when source_dir is a build-owned copy
     source_dirty: bool = False
-    torch: str | None = None  # the torch the sources build with, when they decide it
+    source_torch: str | None = None  # the torch the sources build with, when they decide it
 
 
 def fill_build_python(defines: dict[str, str], python: str) -> dict[str, str]:

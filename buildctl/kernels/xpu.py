@@ -185,5 +185,5 @@ def xpu_project(
         if has_skbuild
         else upstream.scm_version(identity.tag or resolution.kernel_ref, identity.distance),
         scikit_build=None if has_skbuild else scikit_build,
-        torch=resolution.torch,
+        source_torch=resolution.torch,
     )
