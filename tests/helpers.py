@@ -31,9 +31,12 @@ def buildctl_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "buildctl.cli", *args]
 
 
-def run_buildctl(*args: str, env: dict[str, str] | None = None, timeout: float = 600):
+def run_buildctl(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 600, cwd: Path | None = None
+):
     return subprocess.run(
-        buildctl_cmd(*args), capture_output=True, text=True, env=env, timeout=timeout, check=False
+        buildctl_cmd(*args), capture_output=True, text=True, env=env, timeout=timeout,
+        check=False, cwd=cwd,
     )
 
 

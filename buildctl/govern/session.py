@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import TextIO
 
 import psutil
 from rich.console import Console
@@ -27,7 +28,9 @@ from buildctl.errors import BadInput
 from buildctl.govern.governor import Governor, GovernorOptions, RemoteExecutor
 from buildctl.govern.profiles import ProfileDB
 from buildctl.report import BuildReport, Event
+from buildctl.ui.eta import plan_from_report
 from buildctl.ui.live import View, make_view
+from buildctl.ui.summary import effective_peak_total
 
 PR_SET_PDEATHSIG = 1
 _SOCKET_MAX = 100  # AF_UNIX paths are limited to 108 bytes
@@ -102,6 +105,7 @@ class GovernedSession:
         )
         self.interrupted = False
         self._lock_fd: int | None = None
+        self._build_log: TextIO | None = None
         self._t0 = 0.0
         priors = None
         if opts.prior_bytes:
@@ -153,6 +157,13 @@ class GovernedSession:
         os.write(fd, str(os.getpid()).encode())
         self._lock_fd = fd
         self._t0 = time.monotonic()
+        # The previous run's jobs, replayed on this budget, give the ETA (read before this
+        # run's report replaces it).
+        self.view.set_plan(plan_from_report(self.report_file, self.opts.slots,
+                                            self.opts.budget_bytes))
+        logs = state / "logs"
+        logs.mkdir(exist_ok=True)
+        self._build_log = (logs / "build.log").open("w", encoding="utf-8", errors="replace")
         self.governor.event_listeners.append(self.view.event)
         self.governor.start()
         self.view.start()
@@ -168,14 +179,23 @@ class GovernedSession:
         self.governor.stop()
         self.report.wall_s = round(time.monotonic() - self._t0, 3)
         self.governor.fill_report(self.report)
+        self.report.peak_total_rss_bytes = effective_peak_total(self.report)
+        if self._build_log is not None:
+            self._build_log.close()
         self.report.events.extend(split_events(self.build_dir))
         if self.interrupted:
             self.report.status = "interrupted"
+        # The last report is always kept beside the build; --report asks for a copy elsewhere.
+        self.report.write(self.report_file)
         if self.opts.report_path:
             self.report.write(self.opts.report_path)
         self.profiles.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
+
+    @property
+    def report_file(self) -> Path:
+        return self.build_dir / ".buildctl" / "report.json"
 
     # --- what the build needs ---------------------------------------------------------------
 
@@ -246,7 +266,10 @@ class GovernedSession:
     def _pump(self, proc: subprocess.Popen[bytes]) -> None:
         assert proc.stdout is not None
         for raw in proc.stdout:
-            self.view.output_line(raw.decode(errors="replace").rstrip("\n"))
+            line = raw.decode(errors="replace").rstrip("\n")
+            if self._build_log is not None:
+                self._build_log.write(line + "\n")
+            self.view.output_line(line)
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         self.interrupted = True

@@ -17,8 +17,11 @@ from rich.text import Text
 from buildctl.govern.snapshot import Snapshot
 from buildctl.host import format_size
 from buildctl.report import Event
+from buildctl.ui.eta import Eta, EtaPlan
+from buildctl.ui.text import elide_middle
 
 NINJA_STATUS = re.compile(r"^\s*\[(\d+)/(\d+)\]")
+JOB_COLUMN = 60  # characters of a job name in the live table (cut in the middle beyond)
 
 
 class View(Protocol):
@@ -27,6 +30,7 @@ class View(Protocol):
     def output_line(self, line: str) -> None: ...
     def event(self, event: Event) -> None: ...
     def refresh(self, snap: Snapshot) -> None: ...
+    def set_plan(self, plan: EtaPlan | None) -> None: ...
 
 
 class Progress:
@@ -44,11 +48,8 @@ class Progress:
         self.done, self.total = int(match.group(1)), int(match.group(2))
         return True
 
-    def eta_s(self) -> float | None:
-        if self.done < 2 or self.total <= self.done:
-            return None
-        elapsed = time.monotonic() - self.started
-        return elapsed / self.done * (self.total - self.done)
+    def elapsed_s(self) -> float:
+        return time.monotonic() - self.started
 
 
 def _fmt_s(seconds: float | None) -> str:
@@ -76,9 +77,13 @@ class RichView:
         self.console = console
         self.title = title
         self.progress = Progress()
+        self.eta = Eta()
         self.snap: Snapshot | None = None
         # 2 Hz: every refresh lays the table out again (~6 ms of CPU); times show whole seconds.
         self.live = Live(console=console, refresh_per_second=2, transient=True)
+
+    def set_plan(self, plan: EtaPlan | None) -> None:
+        self.eta = Eta(plan)
 
     def start(self) -> None:
         self.live.start()
@@ -102,7 +107,7 @@ class RichView:
 
     def _render(self, snap: Snapshot) -> Group:
         table = Table(box=None, expand=False, pad_edge=False)
-        table.add_column("job", overflow="ellipsis", max_width=60)
+        table.add_column("job", no_wrap=True, max_width=JOB_COLUMN)
         table.add_column("RSS", justify="right")
         table.add_column("pred.", justify="right")
         table.add_column("time", justify="right")
@@ -114,7 +119,7 @@ class RichView:
                 state += f" try {job.attempts}"
             style = "red" if job.verdict in ("stalled", "thrashing", "spinning") else ""
             table.add_row(
-                job.output,
+                elide_middle(job.output, JOB_COLUMN),
                 format_size(job.rss),
                 format_size(job.predicted),
                 _fmt_s(job.elapsed_s),
@@ -127,7 +132,7 @@ class RichView:
         line = Text.assemble(
             (f"{self.title}  ", "bold"),
             f"{p.done}/{p.total or '?'} done  ",
-            f"ETA {_fmt_s(p.eta_s())}  ",
+            f"ETA {_fmt_s(self.eta.estimate(p.elapsed_s(), p.done, p.total, snap.finished))}  ",
             f"{len(snap.running)} running ({snap.slots} slots), {snap.waiting} waiting  ",
         )
         budget = Text.assemble(
@@ -152,7 +157,11 @@ class PlainView:
         self.title = title
         self.every_s = every_s
         self.progress = Progress()
+        self.eta = Eta()
         self._last = 0.0
+
+    def set_plan(self, plan: EtaPlan | None) -> None:
+        self.eta = Eta(plan)
 
     def _write(self, text: str) -> None:
         self.stream.write(text + "\n")  # type: ignore[attr-defined]
@@ -178,8 +187,10 @@ class PlainView:
             return
         self._last = now
         p = self.progress
+        eta = self.eta.estimate(p.elapsed_s(), p.done, p.total, snap.finished)
         self._write(
-            f"{self.title}: {p.done}/{p.total or '?'} done, {len(snap.running)} running, "
+            f"{self.title}: {p.done}/{p.total or '?'} done, ETA {_fmt_s(eta)}, "
+            f"{len(snap.running)} running, "
             f"{snap.waiting} waiting, live RSS {format_size(snap.live_rss)}, reserved "
             f"{format_size(snap.reserved)} of budget {format_size(snap.budget)}"
             + (f", paused: {snap.paused}" if snap.paused else "")

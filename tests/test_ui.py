@@ -1,0 +1,133 @@
+"""The views' pure parts: job names cut in the middle, the ETA, the end summary."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from buildctl.report import BuildReport, Event, JobRecord
+from buildctl.ui.eta import Eta, EtaPlan, plan_eta_s
+from buildctl.ui.summary import (
+    effective_peak_total,
+    heaviest_jobs,
+    json_line,
+    memory_wait_s,
+    summarize,
+    summary_lines,
+)
+from buildctl.ui.text import elide_middle
+
+MiB = 1024**2
+LONG = "CMakeFiles/paged_attention_kernels.dir/generated/attention_kernel_f16_h128_b16.cpp.o"
+
+
+@pytest.mark.parametrize("width", [10, 20, 41, 60])
+def test_elide_middle_keeps_both_ends(width: int) -> None:
+    cut = elide_middle(LONG, width)
+    assert len(cut) == width
+    assert "..." in cut
+    keep = width - 3
+    assert LONG.startswith(cut[: keep // 2])
+    assert LONG.endswith(cut[keep // 2 + 3 :])
+
+
+def test_elide_middle_short_and_tiny_widths() -> None:
+    assert elide_middle("a.o", 10) == "a.o"
+    assert elide_middle(LONG, len(LONG)) == LONG
+    assert elide_middle(LONG, 3) == "..."
+    assert elide_middle(LONG, 0) == ""
+    assert elide_middle(LONG, 40).endswith("b16.cpp.o")  # the file name survives
+
+
+# --- ETA -------------------------------------------------------------------------------------
+
+# Nine small jobs end early, one heavy job ends at 100 s: the shape that made the rate climb.
+PLAN = EtaPlan(makespan_s=100.0, end_times=(*[float(i) for i in range(1, 10)], 100.0))
+
+
+def test_plan_eta_on_pace_counts_down_while_the_heavy_job_runs() -> None:
+    assert plan_eta_s(PLAN, elapsed_s=0.0, done=0) == pytest.approx(100.0)
+    assert plan_eta_s(PLAN, elapsed_s=9.0, done=9) == pytest.approx(91.0)
+    assert plan_eta_s(PLAN, elapsed_s=50.0, done=9) == pytest.approx(50.0)
+    assert plan_eta_s(PLAN, elapsed_s=100.0, done=10) == 0.0
+
+
+def test_plan_eta_scales_with_the_builds_pace_within_limits() -> None:
+    # Five jobs done at 10 s where the plan had six done at 6 s: 10/6 slower.
+    assert plan_eta_s(PLAN, elapsed_s=10.0, done=5) == pytest.approx((100 - 6) * 10 / 6)
+    # Far slower than planned: scaled at most 3x.
+    assert plan_eta_s(PLAN, elapsed_s=60.0, done=5) == pytest.approx((100 - 6) * 3)
+    # Faster: the heavy job is done early.
+    assert plan_eta_s(PLAN, elapsed_s=50.0, done=10) == 0.0
+
+
+def test_rate_eta_climbs_but_the_plan_holds_the_finish_time() -> None:
+    """Ninja's progress over the build above: the plain rate says a second is left when the
+    heavy job starts, then climbs; the plan's finish time holds at 100 s."""
+    steps = [(2, 2.0), (5, 5.0), (9, 9.0), (9, 50.0), (9, 90.0)]
+    rated = [Eta(None).estimate(t, done, 10, done) for done, t in steps]
+    assert rated[2] < 2 and rated[4] > 5 * rated[2]
+    finish = [Eta(PLAN).estimate(t, done, 10, done) + t for done, t in steps]
+    assert finish == pytest.approx([100.0] * 5)
+
+
+def test_plan_is_not_used_for_a_much_smaller_incremental_build() -> None:
+    eta = Eta(PLAN)
+    assert eta.plan_applies(10) and eta.plan_applies(0)
+    assert not eta.plan_applies(3)
+
+
+def test_rate_eta_is_smoothed() -> None:
+    eta = Eta(None)
+    first = eta.estimate(10.0, 5, 10, 5)
+    jumped = eta.estimate(11.0, 5, 10, 5)  # no progress for a second: raw rate says 11 s
+    assert first == pytest.approx(10.0)
+    assert jumped < 11.0 - 0.5
+
+
+# --- summary ---------------------------------------------------------------------------------
+
+
+def job(output: str, peak: int, start: float, wall: float, queued: float = 0.0,
+        share: float = 1.0, wait4: int = 0) -> JobRecord:
+    return JobRecord(output=output, kind="compile", predicted_rss_bytes=peak,
+                     peak_rss_bytes=peak, wait4_maxrss_bytes=wait4, started_at_s=start,
+                     wall_s=wall, queued_s=queued, cpu_share=share, status="ok")
+
+
+def test_memory_wait_counts_only_time_with_a_free_slot() -> None:
+    jobs = [
+        job("a.o", 900 * MiB, 0.0, 10.0),
+        # Waited 10 s with one of two slots free: memory kept it out.
+        job("b.o", 800 * MiB, 10.0, 5.0, queued=10.0),
+        # Waited while both slots ran: that is waiting for a CPU, not for memory.
+        job("c.o", 10 * MiB, 0.0, 4.0),
+        job("d.o", 10 * MiB, 4.0, 1.0),
+        job("e.o", 10 * MiB, 5.0, 1.0, queued=1.0),
+    ]
+    # b waits 0-10 s; a slot is free from 5 s on (c ends at 4, d 4-5, e 4-5 queued then
+    # starts at 5 and ends at 6): free slot while b waits: 4-5 (d and a hold both), so 0-4
+    # a+c, 4-5 a+d full, 5-6 a+e full, 6-10 only a -> 4 s of memory wait.
+    assert memory_wait_s(jobs, slots=2) == pytest.approx(4.0)
+
+
+def test_summary_names_heaviest_kills_retries_and_falls_back_to_wait4_peaks() -> None:
+    report = BuildReport(
+        budget_bytes=2048 * MiB, slots=2, status="ok", exit_code=0, wall_s=12.0,
+        jobs=[job("a.o", 0, 0, 1, wait4=30 * MiB), job("b.o", 0, 0, 1, wait4=50 * MiB),
+              job("c.o", 0, 1, 1, wait4=20 * MiB), job("d.o", 0, 1, 1, wait4=10 * MiB)],
+        events=[Event(kind="oom-guard-kill", t_s=1.0), Event(kind="retry", t_s=1.1),
+                Event(kind="retry", t_s=2.0)],
+    )
+    assert report.peak_total_rss_bytes == 0  # sampling never saw a job
+    assert effective_peak_total(report) == 50 * MiB
+    assert [j.output for j in heaviest_jobs(report)] == ["b.o", "a.o", "c.o"]
+    summary = summarize(report)
+    text = "\n".join(summary_lines(summary))
+    assert "0 B" not in text
+    assert "heaviest: b.o 50.0 MiB, a.o 30.0 MiB, c.o 20.0 MiB" in text
+    assert "1 kill, 2 retries" in text
+    data = json.loads(json_line(summary))
+    assert data["kills"] == 1 and data["retries"] == 2 and data["jobs"] == 4
+    assert data["peak_total_rss_bytes"] == 50 * MiB
