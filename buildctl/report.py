@@ -132,7 +132,23 @@ def shared_file_mode(path: Path) -> int:
         return 0o666 & ~current_umask()
 
 
-def _write_error(path: Path, exc: OSError) -> BuildctlError:
+def check_output_path(path: Path) -> None:
+    """Refuse, before any work is done, a file argument that can never be written: a directory,
+    or a path under something that is not a directory."""
+    if path.is_dir():
+        raise BadInput(f"{path} is a directory", "name a file, e.g. " + str(path / "report.json"))
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise BadInput(f"cannot write {path}: {parent} is not a directory",
+                               "name a file in a directory you can write to")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise BadInput(f"cannot write {path}: {parent} is not writable",
+                               "name a file in a directory you can write to")
+            return
+
+
+def write_error(path: Path, exc: OSError) -> BuildctlError:
     """A failed write as the two lines a user can act on (never a traceback)."""
     reason = exc.strerror or str(exc)
     if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG):
@@ -160,7 +176,7 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
             with open(path, "wb") as handle:
                 handle.write(data)
         except OSError as exc:
-            raise _write_error(path, exc) from None
+            raise write_error(path, exc) from None
         return
     tmp: str | None = None
     try:
@@ -175,7 +191,7 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
         os.replace(tmp, path)
         tmp = None
     except OSError as exc:
-        raise _write_error(path, exc) from None
+        raise write_error(path, exc) from None
     finally:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)

@@ -131,6 +131,24 @@ def _connect(path: str) -> socket.socket | None:
     return sock
 
 
+def _untrusted_governor(sock: socket.socket, path: str) -> str:
+    """Why the process listening on `path` must not be trusted ('' when it runs as us): another
+    user who got their socket there first could answer every job "done" without running it."""
+    try:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)  # struct ucred
+        uid: int | None = int.from_bytes(creds[4:8], sys.byteorder)
+    except OSError:
+        uid = None
+    if uid == os.getuid():
+        return ""
+    who = f"uid {uid}" if uid is not None else "a process whose user cannot be checked"
+    return (
+        f"buildctl launcher: the governor socket {path} is served by {who}, not by you "
+        f"(uid {os.getuid()}); refusing to run the job\n"
+        f"  fix: remove {os.path.dirname(path)} unless you made it, then run the build again\n"
+    )
+
+
 def _is_ccache(program: str) -> bool:
     """`ccache` itself, or a masquerading link such as /usr/lib/ccache/g++."""
     if os.path.basename(program) == "ccache":
@@ -278,6 +296,11 @@ def main(args: list[str] | None = None) -> int:
     if sock is None:
         _exec_direct(args)
         return 127  # not reached
+    refusal = _untrusted_governor(sock, socket_path)
+    if refusal:  # loudly: running the job ungoverned would hide that someone is in the way
+        sock.close()
+        sys.stderr.write(refusal)
+        return 1
     _die_with_parent()
     chan = _Channel(sock)
     output = job_output(args)

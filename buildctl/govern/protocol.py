@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import stat
 from collections.abc import Collection
 from pathlib import Path
@@ -48,55 +49,64 @@ class ProtocolError(ValueError):
 # --- the socket's directory ---------------------------------------------------------------------
 
 
+# Directories buildctl makes for the socket (the build's state dir, the short per-user fallback):
+# buildctl may close them to others. Any other directory (XDG_RUNTIME_DIR) is only checked.
+_OWN_DIR_NAME = re.compile(r"^(\.buildctl|buildctl-\d+)$")
+_FIX = "set XDG_RUNTIME_DIR to a private directory of yours, or pass a shorter --build-dir"
+
+
 def prepare_socket_dir(path: Path) -> None:
     """Create the directory the governor socket goes in (0700), or check the one that is there.
 
-    Refuses (BadInput) a directory another user owns, or a symlink, or something that is not a
-    directory: whoever owns it can put their own socket there and answer our launchers. A
-    directory of ours that others may read or write is closed to them (0700) before use.
+    Refuses (BadInput) a directory another user owns, a symlink, something that is not a
+    directory, or one that others may write to: whoever can write there can put their own socket
+    in our socket's place and answer our launchers. buildctl's own directories that others may
+    read or write (an old build dir made under a loose umask) are closed to them (0700).
     """
     try:
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
     except FileExistsError:
         pass  # a non-directory in the way: the check below names it
     except OSError as exc:
-        raise BadInput(
-            f"cannot create the governor's socket directory {path}: {exc.strerror}",
-            "set XDG_RUNTIME_DIR to a private directory of yours, or pass a shorter --build-dir",
-        ) from None
-    try:
-        info = os.lstat(path)
-    except OSError as exc:
-        raise BadInput(
-            f"cannot check the governor's socket directory {path}: {exc.strerror}",
-            "set XDG_RUNTIME_DIR to a private directory of yours, or pass a shorter --build-dir",
-        ) from None
+        raise BadInput(f"cannot create the governor's socket directory {path}: {exc.strerror}",
+                       _FIX) from None
+    info = _lstat(path)
     problem = socket_dir_problem(info.st_mode, info.st_uid, os.getuid())
-    if problem and problem != "mode":
+    if problem in ("open", "loose") and _OWN_DIR_NAME.match(path.name):
+        try:
+            os.chmod(path, 0o700, follow_symlinks=False)
+        except OSError as exc:
+            raise BadInput(f"cannot make the governor's socket directory {path} private: "
+                           f"{exc.strerror}", f"run `chmod 700 {path}` and retry") from None
+        info = _lstat(path)
+        problem = socket_dir_problem(info.st_mode, info.st_uid, os.getuid())
+    if problem == "loose":
+        return  # others may look but not write: the socket itself is 0600
+    if problem == "open":
+        raise BadInput(
+            f"the governor's socket directory {path} is writable by other users",
+            f"run `chmod 700 {path}` (or set XDG_RUNTIME_DIR to a private directory) and retry",
+        )
+    if problem:
         raise BadInput(
             f"the governor's socket directory {path} {problem}: another user could answer "
             "for the governor",
             f"remove {path} (or set XDG_RUNTIME_DIR to a private directory of yours) and retry",
         )
-    if problem == "mode":
-        try:
-            os.chmod(path, 0o700, follow_symlinks=False)
-            info = os.lstat(path)
-        except OSError as exc:
-            raise BadInput(
-                f"cannot make the governor's socket directory {path} private: {exc.strerror}",
-                f"run `chmod 700 {path}`, or set XDG_RUNTIME_DIR to a private directory",
-            ) from None
-        if socket_dir_problem(info.st_mode, info.st_uid, os.getuid()):
-            raise BadInput(
-                f"the governor's socket directory {path} is open to other users",
-                f"run `chmod 700 {path}` and retry",
-            )
+
+
+def _lstat(path: Path) -> os.stat_result:
+    try:
+        return os.lstat(path)
+    except OSError as exc:
+        raise BadInput(f"cannot check the governor's socket directory {path}: {exc.strerror}",
+                       _FIX) from None
 
 
 def socket_dir_problem(mode: int, owner: int, me: int) -> str:
-    """What is wrong with a socket directory of this lstat mode and owner ('' when nothing;
-    'mode' when it is ours but open to others, which its owner can fix)."""
+    """What is wrong with a socket directory of this lstat mode and owner: '' when nothing,
+    'open' when it is ours but others may write to it, 'loose' when others may only look in;
+    otherwise why it must not be used."""
     if stat.S_ISLNK(mode):
         return "is a symbolic link"
     if not stat.S_ISDIR(mode):
@@ -104,7 +114,7 @@ def socket_dir_problem(mode: int, owner: int, me: int) -> str:
     if owner != me:
         return f"is owned by uid {owner}, not by you (uid {me})"
     if mode & 0o077:
-        return "mode"
+        return "open" if mode & 0o022 else "loose"
     return ""
 
 
