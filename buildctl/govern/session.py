@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -27,7 +28,8 @@ from buildctl import __version__, host
 from buildctl.errors import BadInput
 from buildctl.govern.governor import Governor, GovernorOptions, RemoteExecutor
 from buildctl.govern.profiles import ProfileDB
-from buildctl.report import BuildReport, Event
+from buildctl.govern.protocol import prepare_socket_dir
+from buildctl.report import BuildReport, Event, check_output_path, write_error
 from buildctl.ui.eta import plan_from_report
 from buildctl.ui.live import View, make_view
 from buildctl.ui.summary import effective_peak_total
@@ -42,7 +44,9 @@ def socket_path_for(build_dir: Path) -> Path:
     if len(str(candidate)) <= _SOCKET_MAX:
         return candidate
     digest = hashlib.sha256(str(build_dir.resolve()).encode()).hexdigest()[:16]
-    runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/buildctl-{os.getuid()}"
+    runtime = os.environ.get("XDG_RUNTIME_DIR") or os.path.join(
+        tempfile.gettempdir(), f"buildctl-{os.getuid()}"
+    )
     return Path(runtime) / f"gov-{digest}.sock"
 
 
@@ -140,10 +144,22 @@ class GovernedSession:
     # --- context ----------------------------------------------------------------------------
 
     def __enter__(self) -> GovernedSession:
-        self.build_dir.mkdir(parents=True, exist_ok=True)
+        if self.opts.report_path:
+            check_output_path(self.opts.report_path)  # before the build, not after it
         state = self.build_dir / ".buildctl"
-        state.mkdir(exist_ok=True)
-        fd = os.open(state / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            self.build_dir.mkdir(parents=True, exist_ok=True)
+            state.mkdir(exist_ok=True)
+        except OSError as exc:
+            what = "is not a directory" if self.build_dir.exists() else exc.strerror
+            raise BadInput(f"cannot build in {self.build_dir}: {what}",
+                           "pass a --build-dir that is a directory you can write to") from None
+        # Whoever owns the socket's directory could answer our launchers: it must be ours.
+        prepare_socket_dir(self.socket_path.parent)
+        try:
+            fd = os.open(state / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise write_error(state / "lock", exc) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -153,8 +169,12 @@ class GovernedSession:
                 "wait for it to finish, or pass a different --build-dir",
             ) from None
         # flock dies with its holder, so a crashed run never leaves a lock that blocks us.
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
+        except OSError as exc:  # a full disk
+            os.close(fd)
+            raise write_error(state / "lock", exc) from None
         self._lock_fd = fd
         self._t0 = time.monotonic()
         # The previous run's jobs, replayed on this budget, give the ETA (read before this
@@ -185,13 +205,15 @@ class GovernedSession:
         self.report.events.extend(split_events(self.build_dir))
         if self.interrupted:
             self.report.status = "interrupted"
-        # The last report is always kept beside the build; --report asks for a copy elsewhere.
-        self.report.write(self.report_file)
-        if self.opts.report_path:
-            self.report.write(self.opts.report_path)
-        self.profiles.close()
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
+        try:
+            # The last report is always kept beside the build; --report asks for a copy elsewhere.
+            self.report.write(self.report_file)
+            if self.opts.report_path:
+                self.report.write(self.opts.report_path)
+        finally:  # a report that cannot be written (full disk) still releases the DB and lock
+            self.profiles.close()
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
 
     @property
     def report_file(self) -> Path:
