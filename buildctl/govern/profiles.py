@@ -11,6 +11,7 @@ told once through `ProfileDB.warnings`.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -408,6 +409,7 @@ _RUN_COLUMNS = "output, compiler, fingerprint, peak_rss, wall_s, cpu_s, runq_s, 
 # sqlite primary result codes (the low byte of an extended code).
 _SQLITE_CORRUPT = 11
 _SQLITE_NOTADB = 26
+_SQLITE_FULL = 13
 
 
 class _Unusable(Exception):
@@ -432,6 +434,13 @@ def _is_corrupt(exc: BaseException) -> bool:
         return code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
     text = str(exc).lower()
     return "not a database" in text or "malformed" in text
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF == _SQLITE_FULL
 
 
 def _why(exc: BaseException) -> str:
@@ -481,10 +490,15 @@ def migrate(conn: sqlite3.Connection, allow_newer: bool = False) -> None:
 
 
 def _check(conn: sqlite3.Connection) -> None:
-    """Raise when the file is not a healthy sqlite DB (reads every page's structure)."""
+    """Raise when the file is not a healthy sqlite DB (reads every page's structure) or not a
+    profile DB this version may write; reads only, so a file found bad is left as it was."""
     result = conn.execute("PRAGMA quick_check").fetchone()
     if not result or result[0] != "ok":
         raise sqlite3.DatabaseError(f"database disk image is malformed ({result and result[0]})")
+    columns = {r[1] for r in conn.execute("PRAGMA table_info(runs)")}
+    missing = [c for c in _COLUMNS_V1 if c not in columns]
+    if columns and missing:
+        raise _NotOurs(f"its runs table has no {', '.join(missing)} column")
 
 
 def _connect(target: str, uri: bool = False) -> sqlite3.Connection:
@@ -522,12 +536,11 @@ class ProfileDB:
         if message not in self.warnings:
             self.warnings.append(message)
 
-    def _not_recording(self, why: str) -> None:
+    def _not_recording(self, why: str, full: bool = False) -> None:
         self.writable = False
-        self._warn(
-            f"not recording profiles: {why}; fix: make {self.path} writable (or free disk space),"
-            " or pass --profiles FILE on a writable disk"
-        )
+        fix = (f"free space on the disk of {self.path}" if full
+               else f"make {self.path} and its directory writable")
+        self._warn(f"not recording profiles: {why}; fix: {fix}, or pass --profiles FILE elsewhere")
 
     def _open(self) -> sqlite3.Connection:
         try:
@@ -542,7 +555,8 @@ class ProfileDB:
                 if isinstance(exc, _Newer):
                     self._not_recording(f"{self.path} was written by a newer buildctl ({exc})")
                 else:
-                    self._not_recording(f"cannot write {self.path} ({_why(exc)})")
+                    self._not_recording(f"cannot write {self.path} ({_why(exc)})",
+                                        full=_is_disk_full(exc))
                 return self._in_memory(self.path)
             first = exc
         try:
@@ -595,7 +609,7 @@ class ProfileDB:
                     finally:
                         src.close()
                     break
-                except sqlite3.Error:
+                except (sqlite3.Error, _Unusable):
                     memory.close()
                     memory = _connect(":memory:")
         try:
@@ -618,11 +632,8 @@ class ProfileDB:
                 probe = _connect(str(self.path))
                 try:
                     _check(probe)
-                    tables = probe.execute("SELECT name FROM sqlite_master").fetchall()
-                    columns = {r[1] for r in probe.execute("PRAGMA table_info(runs)")}
-                    if not tables or all(c in columns for c in _COLUMNS_V1):
-                        return None  # healthy now (another process repaired it)
-                except sqlite3.Error as exc:
+                    return None  # healthy now (another process repaired it)
+                except (sqlite3.Error, _Unusable) as exc:
                     if not _is_corrupt(exc):
                         return None
                 finally:
@@ -706,7 +717,8 @@ class ProfileDB:
                     if attempt == 0 and _is_corrupt(exc):
                         self._reopen()  # overwritten under us: moved aside, fresh DB
                         continue
-                    self._not_recording(f"writing {self.path} failed ({_why(exc)})")
+                    self._not_recording(f"writing {self.path} failed ({_why(exc)})",
+                                        full=_is_disk_full(exc))
                     if self._conn_is_file():
                         with contextlib.suppress(sqlite3.Error):
                             self._conn.close()
