@@ -147,7 +147,7 @@ def test_bad_files_and_conflicting_sources(tmp_path: Path) -> None:
         run_plan(profiles_json=junk, here=HERE)
     other = tmp_path / "other.json"
     other.write_text(json.dumps({"schema": "something/9", "entries": []}))
-    with pytest.raises(BadInput, match=r"expected 'buildctl\.profiles/1'"):
+    with pytest.raises(BadInput, match=r"expected one of buildctl\.profiles/1"):
         run_plan(profiles_json=other, here=HERE)
     with pytest.raises(BadInput, match="one source of jobs"):
         run_plan(report=junk, profiles_json=junk, here=HERE)

@@ -1,27 +1,16 @@
-"""`buildctl plan` on the command line: exit codes and output (skipped until cli.py wires the
-subcommand to buildctl.govern.plan)."""
+"""`buildctl plan` on the command line: exit codes and output."""
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, isolated_env, run_buildctl
+from helpers import isolated_env, run_buildctl
 
-from buildctl.cli import build_parser
+from buildctl.data import PROFILES_DIR
 
-XPU = ROOT / "profiles" / "vllm-xpu-kernels"
-
-
-def _has_plan() -> bool:
-    parser = build_parser()
-    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-    return any("plan" in s.choices for s in subs)
-
-
-pytestmark = pytest.mark.skipif(not _has_plan(), reason="`buildctl plan` is not wired yet")
+XPU = PROFILES_DIR / "vllm-xpu-kernels"
 
 
 def test_unpatched_xpu_build_does_not_fit_32g(tmp_path: Path) -> None:
