@@ -57,6 +57,8 @@ what it sets for the command:
   CMAKE_ARGS                   the same as -D defines (scikit-build-core, setuptools+CMake)
   CC, CXX                      wrappers that run the compiler through the launcher
                                (torch.utils.cpp_extension and other setuptools builds)
+  TORCH_NO_COMPILER_WRAPPER=1  when torch would put ccache/sccache before the compiler: the
+                               wrappers run it after the launcher instead
   MAX_JOBS, CMAKE_BUILD_PARALLEL_LEVEL   how many jobs ninja may start (default max(4 x slots,
                                16)); buildctl admits them, so at most --jobs run at once
 
@@ -107,19 +109,39 @@ def launcher_environment(launcher: Sequence[str], env: Mapping[str, str]) -> dic
     return out
 
 
-def wrapper_script(real: Sequence[str], launcher: Sequence[str]) -> str:
-    """A POSIX sh script that runs `real "$@"` through the launcher (pure)."""
+def wrapper_script(
+    real: Sequence[str], launcher: Sequence[str], cache: Sequence[str] = ()
+) -> str:
+    """A POSIX sh script that runs `real "$@"` through the launcher (pure); `cache` (ccache)
+    goes between them: buildctl → ccache → compiler."""
     real_q = " ".join(shlex.quote(part) for part in real)
-    launcher_q = " ".join(shlex.quote(part) for part in launcher)
+    chain_q = " ".join(shlex.quote(part) for part in (*launcher, *cache))
     probes = "|".join(PROBE_FLAGS)
     return (
         "#!/bin/sh\n"
         "# Written by `buildctl run`: this compiler's jobs ask buildctl for admission.\n"
         "# Inside a job (reached through a CMake launcher too) it runs the compiler directly.\n"
         f'[ "$BUILDCTL_IN_JOB" = 1 ] && exec {real_q} "$@"\n'
-        f'if [ $# -eq 1 ]; then case "$1" in {probes}) exec {real_q} "$@";; esac; fi\n'
-        f'exec {launcher_q} {real_q} "$@"\n'
+        "# Version probes (torch asks -dumpfullversion -dumpversion) are not jobs.\n"
+        "probe=$#\n"
+        f'for arg in "$@"; do case "$arg" in {probes}) ;; *) probe=0;; esac; done\n'
+        f'[ "$probe" != 0 ] && exec {real_q} "$@"\n'
+        f'exec {chain_q} {real_q} "$@"\n'
     )
+
+
+def torch_compiler_cache(env: Mapping[str, str]) -> list[str]:
+    """The cache torch.utils.cpp_extension would put before the compiler (ccache, then sccache
+    on PATH, unless TORCH_NO_COMPILER_WRAPPER is set). A run turns torch's off and puts it
+    after the launcher instead: otherwise ccache would run first and call the wrapper once to
+    preprocess and once to compile, two jobs under made-up names."""
+    if env.get("TORCH_NO_COMPILER_WRAPPER"):
+        return []
+    for name in ("ccache", "sccache"):
+        found = shutil.which(name, path=env.get("PATH"))
+        if found:
+            return [found]
+    return []
 
 
 def _real_compiler(env: Mapping[str, str], var: str, default: str) -> list[str]:
@@ -133,7 +155,8 @@ def _real_compiler(env: Mapping[str, str], var: str, default: str) -> list[str]:
 
 
 def write_compiler_wrappers(
-    state_dir: Path, launcher: Sequence[str], env: Mapping[str, str]
+    state_dir: Path, launcher: Sequence[str], env: Mapping[str, str],
+    cache: Sequence[str] = (),
 ) -> dict[str, str]:
     """`CC`/`CXX` wrappers named like the real compilers (torch checks the compiler's name)."""
     out = {}
@@ -141,7 +164,7 @@ def write_compiler_wrappers(
         real = _real_compiler(env, var, default)
         path = state_dir / ".buildctl" / folder / os.path.basename(real[0])
         path.parent.mkdir(parents=True, exist_ok=True)
-        text = wrapper_script(real, launcher)
+        text = wrapper_script(real, launcher, cache)
         if not path.exists() or path.read_text() != text:
             tmp = path.with_suffix(".tmp")
             tmp.write_text(text)
@@ -156,7 +179,10 @@ def run_env(
 ) -> dict[str, str]:
     """Everything the command's environment gets on top of `env`."""
     extra = launcher_environment(launcher, env)
-    extra.update(write_compiler_wrappers(state_dir, launcher, env))
+    cache = torch_compiler_cache(env)
+    if cache:
+        extra["TORCH_NO_COMPILER_WRAPPER"] = "1"
+    extra.update(write_compiler_wrappers(state_dir, launcher, env, cache))
     extra["MAX_JOBS"] = str(width)
     extra["CMAKE_BUILD_PARALLEL_LEVEL"] = str(width)
     return extra

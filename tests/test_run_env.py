@@ -74,6 +74,8 @@ def test_wrapper_goes_through_the_launcher_except_inside_a_job_and_for_probes(
                    env={**env, "BUILDCTL_IN_JOB": "1"}, check=True)
     out = subprocess.run([cxx, "--version"], env=env, check=True, capture_output=True, text=True)
     assert "g++" in out.stdout or "GCC" in out.stdout
+    subprocess.run([cxx, "-dumpfullversion", "-dumpversion"], env=env, check=True,
+                   capture_output=True)
     assert mark.read_text().splitlines() == ["launcher"]
     assert (tmp_path / "b.o").exists()
 
@@ -84,3 +86,18 @@ def test_a_nested_run_does_not_wrap_its_own_wrapper(tmp_path: Path) -> None:
     again = write_compiler_wrappers(tmp_path, LAUNCHER, first)  # CXX is our wrapper now
     assert Path(again["CXX"]).read_text() == before
     assert "cxx-wrap" not in before
+
+
+def test_a_compiler_cache_runs_after_the_launcher(tmp_path: Path) -> None:
+    launcher = _fake_launcher(tmp_path)
+    cache = tmp_path / "fakecache"
+    cache.write_text('#!/bin/sh\necho cache >> "$MARK"\nexec "$@"\n')
+    cache.chmod(0o755)
+    cxx = write_compiler_wrappers(tmp_path, launcher, {"CXX": "g++"}, [str(cache)])["CXX"]
+    mark = tmp_path / "mark"
+    source = tmp_path / "a.cc"
+    source.write_text("int a() { return 1; }\n")
+    env = {**os.environ, "MARK": str(mark)}
+    env.pop("BUILDCTL_IN_JOB", None)
+    subprocess.run([cxx, "-c", str(source), "-o", str(tmp_path / "a.o")], env=env, check=True)
+    assert mark.read_text().splitlines() == ["launcher", "cache"]

@@ -66,9 +66,8 @@ def test_torch_cpp_extension_setup_py(tmp_path: Path) -> None:
         tmp_path, "run_cpp_extension", [sys.executable, "setup.py", "build_ext", "--inplace"]
     )
     compiled = outputs(report, "compile")
-    assert sorted(Path(o).name for o in compiled if "/build/" in o or "build/" in o) == [
-        "alpha.o", "beta.o"
-    ], compiled
+    # One job per compile (torch's ccache, if installed, runs inside the job, not around it).
+    assert sorted(Path(o).name for o in compiled) == ["alpha.o", "beta.o"], compiled
     built = list(project.glob("run_cpp_ext*.so"))
     assert built, list(project.iterdir())
     assert any(Path(o).name == built[0].name for o in outputs(report, "link")), report["jobs"]
