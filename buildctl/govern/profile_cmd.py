@@ -1,84 +1,189 @@
-"""`buildctl profile show|export|import`: the command handler of the profile database."""
+"""`buildctl profile show|export|import`: the parser and handler of the profile database."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
 from buildctl import host
-from buildctl.errors import BadInput
+
+DESCRIPTION = """\
+Every governed build records each job's measured peak memory, CPU time and RSS curve in a
+profile database (SQLite); the next build predicts from it. `show` prints the expected peak per
+project and target; `export` and `import` move profiles as JSON (CI caches, the shipped
+profiles/). A corrupt database is moved aside and replaced, and a read-only one is read but not
+written: both are warnings, never failures."""
+EPILOG = """examples:
+  buildctl profile show                           expected peak per project and target
+  buildctl profile show --project fmt --jobs      every job of one project, with its CPU slot share
+  buildctl profile show --json                    the same table as a JSON list
+  buildctl profile export ci-profiles.json        write the latest run of every job (schema 2)
+  buildctl profile import ci-profiles.json        merge an export (schema 1 or 2) into the DB
+  buildctl profile --profiles /tmp/p.sqlite show  another database file
+
+The database is ~/.cache/buildctl/profiles.sqlite unless $BUILDCTL_PROFILE_DB or --profiles
+names another file."""
+
+_PROFILES_HELP = (
+    "profile database file (default: $BUILDCTL_PROFILE_DB, else "
+    "~/.cache/buildctl/profiles.sqlite)"
+)
+
+
+def add_profile_parser(sub: Any) -> argparse.ArgumentParser:
+    """The `profile` command and its actions, on the top-level subparsers `sub`."""
+    p = sub.add_parser(
+        "profile",
+        help="show, export or import measured peak-RSS profiles",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--profiles", type=Path, metavar="DB", help=_PROFILES_HELP)
+    psub = p.add_subparsers(dest="profile_cmd", metavar="ACTION", required=True)
+
+    def action(name: str, help_text: str, examples: str) -> argparse.ArgumentParser:
+        a = psub.add_parser(
+            name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".",
+            epilog="examples:\n" + examples,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        # Also accepted after the action word; SUPPRESS keeps a value given before it.
+        a.add_argument("--profiles", type=Path, metavar="DB", default=argparse.SUPPRESS,
+                       help=_PROFILES_HELP)
+        return a
+
+    show = action(
+        "show", "expected peak memory per project and target, from the latest run of each job",
+        "  buildctl profile show\n  buildctl profile show --project fmt --jobs\n"
+        "  buildctl profile show --filter gemm --json",
+    )
+    show.add_argument("--project", metavar="NAME", help="only this project's jobs")
+    show.add_argument("--jobs", dest="jobs_detail", action="store_true",
+                      help="also list every job (peak, wall seconds, CPU slot share, compiler)")
+    show.add_argument("--filter", metavar="TEXT", help="only jobs whose output contains TEXT")
+    show.add_argument("--json", action="store_true",
+                      help="print a JSON list instead of tables: one object per target, or per "
+                      "job with --jobs (sizes in bytes, times in seconds)")
+    exp = action(
+        "export", "write the latest run of every job as JSON (schema buildctl.profiles/2)",
+        "  buildctl profile export profiles.json\n"
+        "  buildctl profile export --project fmt > fmt.json",
+    )
+    exp.add_argument("file", nargs="?", type=Path, help="output file (default: stdout)")
+    exp.add_argument("--project", metavar="NAME", help="only this project's jobs")
+    imp = action(
+        "import", "merge a JSON export (schema 1 or 2) into the database",
+        "  buildctl profile import profiles.json\n"
+        "  buildctl profile import --project vllm-xpu-kernels \\\n"
+        "      profiles/vllm-xpu-kernels/v0.1.9.json",
+    )
+    imp.add_argument("file", type=Path, help="a file written by `buildctl profile export`")
+    imp.add_argument("--project", metavar="NAME",
+                     help="the project of entries that name none (schema-1 files)")
+    p.set_defaults(func=cmd_profile)
+    return p
+
+
+def _print_warnings(warnings: list[str]) -> None:
+    err = Console(stderr=True)
+    for line in warnings:
+        err.print(f"warning: {line}", highlight=False, markup=False, soft_wrap=True)
 
 
 def cmd_profile(args: argparse.Namespace, console: Console) -> int:
-    from buildctl.govern.profiles import ProfileDB, summarize_by_target
+    from buildctl.govern.profiles import ProfileDB
 
     db = ProfileDB(args.profiles)
     try:
         if args.profile_cmd == "show":
-            entries = db.latest()
-            if args.filter:
-                entries = [e for e in entries if args.filter in e.output]
-            if not entries:
-                console.print(f"no profiles in {db.path} yet; run `buildctl build` once")
-                return 0
-            table = Table(title=f"expected peak memory per target ({db.path})")
-            for col in ("target", "jobs", "max peak", "link peak", "CPU s", "heaviest job"):
-                table.add_column(
-                    col,
-                    justify="right"
-                    if col in ("jobs", "max peak", "link peak", "CPU s")
-                    else "left",
-                )
-            for s in summarize_by_target(entries):
-                table.add_row(
-                    s.target,
-                    str(s.jobs),
-                    host.format_size(s.max_peak_bytes),
-                    host.format_size(s.link_peak_bytes) if s.link_peak_bytes else "-",
-                    f"{s.total_cpu_s:.1f}",
-                    s.heaviest_output,
-                )
-            console.print(table)
-            if args.jobs_detail:
-                from buildctl.govern.scheduler import cpu_share
-
-                jt = Table(title="per job (latest run)")
-                for col in ("output", "kind", "peak", "wall s", "CPU slot", "compiler"):
-                    jt.add_column(col)
-                for e in entries:
-                    jt.add_row(
-                        e.output,
-                        e.kind,
-                        host.format_size(e.peak_rss_bytes),
-                        f"{e.wall_s:.1f}",
-                        # The share this run alone gives (predictions take the max of 3 runs).
-                        f"{cpu_share(e.cpu_s, e.wall_s, e.runq_wait_s):.2g}",
-                        e.compiler,
-                    )
-                console.print(jt)
+            _show(db, args, console)
         elif args.profile_cmd == "export":
-            text = db.export_json()
+            text = db.export_json(args.project)
             if args.file is None or str(args.file) == "-":
                 sys.stdout.write(text + "\n")
             else:
                 from buildctl.report import write_text_atomic
 
                 write_text_atomic(args.file, text + "\n")
-                console.print(f"exported {len(db.latest())} job profiles to {args.file}")
+                console.print(f"exported {len(db.latest(args.project))} job profiles to "
+                              f"{args.file}", highlight=False)
         elif args.profile_cmd == "import":
-            try:
-                text = Path(args.file).read_text()
-            except OSError as exc:
-                raise BadInput(
-                    f"cannot read {args.file}: {exc.strerror}",
-                    "pass a file written by `buildctl profile export`",
-                ) from None
-            count = db.import_json(text, str(args.file))
-            console.print(f"imported {count} job profiles into {db.path}")
+            from buildctl.govern.profiles import read_export_text
+
+            text = read_export_text(args.file)
+            count = db.import_json(text, str(args.file), project=args.project)
+            console.print(f"imported {count} job profiles into {db.path}", highlight=False)
     finally:
+        _print_warnings(db.warnings)
         db.close()
     return 0
+
+
+def _show(db: Any, args: argparse.Namespace, console: Console) -> None:
+    from buildctl.govern.profiles import summarize_by_target
+    from buildctl.govern.scheduler import cpu_share
+
+    entries = db.latest(args.project)
+    if args.filter:
+        entries = [e for e in entries if args.filter in e.output]
+    if args.json:
+        if args.jobs_detail:
+            rows: list[dict[str, Any]] = [
+                {**e.model_dump(exclude={"curve"}),
+                 "cpu_slot_share": cpu_share(e.cpu_s, e.wall_s, e.runq_wait_s),
+                 "curve_points": len(e.curve)}
+                for e in entries
+            ]
+        else:
+            rows = [
+                {"project": s.project, "target": s.target, "jobs": s.jobs,
+                 "max_peak_bytes": s.max_peak_bytes, "link_peak_bytes": s.link_peak_bytes,
+                 "total_cpu_s": round(s.total_cpu_s, 3), "heaviest_output": s.heaviest_output}
+                for s in summarize_by_target(entries)
+            ]
+        sys.stdout.write(json.dumps(rows, indent=1) + "\n")
+        return
+    if not entries:
+        where = f" for project {args.project!r}" if args.project is not None else ""
+        console.print(f"no profiles in {db.path}{where} yet; run `buildctl build` once",
+                      highlight=False)
+        return
+    table = Table(title=f"expected peak memory per target ({db.path})")
+    numeric = ("jobs", "max peak", "link peak", "CPU s")
+    for col in ("project", "target", *numeric, "heaviest job"):
+        table.add_column(col, justify="right" if col in numeric else "left")
+    for s in summarize_by_target(entries):
+        table.add_row(
+            s.project or "-",
+            s.target,
+            str(s.jobs),
+            host.format_size(s.max_peak_bytes),
+            host.format_size(s.link_peak_bytes) if s.link_peak_bytes else "-",
+            f"{s.total_cpu_s:.1f}",
+            s.heaviest_output,
+        )
+    console.print(table)
+    if args.jobs_detail:
+        jt = Table(title="per job (latest complete run)")
+        for col in ("project", "output", "kind", "peak", "wall s", "CPU slot", "compiler"):
+            jt.add_column(col)
+        for e in entries:
+            jt.add_row(
+                e.project or "-",
+                e.output,
+                e.kind,
+                # ">=": only a lower bound is known (the run was cut short).
+                (">=" if e.censored else "") + host.format_size(e.peak_rss_bytes),
+                f"{e.wall_s:.1f}",
+                # The share this run alone gives (predictions take the max of 3 runs).
+                f"{cpu_share(e.cpu_s, e.wall_s, e.runq_wait_s):.2g}",
+                e.compiler,
+            )
+        console.print(jt)
