@@ -214,49 +214,64 @@ def governed_build(req: BuildRequest, opts: SessionOptions) -> tuple[int, Govern
 
 
 def cmd_build(args: argparse.Namespace, console: Console) -> int:
-    from buildctl.kernels import bundled_build_settings
-    from buildctl.settings import resolve_budget, session_options
+    from buildctl.kernels import BUNDLED, KERNELS_DIR, bundled_build_settings
+    from buildctl.settings import (
+        BuildSettings,
+        Layers,
+        command_settings,
+        govern_settings,
+        join_cluster,
+        show,
+    )
 
-    cmake_args = list(args.cmake_args)
+    cmake_args = list(args.cmake_args or [])
     if cmake_args[:1] == ["--"]:
         cmake_args = cmake_args[1:]
-    extra: dict[str, str] = {}
-    budget, slots = resolve_budget(args)  # bad sizes fail before any project is looked at
-    if args.source is None:
-        source, extra, default_build = bundled_build_settings(
-            args.preset, args.low_ram, budget, slots, split=not args.no_split
+    if args.source is not None and not args.source.is_dir():
+        raise BadInput(
+            f"--source {args.source} is not a directory",
+            "pass the top directory of a CMake project",
         )
-        build_dir = args.build_dir or default_build
+    layers = Layers.collect(args, project_dir=args.source, cmake_args=cmake_args or None)
+    # The build dir first (the Ray cluster must see it), then the budget, once, then the
+    # bundled project's split sized from that same budget.
+    build_dir = layers.get(BuildSettings, "build_dir")
+    if args.source is None:
+        source = KERNELS_DIR / BUNDLED
+        preset = layers.get(BuildSettings, "preset")
+        build_dir = build_dir or bundled_build_settings(preset, False, split=False)[2]
     else:
         source = args.source.resolve()
-        if not source.is_dir():
-            raise BadInput(
-                f"--source {args.source} is not a directory",
-                "pass the top directory of a CMake project",
-            )
-        build_dir = args.build_dir or (source / "build-buildctl")
-    opts = session_options(args, build_dir, f"buildctl build {source.name}", str(source))
-    req = BuildRequest(
-        source_dir=source,
-        build_dir=build_dir.resolve(),
-        budget_bytes=opts.budget_bytes,
-        slots=opts.slots,
-        ninja_width=args.ninja_width or ninja_width(opts.slots),
-        cmake_args=cmake_args,
-        extra_defines=extra,
-        targets=args.target or [],
-    )
-    console.print(
-        f"[bold]buildctl[/bold] {__version__}: budget {host.format_size(opts.budget_bytes)}, "
-        f"{opts.slots} CPU slots, build dir {req.build_dir}",
-        highlight=False,
-    )
+        build_dir = build_dir or (source / "build-buildctl")
+    executor, capacity = join_cluster(layers.ray_address(), build_dir, [source], host.probe())
     try:
+        settings = command_settings(BuildSettings, layers, govern_settings(layers, capacity))
+        if args.show_settings or args.verbose:
+            console.print(show(settings), highlight=False, markup=False)
+        if args.show_settings:
+            return 0
+        govern = settings.govern
+        extra: dict[str, str] = {}
+        if settings.source is None:
+            source, extra, _ = bundled_build_settings(
+                settings.preset, govern.low_ram, govern.mem_budget, govern.jobs,
+                split=not settings.no_split,
+            )
+        req = settings.build_request(source, build_dir, extra)
+        opts = govern.session_options(
+            req.build_dir, f"buildctl build {source.name}", str(source), executor=executor,
+            project=source.name,
+        )
+        console.print(
+            f"[bold]buildctl[/bold] {__version__}: budget {host.format_size(govern.mem_budget)}, "
+            f"{govern.jobs} CPU slots, build dir {req.build_dir}",
+            highlight=False,
+        )
         rc, session = governed_build(req, opts)
     finally:
-        if opts.executor is not None:
-            opts.executor.close()
-    return _summarize(console, session, rc, args.report)
+        if executor is not None:
+            executor.close()
+    return _summarize(console, session, rc, govern.report)
 
 
 def _summarize(console: Console, session, rc: int, report_path: Path | None) -> int:

@@ -13,8 +13,10 @@ from buildctl import __version__, host
 from buildctl.build import EPILOG_BUILD, cmd_build
 from buildctl.errors import EXIT_INTERRUPTED, BadInput, BuildctlError
 from buildctl.govern.plan import cmd_plan
-from buildctl.govern.profile_cmd import cmd_profile
+from buildctl.govern.profile_cmd import add_profile_parser
 from buildctl.govern.repro import cmd_repro
+from buildctl.run import add_run_parser
+from buildctl.settings import env_help, parse_duration
 from buildctl.toolchain.commands import cmd_doctor, cmd_env
 from buildctl.wheel.commands import cmd_matrix, cmd_verify, cmd_wheel
 
@@ -27,15 +29,10 @@ def _size(text: str) -> int:
 
 
 def _duration(text: str) -> float:
-    units = {"s": 1, "m": 60, "h": 3600}
     try:
-        if text and text[-1] in units:
-            return float(text[:-1]) * units[text[-1]]
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"cannot read duration {text!r}; write e.g. 90s, 10m, 1h"
-        ) from None
+        return parse_duration(text)
+    except BadInput as exc:
+        raise argparse.ArgumentTypeError(f"{exc.what} ({exc.fix})") from None
 
 
 def add_governor_args(parser: argparse.ArgumentParser) -> None:
@@ -44,12 +41,14 @@ def add_governor_args(parser: argparse.ArgumentParser) -> None:
         "--mem-budget",
         type=_size,
         metavar="SIZE",
-        help="memory the build may use, e.g. 28G, 512M, 1.5GiB "
-        "(default: min(RAM, cgroup limit) minus a reserve)",
+        help="memory the build may use, e.g. 28G, 512M, 1.5GiB (G = GiB, GB = 10^9 bytes; "
+        "default: min(RAM, cgroup limit) minus a reserve, or the Ray cluster's memory); more "
+        "than RAM + swap or the cgroup limit needs --force",
     )
     g.add_argument(
         "--low-ram",
         action="store_true",
+        default=None,
         help="trade speed for memory: tighter budget and memory-saving build settings",
     )
     g.add_argument(
@@ -57,8 +56,9 @@ def add_governor_args(parser: argparse.ArgumentParser) -> None:
         "--jobs",
         type=int,
         metavar="N",
-        help="CPU slots: jobs running at once at most (default: cores); jobs measured mostly "
-        "waiting count as a fraction of a slot (see --whole-slots)",
+        help="CPU slots: jobs running at once at most, 1 or more (default: $MAX_JOBS, "
+        "$CMAKE_BUILD_PARALLEL_LEVEL, else the cores); jobs measured mostly waiting count as a "
+        "fraction of a slot (see --whole-slots)",
     )
     g.add_argument(
         "--prior-rss",
@@ -70,6 +70,7 @@ def add_governor_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--share-priors",
         action="store_true",
+        default=None,
         help="first builds: predict never-measured jobs at most budget/slots, so they run in "
         "parallel; the total may briefly pass the budget (the job that outgrew its share is "
         "killed and re-run alone)",
@@ -77,6 +78,7 @@ def add_governor_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--whole-slots",
         action="store_true",
+        default=None,
         help="every job takes a whole CPU slot, even one whose profile shows it mostly waiting "
         "(then -j N means N jobs at once, never more)",
     )
@@ -90,31 +92,37 @@ def add_governor_args(parser: argparse.ArgumentParser) -> None:
         "--low-water",
         type=_size,
         metavar="SIZE",
-        help="pause admission when host available memory falls below this",
+        help="pause admission when host available memory falls below this (below RAM; "
+        "default 5%% of RAM, 256M to 1G)",
     )
     g.add_argument(
         "--critical",
         type=_size,
         metavar="SIZE",
-        help="kill and re-queue the youngest job below this host available memory",
+        help="kill and re-queue the youngest job below this host available memory (below "
+        "--low-water; default half of it)",
     )
     g.add_argument(
         "--hang-after",
         type=_duration,
-        default=600.0,
         metavar="DURATION",
-        help="a job with no CPU, I/O or process change for this long is stalled "
-        "(default 10m; a busy silent compile is never stalled)",
+        help="a job with no CPU, I/O or process change for this long is stalled: seconds, or "
+        "90s/10m/1h, at least 1s (default 10m; a busy silent compile is never stalled)",
     )
     g.add_argument(
         "--retries",
         type=int,
-        default=1,
         metavar="N",
         help="re-runs of a job killed as stalled or crashed (default 1)",
     )
+    g.add_argument(
+        "--force",
+        action="store_true",
+        default=None,
+        help="accept a --mem-budget above RAM + swap or the cgroup limit",
+    )
     x = parser.add_argument_group("where jobs run")
-    x.add_argument("--executor", choices=("local", "ray"), default="local",
+    x.add_argument("--executor", choices=("local", "ray"),
                    help="local (default) or ray: every admitted job becomes a Ray task asking "
                    "for its predicted memory; needs `pip install 'buildctl[ray]'` and a shared "
                    "filesystem (same paths on every node)")
@@ -128,6 +136,12 @@ def add_governor_args(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="plain line log instead of the live view (automatic when not a terminal)",
     )
+    o.add_argument(
+        "--show-settings",
+        action="store_true",
+        help="print every setting and where it came from (flag, environment, config file, "
+        "default), then exit",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -137,9 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
         "compile and link is admitted against a memory budget, measured, and reported.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Start with `buildctl build` (the bundled kernel project) or "
-        "`buildctl build --source DIR`. `buildctl COMMAND --help` explains each command.",
+        "`buildctl build --source DIR`. `buildctl COMMAND --help` explains each command.\n\n"
+        + env_help(),
     )
     parser.add_argument("--version", action="version", version=f"buildctl {__version__}")
+    _verbosity_args(parser, 0)
     sub = parser.add_subparsers(dest="cmd", metavar="COMMAND")
 
     b = sub.add_parser(
@@ -147,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="configure and build a CMake project under a memory budget",
         description="Configure a CMake project with Ninja and buildctl's launchers, "
         "then build it with every job admitted against the memory budget.",
-        epilog=EPILOG_BUILD,
+        epilog=EPILOG_BUILD + "\n" + env_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     b.add_argument(
@@ -164,13 +180,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument(
         "--preset",
-        default="default",
         metavar="NAME",
-        help="kernel config preset of the bundled project: tiny, default, full",
+        help="kernel config preset of the bundled project: tiny, default (default), full, "
+        "or a .conf file",
     )
     b.add_argument(
         "--no-split",
         action="store_true",
+        default=None,
         help="build heavy generated sources whole (bundled project); for comparisons",
     )
     b.add_argument("--target", action="append", metavar="NAME", help="build only this ninja target")
@@ -188,17 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.set_defaults(func=cmd_build)
 
-    p = sub.add_parser("profile", help="show, export or import measured peak-RSS profiles")
-    p.add_argument("--profiles", type=Path, metavar="DB", help="profile database path")
-    psub = p.add_subparsers(dest="profile_cmd", metavar="ACTION", required=True)
-    show = psub.add_parser("show", help="expected peak memory per target")
-    show.add_argument("--jobs", dest="jobs_detail", action="store_true", help="also list every job")
-    show.add_argument("--filter", metavar="TEXT", help="only outputs containing TEXT")
-    exp = psub.add_parser("export", help="write profiles as JSON (for profiles/ or CI)")
-    exp.add_argument("file", nargs="?", type=Path, help="output file (default: stdout)")
-    imp = psub.add_parser("import", help="merge a JSON export into the database")
-    imp.add_argument("file", type=Path)
-    p.set_defaults(func=cmd_profile)
+    add_run_parser(sub, add_governor_args)
+
+    add_profile_parser(sub)
 
     def add_wheel_args(w: argparse.ArgumentParser) -> None:
         src = w.add_argument_group("what to build")
@@ -223,14 +232,12 @@ def build_parser() -> argparse.ArgumentParser:
         src.add_argument(
             "--out",
             type=Path,
-            default=Path("wheelhouse"),
             metavar="DIR",
             help="wheelhouse: one folder and index per torch target (default ./wheelhouse)",
         )
         src.add_argument(
             "--cache-dir",
             type=Path,
-            default=Path(".buildctl-cache"),
             metavar="DIR",
             help="torch envs and per-torch build dirs (default ./.buildctl-cache)",
         )
@@ -243,7 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
         idx.add_argument("--extra-index-url", action="append", metavar="URL")
         idx.add_argument("--find-links", action="append", metavar="DIR_OR_URL")
         idx.add_argument(
-            "--allow-prerelease", action="store_true", help="accept nightly/dev torch versions"
+            "--allow-prerelease", action="store_true", default=None,
+            help="accept nightly/dev torch versions",
         )
         xpu = w.add_argument_group("Intel XPU (vllm-xpu-kernels)")
         xpu.add_argument(
@@ -263,6 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
             help="AOT device list or GPU name, e.g. bmg-g31 for Arc Pro B70",
         )
         add_governor_args(w)
+        # A matrix entry on a Ray node: the settings the matrix resolved, as JSON.
+        w.add_argument("--settings-json", help=argparse.SUPPRESS)
 
     w = sub.add_parser(
         "wheel",
@@ -276,7 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
         "passes everything lands in --out.",
         epilog="examples:\n  buildctl wheel --torch 2.13.0+cpu\n"
         "  buildctl wheel --torch 2.11.0+xpu --project vllm-xpu-kernels --aot bmg-g31 --low-ram\n"
-        "\nexit codes: 0 wheel ready, 1 build or verification failed, 2 bad input.",
+        "\nexit codes: 0 wheel ready, 1 build or verification failed, 2 bad input.\n\n"
+        + env_help(),
     )
     w.add_argument(
         "--torch",
@@ -349,7 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--profiles-json", type=Path, metavar="FILE",
                     help="take the jobs from a profile export (e.g. shipped in profiles/)")
     pl.add_argument("--filter", metavar="TEXT", help="only jobs whose output contains TEXT")
-    pl.add_argument("--json", action="store_true", help="machine-readable output")
+    pl.add_argument("--json", dest="as_json", action="store_true",
+                    help="machine-readable output")
     pl.set_defaults(func=cmd_plan)
 
     r = sub.add_parser(
@@ -359,10 +371,13 @@ def build_parser() -> argparse.ArgumentParser:
         "preprocessed input and a README for the bug report; hang bundles hold /proc evidence. "
         "They live in BUILD_DIR/.buildctl/repro.",
     )
-    r.add_argument("--build-dir", type=Path, default=Path.cwd(), metavar="DIR")
+    r.add_argument("--build-dir", type=Path, default=Path.cwd(), metavar="DIR",
+                   help="the build directory (default: the current directory)")
     rs = r.add_subparsers(dest="repro_cmd", metavar="ACTION", required=True)
-    rs.add_parser("list", help="saved repros and bundles, oldest first")
-    rshow = rs.add_parser("show", help="what happened and how to re-run it")
+    rs_parent = _parent(("--build-dir",), type=Path, metavar="DIR",
+                        help="the build directory (default: the current directory)")
+    rs.add_parser("list", help="saved repros and bundles, oldest first", parents=[rs_parent])
+    rshow = rs.add_parser("show", help="what happened and how to re-run it", parents=[rs_parent])
     rshow.add_argument("ref", help="a path, a directory name, or a number from list (-1 = newest)")
     r.set_defaults(func=cmd_repro)
 
@@ -395,25 +410,90 @@ def build_parser() -> argparse.ArgumentParser:
         help="extra oneAPI install root (default /opt/intel/oneapi, $ONEAPI_ROOT)",
     )
     e.set_defaults(func=cmd_env)
+    _everywhere(parser)
     return parser
 
 
+def _verbosity_args(parser: argparse.ArgumentParser, default: object) -> None:
+    parser.add_argument("-q", "--quiet", action="count", default=default,
+                        help="less output: errors only")
+    parser.add_argument("-v", "--verbose", action="count", default=default,
+                        help="more output: the settings and where they came from")
+
+
+def _parent(flags: tuple[str, ...], **kwargs: object) -> argparse.ArgumentParser:
+    """An option repeated on the action words, so `repro list --build-dir X` works too; not
+    given there, it keeps the value given before the action word."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(*flags, default=argparse.SUPPRESS, **kwargs)  # type: ignore[arg-type]
+    return parent
+
+
+def _everywhere(parser: argparse.ArgumentParser) -> None:
+    """-q/-v after any command or action word too."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _verbosity_args(child, argparse.SUPPRESS)
+                _everywhere(child)
+
+
 def main(argv: list[str] | None = None) -> int:
-    # Logs and CI: no wrapping at 80 columns, so paths and symbols stay greppable.
-    console = Console() if sys.stdout.isatty() else Console(width=160, soft_wrap=True)
     parser = build_parser()
     args = parser.parse_args(argv)
+    quiet = args.quiet > 0 and args.verbose == 0
+    # Logs and CI: no wrapping at 80 columns, so paths and symbols stay greppable.
+    console = (Console(quiet=quiet) if sys.stdout.isatty()
+               else Console(width=160, soft_wrap=True, quiet=quiet))
+    errors = Console(stderr=True, soft_wrap=True)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
     try:
         return int(args.func(args, console) or 0)
     except BuildctlError as exc:
-        Console(stderr=True).print(exc.render(), highlight=False, markup=False, soft_wrap=True)
+        errors.print(exc.render(), highlight=False, markup=False)
         return exc.exit_code
     except KeyboardInterrupt:
-        Console(stderr=True).print("buildctl: interrupted")
+        errors.print("buildctl: interrupted")
         return EXIT_INTERRUPTED
+    except (OSError, UnicodeDecodeError) as exc:
+        failure = file_error(exc, user_paths(args))
+        errors.print(failure.render(), highlight=False, markup=False)
+        return failure.exit_code
+    except Exception as exc:  # a bug: the user gets two lines, -v the traceback
+        if args.verbose:
+            errors.print_exception()
+        errors.print(f"error: internal error: {type(exc).__name__}: {exc}\n"
+                     "  fix: rerun with -v for the traceback and report it as a buildctl bug",
+                     highlight=False, markup=False)
+        return 1
+
+
+def user_paths(args: argparse.Namespace) -> list[Path]:
+    """The paths named on the command line."""
+    found: list[Path] = []
+    for value in vars(args).values():
+        for item in value if isinstance(value, list | tuple) else [value]:
+            if isinstance(item, Path):
+                found.append(item.absolute())
+    return found
+
+
+def file_error(exc: OSError | UnicodeDecodeError, named: list[Path]) -> BuildctlError:
+    """An OSError or undecodable file as two lines: bad input when it is about a path the user
+    named (or a file under it), a failed run otherwise (a full disk, a vanished file)."""
+    if isinstance(exc, UnicodeDecodeError):
+        files = [str(p) for p in named if p.is_file()]
+        where = ", ".join(files) if files else "a file buildctl read"
+        return BadInput(f"{where}: not UTF-8 text ({exc.reason} at byte {exc.start})",
+                        "pass a file buildctl wrote (JSON or TOML in UTF-8)")
+    filename = Path(str(exc.filename)).absolute() if exc.filename else None
+    what = f"{exc.filename}: {exc.strerror or exc}" if exc.filename else str(exc)
+    if filename is not None and any(filename == p or filename.is_relative_to(p) for p in named):
+        return BadInput(what, "pass a path of the right kind (a directory for --build-dir and "
+                        "--source, a file for --report) that you can write to")
+    return BuildctlError(what, "check free disk space and permissions, then run it again")
 
 
 if __name__ == "__main__":

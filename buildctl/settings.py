@@ -1,70 +1,654 @@
-"""What a command runs with: the memory budget, CPU slots and session options, resolved once
-from the command line at the CLI edge."""
+"""What a command runs with: one frozen settings object per command, built once at the CLI edge.
+
+Every value comes from the first layer that sets it:
+
+1. a command-line flag;
+2. an environment variable (`BUILDCTL_MEM_BUDGET`, `BUILDCTL_JOBS`, ...: `env_help()` lists them);
+3. `[tool.buildctl]` in the project's pyproject.toml (the `--source` directory);
+4. the user's `$XDG_CONFIG_HOME/buildctl/config.toml` (default `~/.config/buildctl/config.toml`);
+5. for the CPU slots only: `MAX_JOBS`, then `CMAKE_BUILD_PARALLEL_LEVEL`;
+6. the default, or what the host (or the Ray cluster) offers for the budget and the slots.
+
+Each settings object remembers where each value came from (`origins`), so `--show-settings` and
+error messages can name the flag, variable or file to change. The budget and the slots are
+resolved here, once; `ProjectBuild`, `WheelRequest`, `SessionOptions` and, through the session,
+`GovernorOptions` are derived from the same object, never filled field by field from argparse.
+
+Sizes follow one rule (`buildctl.host.parse_size`): K/M/G/T are binary (G = GiB), KB/MB/GB/TB are
+decimal, KiB/MiB/GiB/TiB binary. Durations are seconds, or a number with s/m/h.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar, get_args
+
+import tomllib
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+)
 
 from buildctl import host
 from buildctl.errors import BadInput
 
+MIN_BUDGET = 64 * 1024**2  # a C++ compile needs ~100 MB and up
+SAMPLE_INTERVAL_S = 0.25  # the governor's sampling period
+DEFAULT = "default"
 
-def resolve_budget(args: argparse.Namespace) -> tuple[int, int]:
-    info = host.probe()
-    budget = args.mem_budget or host.default_budget(
-        info.total_ram_bytes, info.cgroup_limit_bytes, low_ram=args.low_ram
-    )
-    if budget < 64 * 1024**2:
+
+# --- value types ------------------------------------------------------------------------------
+
+
+def _to_bytes(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return host.parse_size(value)
+        except BadInput as exc:
+            raise ValueError(f"{exc.what} ({exc.fix})") from None
+    return value
+
+
+def parse_duration(text: str) -> float:
+    """`90`, `90s`, `10m`, `1h` -> seconds."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    text = text.strip()
+    try:
+        if text and text[-1] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except ValueError:
         raise BadInput(
-            f"memory budget {host.format_size(budget)} is too small to run a compiler",
-            "pass --mem-budget of at least 64M (a C++ compile needs ~100 MB and up)",
+            f"cannot read duration {text!r}", "write seconds or a unit, e.g. 90s, 10m, 1h"
+        ) from None
+
+
+def _to_seconds(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return parse_duration(value)
+        except BadInput as exc:
+            raise ValueError(f"{exc.what} ({exc.fix})") from None
+    return value
+
+
+SizeBytes = Annotated[int, BeforeValidator(_to_bytes)]
+Seconds = Annotated[float, BeforeValidator(_to_seconds)]
+
+
+def setting(default: Any = ..., *, env: str | None = None, layered: bool = True,
+            flag: str | None = None, help: str = "") -> Any:
+    """A field that flags set and, when `layered`, env var `env` and config files set too."""
+    extra: dict[str, Any] = {"layered": layered}
+    if env:
+        extra["env"] = env
+    if flag:
+        extra["flag"] = flag
+    return Field(default, description=help, json_schema_extra=extra)
+
+
+def flag_only(default: Any = ..., *, flag: str | None = None, help: str = "") -> Any:
+    return setting(default, layered=False, flag=flag, help=help)
+
+
+class Settings(BaseModel):
+    """Base: frozen, no unknown fields, and where every value came from."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    origins: dict[str, str] = Field(default_factory=dict)
+
+    @classmethod
+    def option_fields(cls) -> dict[str, Any]:
+        return {n: f for n, f in cls.model_fields.items() if n != "origins"
+                and not _is_settings(f.annotation)}
+
+    def where(self, name: str) -> str:
+        """How the user set `name`, e.g. `--jobs 0`, `BUILDCTL_JOBS=0`, `jobs = 0 in FILE`."""
+        origin = self.origins.get(name, DEFAULT)
+        value = _show(getattr(self, name), type(self).model_fields[name])
+        if origin.startswith("--"):
+            return f"{origin} {value}"
+        if origin.startswith(("BUILDCTL_", "MAX_JOBS", "CMAKE_BUILD_PARALLEL_LEVEL")):
+            return f"{origin}={value}"
+        if origin.startswith("/") or origin.startswith("~"):
+            return f"{name.replace('_', '-')} = {value} in {origin}"
+        return f"{name.replace('_', '-')} {value} ({origin})"
+
+    def rows(self, prefix: str = "") -> list[tuple[str, str, str]]:
+        """(name, value, origin) of every value, nested settings included (for --show-settings)."""
+        out: list[tuple[str, str, str]] = []
+        for name, field in type(self).model_fields.items():
+            if name == "origins":
+                continue
+            value = getattr(self, name)
+            if isinstance(value, Settings):
+                out.extend(value.rows(prefix))
+                continue
+            out.append((prefix + name.replace("_", "-"), _show(value, field),
+                        self.origins.get(name, DEFAULT)))
+        return out
+
+
+def _is_settings(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, Settings)
+
+
+def _is_size(field: Any) -> bool:
+    return _has(field.annotation, SizeBytes) or any(
+        getattr(m, "func", None) is _to_bytes for m in field.metadata)
+
+
+def _show(value: Any, field: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, int) and not isinstance(value, bool) and _is_size(field):
+        return host.format_size(value)
+    if isinstance(value, tuple):
+        return " ".join(map(str, value)) or "-"
+    return str(value)
+
+
+def _has(annotation: Any, wanted: Any) -> bool:
+    return annotation == wanted or any(_has(a, wanted) for a in get_args(annotation))
+
+
+# --- the settings of each command ---------------------------------------------------------
+
+
+class GovernSettings(Settings):
+    """Memory budget, CPU slots and the governor's guards: `build`, `wheel`, `matrix`."""
+
+    mem_budget: SizeBytes = setting(env="BUILDCTL_MEM_BUDGET", flag="--mem-budget",
+                                    help="memory the build may use")
+    jobs: int = setting(env="BUILDCTL_JOBS", help="CPU slots")
+    low_ram: bool = setting(False, env="BUILDCTL_LOW_RAM", help="tighter budget (1/0)")
+    prior_rss: SizeBytes | None = setting(None, env="BUILDCTL_PRIOR_RSS",
+                                          help="predicted peak of never-measured jobs")
+    share_priors: bool = setting(False, env="BUILDCTL_SHARE_PRIORS", help="1/0")
+    whole_slots: bool = setting(False, env="BUILDCTL_WHOLE_SLOTS", help="1/0")
+    profiles: Path | None = setting(None, env="BUILDCTL_PROFILE_DB", help="profile database")
+    low_water: SizeBytes | None = setting(None, env="BUILDCTL_LOW_WATER",
+                                          help="pause admission below this available memory")
+    critical: SizeBytes | None = setting(None, env="BUILDCTL_CRITICAL",
+                                         help="kill the youngest job below this")
+    hang_after: Seconds = setting(600.0, env="BUILDCTL_HANG_AFTER",
+                                  help="stalled after this long without progress")
+    retries: int = setting(1, env="BUILDCTL_RETRIES", help="re-runs of a stalled/crashed job")
+    executor: Literal["local", "ray"] = setting("local", env="BUILDCTL_EXECUTOR",
+                                                help="local or ray")
+    ray_address: str | None = setting(None, env="BUILDCTL_RAY_ADDRESS", help="HOST:PORT")
+    plain: bool | None = setting(None, env="BUILDCTL_PLAIN", help="plain line log (1/0)")
+    report: Path | None = flag_only(None)
+    force: bool = flag_only(False)
+
+    def session_options(self, build_dir: Path, title: str, source_dir: str, *,
+                        executor: Any = None, project: str = "",
+                        report: Path | None = None) -> Any:
+        """The governed session's options: the one place budget and guards pass to it."""
+        from buildctl.govern.session import SessionOptions
+
+        values = dict(
+            build_dir=build_dir, budget_bytes=self.mem_budget, slots=self.jobs,
+            report_path=report or self.report, profile_db=self.profiles,
+            prior_bytes=self.prior_rss, share_priors=self.share_priors,
+            cpu_shares=not self.whole_slots, plain=self.plain, title=title,
+            low_water_bytes=self.low_water, critical_bytes=self.critical,
+            hang_after_s=self.hang_after, retries=self.retries,
+            sample_interval_s=SAMPLE_INTERVAL_S, command=list(sys.argv), source_dir=source_dir,
+            executor=executor, project=project,
         )
-    slots = args.jobs or info.cores
-    if slots < 1:
-        raise BadInput(f"--jobs {slots} is not a number of CPU slots", "pass --jobs 1 or more")
-    return budget, slots
+        known = {f.name for f in dataclasses.fields(SessionOptions)}
+        return SessionOptions(**{k: v for k, v in values.items() if k in known})
 
 
-def remote_executor(args: argparse.Namespace, build_dir: Path, source: str):
-    """The Ray executor and the cluster's totals, or (None, None) for local builds."""
-    if getattr(args, "executor", "local") != "ray":
-        return None, None
-    if not args.ray_address:
+class BuildSettings(Settings):
+    govern: GovernSettings
+    source: Path | None = flag_only(None)
+    build_dir: Path | None = setting(None, env="BUILDCTL_BUILD_DIR", flag="--build-dir")
+    preset: str = setting("default", env="BUILDCTL_PRESET")
+    no_split: bool = flag_only(False)
+    target: tuple[str, ...] = flag_only(())
+    ninja_width: int | None = setting(None, env="BUILDCTL_NINJA_WIDTH", flag="--ninja-width")
+    cmake_args: tuple[str, ...] = flag_only(())
+
+    def build_request(self, source_dir: Path, build_dir: Path,
+                      extra_defines: Mapping[str, str]) -> Any:
+        from buildctl.build import BuildRequest, ninja_width
+
+        return BuildRequest(
+            source_dir=source_dir, build_dir=build_dir.resolve(),
+            budget_bytes=self.govern.mem_budget, slots=self.govern.jobs,
+            ninja_width=self.ninja_width or ninja_width(self.govern.jobs),
+            cmake_args=list(self.cmake_args), extra_defines=dict(extra_defines),
+            targets=list(self.target),
+        )
+
+
+class WheelSettings(Settings):
+    govern: GovernSettings
+    torch: tuple[str, ...] = flag_only()
+    project: str | None = flag_only(None)
+    source: Path | None = flag_only(None)
+    preset: str | None = setting(None, env="BUILDCTL_PRESET")
+    out: Path = setting(Path("wheelhouse"), env="BUILDCTL_WHEELHOUSE")
+    cache_dir: Path = setting(Path(".buildctl-cache"), env="BUILDCTL_CACHE_DIR", flag="--cache-dir")
+    torch_index: str | None = setting(None, env="BUILDCTL_TORCH_INDEX", flag="--torch-index")
+    extra_index_url: tuple[str, ...] = setting((), flag="--extra-index-url")
+    find_links: tuple[str, ...] = setting((), flag="--find-links")
+    allow_prerelease: bool = setting(False, flag="--allow-prerelease")
+    compiler: str | None = setting(None)
+    oneapi_root: tuple[str, ...] = setting((), flag="--oneapi-root")
+    aot: str | None = setting(None)
+
+    def project_build(self, torch: str) -> Any:
+        """The kernel project for one torch version, sized from this budget."""
+        from buildctl.kernels import resolve_project
+
+        return resolve_project(
+            name=self.project, source=self.source, preset=self.preset,
+            low_ram=self.govern.low_ram, budget_bytes=self.govern.mem_budget,
+            slots=self.govern.jobs, torch=torch, cache_dir=self.cache_dir,
+            oneapi_roots=list(self.oneapi_root), compiler=self.compiler, aot=self.aot,
+        )
+
+    def wheel_request(self, torch: str, project: Any) -> Any:
+        """What the wheel pipeline builds: everything the project resolved (by field name, so a
+        field the project gains reaches the request without anyone copying it) plus the torch
+        index settings."""
+        from buildctl.wheel.pipeline import WheelRequest
+
+        wanted = {f.name for f in dataclasses.fields(WheelRequest)}
+        carried = {f.name: getattr(project, f.name) for f in dataclasses.fields(project)
+                   if f.name in wanted}
+        return WheelRequest(
+            **carried, torch=torch, project=project.name, out_dir=self.out,
+            cache_dir=self.cache_dir, index_url=self.torch_index,
+            extra_index_urls=list(self.extra_index_url), find_links=list(self.find_links),
+            allow_prerelease=self.allow_prerelease,
+        )
+
+    def for_one_torch(self, torch: str, report: Path | None) -> WheelSettings:
+        """The settings a matrix entry runs `buildctl wheel` with on a Ray node: this budget,
+        built locally there, with its own report."""
+        govern = self.govern.model_copy(update={"executor": "local", "plain": True,
+                                                "report": report})
+        return self.model_copy(update={"torch": (torch,), "govern": govern})
+
+
+class PlanSettings(Settings):
+    cores: int | None = flag_only(None)
+    mem: SizeBytes | None = flag_only(None)
+    swap: SizeBytes | None = flag_only(None)
+    mem_budget: SizeBytes | None = flag_only(None, flag="--mem-budget")
+    jobs: int | None = flag_only(None)
+    whole_slots: bool = flag_only(False)
+    report_in: Path | None = flag_only(None, flag="--report")
+    # The profile DB reads BUILDCTL_PROFILE_DB itself: plan takes one source of jobs, and only a
+    # flag names one.
+    profiles: Path | None = flag_only(None)
+    profiles_json: Path | None = flag_only(None, flag="--profiles-json")
+    filter: str | None = flag_only(None)
+    as_json: bool = flag_only(False, flag="--json")
+
+    def plan_kwargs(self) -> dict[str, Any]:
+        return dict(cores=self.cores, mem=self.mem, swap=self.swap, mem_budget=self.mem_budget,
+                    slots=self.jobs, report=self.report_in, profiles=self.profiles,
+                    profiles_json=self.profiles_json, filter_text=self.filter,
+                    whole_slots=self.whole_slots)
+
+
+LAYERED_MODELS: tuple[type[Settings], ...] = (GovernSettings, BuildSettings, WheelSettings,
+                                              PlanSettings)
+S = TypeVar("S", bound=Settings)
+
+
+def _extra(field: Any, key: str, default: Any = None) -> Any:
+    return (field.json_schema_extra or {}).get(key, default)
+
+
+def flag_name(name: str, field: Any) -> str:
+    return _extra(field, "flag") or "--" + name.replace("_", "-")
+
+
+def config_keys() -> set[str]:
+    return {n for m in LAYERED_MODELS for n, f in m.option_fields().items()
+            if _extra(f, "layered")}
+
+
+def env_help() -> str:
+    """The environment variables and config files, for --help epilogs and the README."""
+    lines = ["settings (first that says wins): flag > environment > [tool.buildctl] in the",
+             "project's pyproject.toml > ~/.config/buildctl/config.toml ($XDG_CONFIG_HOME) > "
+             "default;", "the CPU slots also from MAX_JOBS, then CMAKE_BUILD_PARALLEL_LEVEL.",
+             "sizes: K/M/G/T are binary (G = GiB), KB/MB/GB/TB decimal; durations: 90s, 10m, 1h.",
+             "environment:"]
+    seen: set[str] = set()
+    for model in LAYERED_MODELS:
+        for name, field in model.option_fields().items():
+            env = _extra(field, "env")
+            if env and env not in seen:
+                seen.add(env)
+                lines.append(f"  {env:24} {flag_name(name, field)}: {field.description or ''}"
+                             .rstrip())
+    return "\n".join(lines)
+
+
+# --- layers ---------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfigFile:
+    label: str  # where a value came from, e.g. /src/pyproject.toml [tool.buildctl]
+    base: Path  # relative paths in the file are relative to its folder
+    values: dict[str, Any]
+
+
+def user_config_path(env: Mapping[str, str]) -> Path:
+    root = env.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(root) / "buildctl" / "config.toml"
+
+
+def read_config(path: Path, table: tuple[str, ...] = ()) -> ConfigFile | None:
+    """A TOML file's settings (the `table`, e.g. ("tool", "buildctl"), of it); None if absent."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise BadInput(f"cannot read settings from {path}: {exc}",
+                       "fix the file (TOML) or move it away") from None
+    for key in table:
+        data = data.get(key, {})
+        if not isinstance(data, dict):
+            raise BadInput(f"{path}: [{'.'.join(table)}] is not a table",
+                           "write it as a TOML table of settings")
+    label = f"{path} [{'.'.join(table)}]" if table else str(path)
+    known = config_keys()
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        name = key.replace("-", "_")
+        if name not in known:
+            raise BadInput(f"{label}: unknown setting {key!r}",
+                           "use one of: " + ", ".join(sorted(k.replace("_", "-")
+                                                             for k in known)))
+        values[name] = value
+    return ConfigFile(label=label, base=path.parent, values=values)
+
+
+@dataclasses.dataclass(frozen=True)
+class Layers:
+    """The raw sources, highest first: flags, environment, config files."""
+
+    flags: Mapping[str, Any]
+    env: Mapping[str, str]
+    files: tuple[ConfigFile, ...] = ()
+
+    @classmethod
+    def collect(cls, args: argparse.Namespace, project_dir: Path | None = None,
+                env: Mapping[str, str] | None = None, **overrides: Any) -> Layers:
+        env = os.environ if env is None else env
+        files = []
+        if project_dir is not None:
+            project = read_config(project_dir / "pyproject.toml", ("tool", "buildctl"))
+            if project:
+                files.append(project)
+        user = read_config(user_config_path(env))
+        if user:
+            files.append(user)
+        flags = {k: v for k, v in {**vars(args), **overrides}.items() if v is not None}
+        return cls(flags=flags, env=env, files=tuple(files))
+
+    def lookup(self, name: str, field: Any) -> tuple[Any, str] | None:
+        if name in self.flags:
+            value = self.flags[name]
+            return (tuple(value) if isinstance(value, list) else value), flag_name(name, field)
+        if not _extra(field, "layered"):
+            return None
+        env_name = _extra(field, "env")
+        if env_name and self.env.get(env_name, "") != "":
+            return self.env[env_name], env_name
+        for config in self.files:
+            if name in config.values:
+                value = config.values[name]
+                if _has(field.annotation, Path) and isinstance(value, str):
+                    value = config.base / Path(value).expanduser()
+                if isinstance(value, list):
+                    value = tuple(value)
+                return value, config.label
+        if name == "jobs":
+            for env_name in ("MAX_JOBS", "CMAKE_BUILD_PARALLEL_LEVEL"):
+                if self.env.get(env_name, "") != "":
+                    return self.env[env_name], env_name
+        return None
+
+    def ray_address(self) -> str | None:
+        """The Ray cluster to join before the budget is resolved, or None for a local build."""
+        values, origins = self.gather(GovernSettings)
+        if _coerce(GovernSettings, "executor", values, origins) != "ray":
+            return None
+        address = _coerce(GovernSettings, "ray_address", values, origins)
+        if not address:
+            raise BadInput("--executor ray needs --ray-address HOST:PORT",
+                           "start a cluster with `ray start --head --port 6379` and pass its "
+                           "address")
+        return str(address)
+
+    def get(self, model: type[Settings], name: str) -> Any:
+        """One value, validated, before the whole settings object can be (None when unset)."""
+        values, origins = self.gather(model)
+        _absolute(values, model)
+        value = _coerce(model, name, values, origins)
+        return model.model_fields[name].default if value is None else value
+
+    def gather(self, model: type[Settings]) -> tuple[dict[str, Any], dict[str, str]]:
+        values: dict[str, Any] = {}
+        origins: dict[str, str] = {}
+        for name, field in model.option_fields().items():
+            found = self.lookup(name, field)
+            if found is not None:
+                values[name], origins[name] = found
+        return values, origins
+
+
+def _validated(model: type[S], values: dict[str, Any], origins: dict[str, str]) -> S:
+    """The model, or BadInput naming where the bad value came from."""
+    try:
+        return model.model_validate({**values, "origins": origins})
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        name = str(error["loc"][0]) if error["loc"] else ""
+        field = model.model_fields.get(name)
+        origin = origins.get(name, DEFAULT)
+        shown = origin if origin.startswith(("--", "BUILDCTL_")) else f"{name} in {origin}"
+        raise BadInput(
+            f"{shown}: {error['msg']} (got {values.get(name)!r})",
+            f"fix or remove it; {name.replace('_', '-')} is "
+            + ((field.description or "a setting") if field else "a setting"),
+        ) from None
+
+
+def _coerce(model: type[Settings], name: str, values: dict[str, Any],
+            origins: dict[str, str]) -> Any:
+    """One raw value validated as its field would be (None when unset)."""
+    if name not in values:
+        return None
+    field = model.model_fields[name]
+    try:
+        kind = field.annotation
+        if field.metadata:
+            kind = Annotated[(kind, *field.metadata)]
+        return TypeAdapter(kind).validate_python(values[name])
+    except ValidationError:
+        _validated(model, {name: values[name]}, origins)  # raises with the origin
+        raise
+
+
+def _absolute(values: dict[str, Any], model: type[Settings]) -> None:
+    """Paths made absolute now: a Ray node or a later chdir sees the same files."""
+    for name, field in model.option_fields().items():
+        value = values.get(name)
+        if isinstance(value, str | Path) and _has(field.annotation, Path):
+            values[name] = Path(value).expanduser().absolute()
+
+
+# --- resolution: the budget and the slots, once -----------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Capacity:
+    """What the build may use at most: this host, or a Ray cluster (memory and CPUs)."""
+
+    host: host.HostInfo
+    cluster_memory: int | None = None
+    cluster_cpus: int | None = None
+
+
+def govern_settings(layers: Layers, capacity: Capacity) -> GovernSettings:
+    values, origins = layers.gather(GovernSettings)
+    _absolute(values, GovernSettings)
+    info = capacity.host
+    if "mem_budget" not in values:
+        if capacity.cluster_memory is not None:
+            values["mem_budget"], origins["mem_budget"] = capacity.cluster_memory, "Ray cluster"
+        else:
+            low = _coerce(GovernSettings, "low_ram", values, origins) or False
+            values["mem_budget"] = host.default_budget(
+                info.total_ram_bytes, info.cgroup_limit_bytes, low_ram=low)
+            origins["mem_budget"] = "host: min(RAM, cgroup limit) minus a reserve" + (
+                ", x0.75 for low-ram" if low else "")
+    if "jobs" not in values:
+        if capacity.cluster_cpus is not None:
+            values["jobs"], origins["jobs"] = capacity.cluster_cpus, "Ray cluster"
+        else:
+            values["jobs"], origins["jobs"] = info.cores, "host: CPU cores"
+    settings = _validated(GovernSettings, values, origins)
+    check_govern(settings, capacity)
+    return settings
+
+
+def check_govern(s: GovernSettings, capacity: Capacity) -> None:
+    """Flags checked against the host and each other (pure: numbers in, BadInput out)."""
+    info = capacity.host
+    if s.jobs < 1:
+        raise BadInput(f"{s.where('jobs')} is not a number of CPU slots", "pass --jobs 1 or more")
+    if s.mem_budget <= 0:
+        raise BadInput(f"{s.where('mem_budget')} is not a memory budget",
+                       "pass a size above 0, e.g. --mem-budget 28G (G = GiB)")
+    if s.mem_budget < MIN_BUDGET:
+        raise BadInput(
+            f"memory budget {host.format_size(s.mem_budget)} is too small to run a compiler",
+            "pass --mem-budget of at least 64M (a C++ compile needs ~100 MB and up)")
+    if not s.force:
+        if capacity.cluster_memory is not None:
+            limits = [(capacity.cluster_memory, "the Ray cluster's memory")]
+        else:
+            ram_swap = info.total_ram_bytes + info.swap_total_bytes
+            limits = [(ram_swap, f"this host's RAM + swap ({host.format_size(ram_swap)})")]
+            if info.cgroup_limit_bytes:
+                limits.append((info.cgroup_limit_bytes, "the cgroup memory limit ("
+                               f"{host.format_size(info.cgroup_limit_bytes)})"))
+        for limit, what in limits:
+            if s.mem_budget > limit:
+                raise BadInput(f"{s.where('mem_budget')} is more than {what}",
+                               "pass a smaller --mem-budget, or add --force to use it anyway")
+    ram = min(info.total_ram_bytes, info.cgroup_limit_bytes or info.total_ram_bytes)
+    if s.low_water is not None and s.low_water >= ram:
+        raise BadInput(
+            f"{s.where('low_water')} is not below the RAM ({host.format_size(ram)}): admission "
+            "would wait forever", "pass a smaller --low-water, or leave it out (5% of RAM)")
+    if s.critical is not None:
+        low_water = s.low_water if s.low_water is not None else _default_low_water(ram)
+        if s.critical >= low_water:
+            raise BadInput(
+                f"{s.where('critical')} is not below the low-water mark "
+                f"({host.format_size(low_water)}): jobs would be killed before admission pauses",
+                "pass --critical below --low-water, or leave it out (half the low-water mark)")
+    floor = max(1.0, 3 * SAMPLE_INTERVAL_S)
+    if s.hang_after < floor:
+        raise BadInput(
+            f"{s.where('hang_after')} s is shorter than {floor:g} s (and 3 sampling periods of "
+            f"{SAMPLE_INTERVAL_S:g} s): a busy job would be killed as stalled",
+            "pass --hang-after 1s or more (default 10m)")
+    if s.retries < 0:
+        raise BadInput(f"{s.where('retries')} is not a number of re-runs",
+                       "pass --retries 0 or more")
+    if s.prior_rss is not None and s.prior_rss <= 0:
+        raise BadInput(f"{s.where('prior_rss')} is not a predicted peak",
+                       "pass a size above 0, e.g. --prior-rss 1G")
+    if s.executor == "ray" and not s.ray_address:
         raise BadInput("--executor ray needs --ray-address HOST:PORT",
                        "start a cluster with `ray start --head --port 6379` and pass its address")
+
+
+def _default_low_water(ram: int) -> int:
+    from buildctl.govern.governor import default_watermarks
+
+    return default_watermarks(ram)[0]
+
+
+def command_settings(model: type[S], layers: Layers, govern: GovernSettings | None) -> S:
+    """A command's settings: its own layered values plus the resolved governor settings."""
+    values, origins = layers.gather(model)
+    _absolute(values, model)
+    if govern is not None:
+        values["govern"] = govern
+    settings = _validated(model, values, origins)
+    if isinstance(settings, BuildSettings) and settings.ninja_width is not None \
+            and settings.ninja_width < 1:
+        raise BadInput(f"{settings.where('ninja_width')} is not a number of jobs",
+                       "pass --ninja-width 1 or more")
+    return settings
+
+
+def plan_settings(layers: Layers) -> PlanSettings:
+    s = command_settings(PlanSettings, layers, None)
+    for name, what in (("cores", "number of cores"), ("jobs", "number of CPU slots")):
+        if getattr(s, name) is not None and getattr(s, name) < 1:
+            raise BadInput(f"{s.where(name)} is not a {what}",
+                           f"pass {flag_name(name, PlanSettings.model_fields[name])} 1 or more")
+    for name in ("mem", "mem_budget"):
+        if getattr(s, name) is not None and getattr(s, name) <= 0:
+            raise BadInput(f"{s.where(name)} is not a memory size",
+                           "pass a size above 0, e.g. 32G (G = GiB)")
+    return s
+
+
+def join_cluster(address: str | None, build_dir: Path, check_paths: list[Path],
+                 info: host.HostInfo) -> tuple[Any, Capacity]:
+    """For --executor ray: join the cluster (the executor) and take its memory and CPUs as the
+    capacity; otherwise (None, this host)."""
+    if address is None:
+        return None, Capacity(host=info)
     from buildctl.govern.ray_executor import make_ray_executor
 
     build_dir.mkdir(parents=True, exist_ok=True)
-    return make_ray_executor(args.ray_address, build_dir.resolve(), check_paths=[source])
+    executor, cluster = make_ray_executor(address, build_dir.resolve(), check_paths=check_paths)
+    return executor, Capacity(host=info, cluster_memory=cluster.total_memory,
+                              cluster_cpus=cluster.total_cpus)
 
 
-def session_options(args: argparse.Namespace, build_dir: Path, title: str, source: str):
-    from buildctl.govern.session import SessionOptions
+def show(settings: Settings) -> str:
+    """The --show-settings table: every value and where it came from."""
+    rows = settings.rows()
+    width = max(len(r[0]) for r in rows)
+    vwidth = min(max(len(r[1]) for r in rows), 40)
+    return "\n".join(f"{n:{width}}  {v:{vwidth}}  {o}" for n, v, o in rows)
 
-    budget, slots = resolve_budget(args)
-    executor, cluster = remote_executor(args, build_dir, source)
-    if cluster is not None:
-        # The cluster's memory and CPUs are the budget: Ray packs tasks per node by memory.
-        budget = args.mem_budget or cluster.total_memory
-        slots = args.jobs or cluster.total_cpus
-    return SessionOptions(
-        build_dir=build_dir,
-        budget_bytes=budget,
-        slots=slots,
-        report_path=args.report,
-        profile_db=args.profiles,
-        prior_bytes=args.prior_rss,
-        share_priors=args.share_priors,
-        cpu_shares=not args.whole_slots,
-        plain=args.plain,
-        title=title,
-        low_water_bytes=args.low_water,
-        critical_bytes=args.critical,
-        hang_after_s=args.hang_after,
-        retries=args.retries,
-        command=sys.argv,
-        source_dir=source,
-        executor=executor,
-    )
+
+def session_options(args: argparse.Namespace, build_dir: Path, title: str, source: str) -> Any:
+    """For a handler that has only its Namespace: the governor settings resolved once (flags,
+    environment, config files, host or Ray cluster), then the session's options."""
+    layers = Layers.collect(args)
+    executor, capacity = join_cluster(layers.ray_address(), build_dir, [Path(source)],
+                                      host.probe())
+    govern = govern_settings(layers, capacity)
+    return govern.session_options(build_dir, title, source, executor=executor)

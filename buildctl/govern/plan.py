@@ -18,7 +18,7 @@ from rich.table import Table
 
 from buildctl import host
 from buildctl.errors import BadInput
-from buildctl.govern.profiles import PROFILES_SCHEMA, ProfileDB, ProfileExport
+from buildctl.govern.profiles import ProfileDB, parse_export
 from buildctl.govern.simulate import (
     HostShape,
     SimJob,
@@ -130,16 +130,8 @@ def load_report_jobs(path: Path) -> list[SimJob]:
 def load_export_jobs(path: Path) -> list[SimJob]:
     fix = "pass a file written by `buildctl profile export` (or one shipped under profiles/)"
     text = _read_text(path, "profile export", fix)
-    try:
-        export = ProfileExport.model_validate(json.loads(text))
-    except (ValueError, TypeError) as exc:
-        raise BadInput(
-            f"{path} is not a buildctl profile export: {str(exc).splitlines()[0]}", fix
-        ) from None
-    if export.schema_ != PROFILES_SCHEMA:
-        raise BadInput(f"{path} has schema {export.schema_!r}, expected {PROFILES_SCHEMA!r}",
-                       "re-export it with this buildctl version")
-    return jobs_from_profiles(export.entries)
+    # the same reader as `profile import`: every export schema it accepts, checked the same way
+    return jobs_from_profiles(parse_export(text, str(path)))
 
 
 def load_db_jobs(path: Path | None) -> tuple[list[SimJob], str]:
@@ -344,13 +336,11 @@ def render_plan(plan: PlanResult, console: Console) -> None:
 
 
 def cmd_plan(args: argparse.Namespace, console: Console) -> int:
-    result = run_plan(
-        cores=args.cores, mem=args.mem, swap=args.swap, mem_budget=args.mem_budget,
-        slots=args.jobs, report=args.report_in, profiles=args.profiles,
-        profiles_json=args.profiles_json, filter_text=args.filter,
-        whole_slots=args.whole_slots,
-    )
-    if args.json:
+    from buildctl.settings import Layers, plan_settings
+
+    settings = plan_settings(Layers.collect(args))
+    result = run_plan(**settings.plan_kwargs())
+    if settings.as_json:
         sys.stdout.write(result.to_json() + "\n")
     else:
         render_plan(result, console)

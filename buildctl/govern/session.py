@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import fcntl
 import hashlib
 import os
@@ -83,6 +84,20 @@ class SessionOptions:
     source_dir: str = ""
     console: Console | None = None
     executor: RemoteExecutor | None = None  # e.g. a RayExecutor; None runs jobs locally
+    project: str = ""  # what is built: profiles of two projects never predict each other
+
+
+def governor_options(opts: SessionOptions, socket_path: Path, build_dir: Path) -> GovernorOptions:
+    """The governor's options: the session's values of the same name (so a field both have
+    never needs copying by hand), the socket and build dir, and the derived prior cap."""
+    wanted = {f.name for f in dataclasses.fields(GovernorOptions)}
+    shared = {f.name: getattr(opts, f.name) for f in dataclasses.fields(opts)
+              if f.name in wanted}
+    return GovernorOptions(
+        **{**shared, "socket_path": socket_path, "build_dir": build_dir},
+        # A prior the user chose is taken as it is.
+        cap_priors=opts.share_priors and not opts.prior_bytes,
+    )
 
 
 def _set_pdeathsig() -> None:
@@ -120,22 +135,7 @@ class GovernedSession:
             }
         self.profiles = ProfileDB(opts.profile_db, priors)
         self.governor = Governor(
-            GovernorOptions(
-                socket_path=self.socket_path,
-                budget_bytes=opts.budget_bytes,
-                slots=opts.slots,
-                build_dir=self.build_dir,
-                low_water_bytes=opts.low_water_bytes,
-                critical_bytes=opts.critical_bytes,
-                hang_after_s=opts.hang_after_s,
-                retries=opts.retries,
-                sample_interval_s=opts.sample_interval_s,
-                executor=opts.executor,
-                # A prior the user chose is taken as it is.
-                cap_priors=opts.share_priors and not opts.prior_bytes,
-                cpu_shares=opts.cpu_shares,
-            ),
-            self.profiles,
+            governor_options(opts, self.socket_path, self.build_dir), self.profiles
         )
         if opts.executor is not None and hasattr(opts.executor, "attach"):
             opts.executor.attach(self.governor)

@@ -6,69 +6,86 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
 from buildctl import host
 from buildctl.errors import BadInput, BuildctlError
-from buildctl.settings import resolve_budget, session_options
+from buildctl.settings import (
+    Capacity,
+    Layers,
+    WheelSettings,
+    command_settings,
+    govern_settings,
+    join_cluster,
+    show,
+)
 
 
-def _wheel_request(args: argparse.Namespace, torch: str):
-    from buildctl.kernels import resolve_project
-    from buildctl.wheel.pipeline import WheelRequest
+def _check_torch(layers: Layers, specs: tuple[str, ...]) -> None:
+    from buildctl.wheel.torchspec import parse_torch
 
-    budget, slots = resolve_budget(args)
-    project = resolve_project(
-        name=args.project,
-        source=args.source,
-        preset=args.preset,
-        low_ram=args.low_ram,
-        budget_bytes=budget,
-        slots=slots,
-        torch=torch,
-        cache_dir=args.cache_dir,
-        oneapi_roots=args.oneapi_root or [],
-        compiler=args.compiler,
-        aot=args.aot,
-    )
-    return WheelRequest(
-        torch=torch,
-        project=project.name,
-        source_dir=project.source_dir,
-        out_dir=args.out.resolve(),
-        cache_dir=args.cache_dir.resolve(),
-        cmake_defines=project.cmake_defines,
-        build_env=project.build_env,
-        smoke_snippet=project.smoke_snippet,
-        source_ref=project.source_ref,
-        patches=project.patches,
-        index_url=args.torch_index,
-        extra_index_urls=args.extra_index_url or [],
-        find_links=args.find_links or [],
-        allow_prerelease=args.allow_prerelease,
-    )
+    allow = bool(layers.get(WheelSettings, "allow_prerelease"))
+    for spec in specs:
+        parse_torch(spec, allow_prerelease=allow)  # bad versions: exit 2 before any work
+
+
+def _layers(args: argparse.Namespace, specs: tuple[str, ...]) -> Layers:
+    source = args.source if args.source is not None and args.source.is_dir() else None
+    return Layers.collect(args, project_dir=source, torch=specs)
+
+
+def _entry_report(report: Path | None, spec: str) -> Path | None:
+    return report.with_name(f"{report.stem}-{spec}{report.suffix}") if report else None
+
+
+def wheel_settings(args: argparse.Namespace) -> tuple[WheelSettings, Any]:
+    """`buildctl wheel`'s settings and, for --executor ray, the executor of its jobs."""
+    if args.settings_json:  # a matrix entry: resolved once, by the matrix
+        settings = WheelSettings.model_validate_json(args.settings_json)
+        _check_torch(_layers(args, settings.torch), settings.torch)
+        return settings, None
+    layers = _layers(args, (args.torch,))
+    _check_torch(layers, (args.torch,))
+    from buildctl.kernels import BUNDLED, KERNELS_DIR
+
+    cache_dir = layers.get(WheelSettings, "cache_dir")
+    shared = [args.source.resolve() if args.source else KERNELS_DIR / BUNDLED]
+    executor, capacity = join_cluster(layers.ray_address(), cache_dir, shared, host.probe())
+    try:
+        return command_settings(WheelSettings, layers, govern_settings(layers, capacity)), executor
+    except BaseException:
+        if executor is not None:
+            executor.close()
+        raise
 
 
 def cmd_wheel(args: argparse.Namespace, console: Console) -> int:
     from buildctl.wheel.pipeline import build_wheel, describe
-    from buildctl.wheel.torchspec import parse_torch
 
-    parse_torch(args.torch, allow_prerelease=args.allow_prerelease)  # bad versions: exit 2 now
-    req = _wheel_request(args, args.torch)
-    opts = session_options(
-        args, req.cache_dir, f"buildctl wheel {req.project} torch {args.torch}", str(req.source_dir)
-    )
-    console.print(
-        f"[bold]buildctl wheel[/bold]: {req.project} for torch {args.torch}, budget "
-        f"{host.format_size(opts.budget_bytes)}, {opts.slots} CPU slots",
-        highlight=False,
-    )
+    settings, executor = wheel_settings(args)
     try:
+        if args.show_settings or args.verbose:
+            console.print(show(settings), highlight=False, markup=False)
+        if args.show_settings:
+            return 0
+        torch = settings.torch[0]
+        req = settings.wheel_request(torch, settings.project_build(torch))
+        govern = settings.govern
+        opts = govern.session_options(
+            req.cache_dir, f"buildctl wheel {req.project} torch {torch}", str(req.source_dir),
+            executor=executor, project=req.project,
+        )
+        console.print(
+            f"[bold]buildctl wheel[/bold]: {req.project} for torch {torch}, budget "
+            f"{host.format_size(govern.mem_budget)}, {govern.jobs} CPU slots",
+            highlight=False,
+        )
         outcome = build_wheel(req, opts)
     finally:
-        if opts.executor is not None:
-            opts.executor.close()
+        if executor is not None:
+            executor.close()
     console.print(f"buildctl: wheel ready: {describe(outcome)}", highlight=False)
     console.print(
         f"  install: pip install --find-links {req.out_dir / outcome.label} {req.project}",
@@ -80,23 +97,32 @@ def cmd_wheel(args: argparse.Namespace, console: Console) -> int:
 def cmd_matrix(args: argparse.Namespace, console: Console) -> int:
     from buildctl.wheel.index import SummaryTable, WheelSummary
     from buildctl.wheel.pipeline import build_wheel
-    from buildctl.wheel.torchspec import parse_torch
 
-    for spec in args.torch:
-        parse_torch(spec, allow_prerelease=args.allow_prerelease)
-    if args.executor == "ray":
-        return _matrix_on_ray(args, console)
+    specs = tuple(args.torch)
+    layers = _layers(args, specs)
+    _check_torch(layers, specs)
+    ray_address = layers.ray_address()
+    # Each entry is a whole wheel build: the budget is per build, from this host (or the flags),
+    # on Ray too (a task asks the cluster for exactly that much).
+    settings = command_settings(
+        WheelSettings, layers, govern_settings(layers, Capacity(host=host.probe()))
+    )
+    if args.show_settings:
+        console.print(show(settings), highlight=False, markup=False)
+        return 0
+    if args.verbose:
+        console.print(show(settings), highlight=False, markup=False)
+    if ray_address is not None:
+        return _matrix_on_ray(settings, ray_address, console)
     rows: list[WheelSummary] = []
     failed = 0
-    for spec in args.torch:
-        req = _wheel_request(args, spec)
-        opts = session_options(
-            args, req.cache_dir, f"buildctl matrix {req.project} torch {spec}", str(req.source_dir)
+    for spec in specs:
+        req = settings.wheel_request(spec, settings.project_build(spec))
+        opts = settings.govern.session_options(
+            req.cache_dir, f"buildctl matrix {req.project} torch {spec}",
+            str(req.source_dir), project=req.project,
+            report=_entry_report(settings.govern.report, spec),
         )
-        if args.report:
-            opts.report_path = args.report.with_name(
-                f"{args.report.stem}-{spec}{args.report.suffix}"
-            )
         try:
             out = build_wheel(req, opts)
             rows.append(
@@ -127,65 +153,35 @@ def cmd_matrix(args: argparse.Namespace, console: Console) -> int:
     console.print(table.to_rich())
     from buildctl.report import write_text_atomic
 
-    write_text_atomic(args.out / "SUMMARY.md", table.to_markdown())
-    console.print(f"buildctl: summary in {args.out / 'SUMMARY.md'}; index pages under {args.out}")
+    write_text_atomic(settings.out / "SUMMARY.md", table.to_markdown())
+    console.print(f"buildctl: summary in {settings.out / 'SUMMARY.md'}; index pages under "
+                  f"{settings.out}")
     return 1 if failed else 0
 
 
-def _forwarded_wheel_args(args: argparse.Namespace) -> list[str]:
-    """The `buildctl wheel` arguments a matrix entry passes on to each build."""
-    out: list[str] = []
-    for flag, value in (
-        ("--project", args.project), ("--source", args.source), ("--preset", args.preset),
-        ("--out", args.out.resolve()), ("--cache-dir", args.cache_dir.resolve()),
-        ("--torch-index", args.torch_index), ("--compiler", args.compiler), ("--aot", args.aot),
-        ("--profiles", args.profiles), ("--prior-rss", args.prior_rss),
-    ):
-        if value is not None:
-            out += [flag, str(value)]
-    for flag, values in (("--extra-index-url", args.extra_index_url),
-                         ("--find-links", args.find_links), ("--oneapi-root", args.oneapi_root)):
-        for value in values or []:
-            out += [flag, str(value)]
-    if args.allow_prerelease:
-        out.append("--allow-prerelease")
-    if args.low_ram:
-        out.append("--low-ram")
-    if args.share_priors:
-        out.append("--share-priors")
-    if args.whole_slots:
-        out.append("--whole-slots")
-    return out
-
-
-def _matrix_on_ray(args: argparse.Namespace, console: Console) -> int:
-    """Each torch version's whole wheel build becomes one Ray task asking for its budget."""
+def _matrix_on_ray(settings: WheelSettings, address: str, console: Console) -> int:
+    """Each torch version's whole wheel build becomes one Ray task asking for its budget; the
+    task runs `buildctl wheel` with these settings, serialised."""
     from buildctl.govern.ray_executor import MatrixBuild, run_matrix_on_ray
     from buildctl.report import write_text_atomic
     from buildctl.wheel.index import SummaryTable, WheelSummary, write_pages
     from buildctl.wheel.torchspec import local_label, parse_torch
 
-    if not args.ray_address:
-        raise BadInput("--executor ray needs --ray-address HOST:PORT",
-                       "start a cluster with `ray start --head --port 6379` and pass its address")
-    budget, slots = resolve_budget(args)
+    govern = settings.govern
     builds = []
-    for spec in args.torch:
-        argv = [sys.executable, "-m", "buildctl.cli", "wheel", "--torch", spec,
-                *_forwarded_wheel_args(args), "--mem-budget", str(budget), "-j", str(slots),
-                "--plain"]
-        if args.report:
-            argv += ["--report", str(args.report.with_name(
-                f"{args.report.stem}-{spec}{args.report.suffix}").resolve())]
-        builds.append(MatrixBuild(name=spec, argv=argv, memory_bytes=budget, cpus=slots,
-                                  cwd=str(Path.cwd())))
-    paths = [args.out.resolve(), args.cache_dir.resolve()]
-    results = run_matrix_on_ray(builds, args.ray_address, check_paths=paths,
+    for spec in settings.torch:
+        entry = settings.for_one_torch(spec, _entry_report(govern.report, spec))
+        argv = [sys.executable, "-m", "buildctl", "wheel", "--torch", spec,
+                "--settings-json", entry.model_dump_json()]
+        builds.append(MatrixBuild(name=spec, argv=argv, memory_bytes=govern.mem_budget,
+                                  cpus=govern.jobs, cwd=str(Path.cwd())))
+    paths = [settings.out, settings.cache_dir]
+    results = run_matrix_on_ray(builds, address, check_paths=paths,
                                 on_event=lambda text: console.print(text, highlight=False))
     rows = []
     for res in results:
         label = local_label(parse_torch(res.name, allow_prerelease=True))
-        wheels = sorted((args.out / label).rglob("*.whl"))
+        wheels = sorted((settings.out / label).rglob("*.whl"))
         ok = res.rc == 0 and wheels
         rows.append(WheelSummary(
             torch=res.name, wheel=wheels[-1].name if ok else "-",
@@ -194,10 +190,10 @@ def _matrix_on_ray(args: argparse.Namespace, console: Console) -> int:
             note=f"node {res.node}" + ("" if ok else f"; exit {res.rc}: "
                                        + (res.stderr.strip().splitlines() or [""])[-1][:120]),
         ))
-    write_pages(args.out)
+    write_pages(settings.out)
     table = SummaryTable(rows=rows)
     console.print(table.to_rich())
-    write_text_atomic(args.out / "SUMMARY.md", table.to_markdown())
+    write_text_atomic(settings.out / "SUMMARY.md", table.to_markdown())
     return 0 if all(r.verify == "pass" for r in rows) else 1
 
 
