@@ -7,12 +7,15 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
+from buildctl.cli import main
 from buildctl.errors import BadInput, BuildctlError, BuildFailed
 from buildctl.report import BuildReport, write_text_atomic
 from buildctl.wheel.index import add_wheels
@@ -103,3 +106,95 @@ def test_no_space_while_writing_keeps_the_previous_report(
     monkeypatch.undo()
     assert BuildReport.read(report).budget_bytes == 7
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]  # no temporary left
+
+
+# --- the same through `buildctl build` -----------------------------------------------------------
+
+
+def _project(tmp_path: Path) -> Path:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.cpp").write_text("int a() { return 1; }\n")
+    (src / "CMakeLists.txt").write_text(
+        "cmake_minimum_required(VERSION 3.21)\nproject(p CXX)\nadd_library(p SHARED a.cpp)\n"
+    )
+    return src
+
+
+def _build(tmp_path: Path, *extra: str) -> list[str]:
+    return ["build", "--source", str(_project(tmp_path)), "--plain", *extra]
+
+
+def _stderr_ok(err: str) -> None:
+    assert "Traceback" not in err and 1 <= len(err.strip().splitlines()) <= 6, err
+
+
+def test_report_naming_a_directory_is_refused_before_anything_is_built(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BUILDCTL_PROFILE_DB", str(tmp_path / "profiles.sqlite"))
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    build = tmp_path / "b"
+    rc = main(_build(tmp_path, "--build-dir", str(build), "--report", str(reports)))
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    _stderr_ok(err)
+    assert "is a directory" in err
+    assert not (build / "build.ninja").exists()  # refused up front, not after the build
+
+
+def test_build_dir_naming_a_file_is_bad_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BUILDCTL_PROFILE_DB", str(tmp_path / "profiles.sqlite"))
+    file = tmp_path / "notes.txt"
+    file.write_text("mine\n")
+    rc = main(_build(tmp_path, "--build-dir", str(file)))
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    _stderr_ok(err)
+    assert "not a directory" in err
+    assert file.read_text() == "mine\n"
+
+
+def test_no_space_for_the_lock_is_two_lines(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BUILDCTL_PROFILE_DB", str(tmp_path / "profiles.sqlite"))
+    real_write = os.write
+
+    def write(fd: int, data: bytes) -> int:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("/.buildctl/lock"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+    rc = main(_build(tmp_path, "--build-dir", str(tmp_path / "b")))
+    monkeypatch.undo()
+    err = capsys.readouterr().err
+    assert rc == 1, err
+    _stderr_ok(err)
+    assert "lock: No space left on device" in err
+
+
+def test_a_full_disk_for_the_report_fails_the_run_and_keeps_the_build_dirs_report(
+    tmp_path: Path,
+) -> None:
+    full = tmp_path / "full"
+    try:
+        os.mknod(full, stat.S_IFCHR | 0o666, os.makedev(1, 7))
+    except PermissionError:
+        pytest.skip("creating a device node needs root")
+    build = tmp_path / "b"
+    env = {**os.environ, "BUILDCTL_PROFILE_DB": str(tmp_path / "profiles.sqlite")}
+    result = subprocess.run(
+        [sys.executable, "-m", "buildctl.cli", *_build(tmp_path, "--build-dir", str(build),
+                                                       "--report", str(full))],
+        env=env, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    _stderr_ok(result.stderr)
+    assert "No space left on device" in result.stderr
+    assert BuildReport.read(build / ".buildctl" / "report.json").status == "ok"
+    assert stat.S_ISCHR(full.stat().st_mode)
