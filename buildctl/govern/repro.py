@@ -39,10 +39,18 @@ def _manifest(path: Path) -> tuple[str, dict] | None:
         file = path / name
         if file.is_file():
             try:
-                return kind, json.loads(file.read_text())
-            except (OSError, ValueError):
+                data = json.loads(file.read_text())
+            except (OSError, ValueError, RecursionError):  # unreadable, not UTF-8, not JSON
                 return None
+            return (kind, data) if isinstance(data, dict) else None
     return None
+
+
+def _int(value: object, default: int) -> int:
+    try:
+        return int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError, OverflowError):
+        return default
 
 
 def _summary(path: Path) -> ReproSummary | None:
@@ -50,7 +58,8 @@ def _summary(path: Path) -> ReproSummary | None:
     if found is None:
         return None
     kind, data = found
-    versions = data.get("versions") or {}
+    versions = data.get("versions")
+    versions = versions if isinstance(versions, dict) else {}
     reason = data.get("reason") if kind == "crash" else data.get("evidence")
     return ReproSummary(
         path=path,
@@ -60,7 +69,7 @@ def _summary(path: Path) -> ReproSummary | None:
         created=str(data.get("created", "")),
         reason=str(reason or ""),
         compiler=str(versions.get("compiler", "")),
-        attempt=int(data.get("attempt", 1) or 1),
+        attempt=_int(data.get("attempt"), 1) or 1,
     )
 
 
@@ -119,10 +128,10 @@ def show_repro(path: Path) -> str:
     ]
     readme = path / "README.md"
     if readme.is_file():
-        lines.append(readme.read_text())
+        lines.append(readme.read_text(errors="replace"))
     attempts = path / "attempts.log"
     if attempts.is_file():
-        lines += ["attempts:", attempts.read_text()]
+        lines += ["attempts:", attempts.read_text(errors="replace")]
     return "\n".join(lines)
 
 
