@@ -105,20 +105,21 @@ def cmd_profile(args: argparse.Namespace, console: Console) -> int:
         if args.profile_cmd == "show":
             _show(db, args, console)
         elif args.profile_cmd == "export":
-            text = db.export_json(args.project)
+            text = db.export_json(getattr(args, "project", None))
             if args.file is None or str(args.file) == "-":
                 sys.stdout.write(text + "\n")
             else:
                 from buildctl.report import write_text_atomic
 
                 write_text_atomic(args.file, text + "\n")
-                console.print(f"exported {len(db.latest(args.project))} job profiles to "
+                console.print(f"exported {len(db.latest(getattr(args, 'project', None)))} job "
+                              f"profiles to "
                               f"{args.file}", highlight=False)
         elif args.profile_cmd == "import":
             from buildctl.govern.profiles import read_export_text
 
             text = read_export_text(args.file)
-            count = db.import_json(text, str(args.file), project=args.project)
+            count = db.import_json(text, str(args.file), project=getattr(args, "project", None))
             console.print(f"imported {count} job profiles into {db.path}", highlight=False)
     finally:
         _print_warnings(db.warnings)
@@ -130,10 +131,12 @@ def _show(db: Any, args: argparse.Namespace, console: Console) -> None:
     from buildctl.govern.profiles import summarize_by_target
     from buildctl.govern.scheduler import cpu_share
 
-    entries = db.latest(args.project)
+    # getattr: the options this parser adds, read safely under an older parser too.
+    project = getattr(args, "project", None)
+    entries = db.latest(project)
     if args.filter:
         entries = [e for e in entries if args.filter in e.output]
-    if args.json:
+    if getattr(args, "json", False):
         if args.jobs_detail:
             rows: list[dict[str, Any]] = [
                 {**e.model_dump(exclude={"curve"}),
@@ -151,7 +154,7 @@ def _show(db: Any, args: argparse.Namespace, console: Console) -> None:
         sys.stdout.write(json.dumps(rows, indent=1) + "\n")
         return
     if not entries:
-        where = f" for project {args.project!r}" if args.project is not None else ""
+        where = f" for project {project!r}" if project is not None else ""
         console.print(f"no profiles in {db.path}{where} yet; run `buildctl build` once",
                       highlight=False)
         return

@@ -409,12 +409,15 @@ def jobs_from_report(report: BuildReport, *, replay: bool = False) -> list[SimJo
 
 
 def jobs_from_profiles(entries: Iterable[ProfileEntry]) -> list[SimJob]:
-    """One job per output: the most recent entry wins when several compilers built it."""
-    latest: dict[str, ProfileEntry] = {}
+    """One job per project and output: the most recent entry wins when several compilers built
+    it. Cache hits are no measurement of a job."""
+    latest: dict[tuple[str, str], ProfileEntry] = {}
     for entry in entries:
-        seen = latest.get(entry.output)
+        if entry.cache_hit:
+            continue
+        seen = latest.get((entry.project, entry.output))
         if seen is None or entry.recorded_at >= seen.recorded_at:
-            latest[entry.output] = entry
+            latest[entry.project, entry.output] = entry
     return [
         SimJob(
             output=e.output,
