@@ -10,21 +10,38 @@ from rich.console import Console
 
 
 def cmd_doctor(args: argparse.Namespace, console: Console) -> int:
+    from buildctl.data import PROFILES_DIR
     from buildctl.govern.profiles import ProfileDB
     from buildctl.toolchain.compat import resolve
-    from buildctl.toolchain.doctor import render, run_doctor
+    from buildctl.toolchain.doctor import (
+        load_shipped_entries,
+        project_peak,
+        render,
+        run_doctor,
+        shipped_profile_path,
+    )
 
-    if args.torch:
-        resolve(args.torch)  # an unknown or malformed version is bad input: exit 2
-    needed = None
+    ref = resolve(args.torch).kernel_ref if args.torch else None  # bad --torch: exit 2
+    # The figures of the project being built: vllm-xpu-kernels for an XPU target, else the
+    # bundled project; never the largest job of whatever else the database holds.
+    project = "vllm-xpu-kernels" if args.torch else "pagedattn"
+    shipped_path = shipped_profile_path(project, ref, PROFILES_DIR)
     db = ProfileDB(args.profiles)
     try:
-        entries = db.latest()
-        if entries:
-            needed = max(e.peak_rss_bytes for e in entries)
+        needed, needed_from = project_peak(
+            project,
+            db.latest(),
+            load_shipped_entries(shipped_path),
+            shipped_path.name if shipped_path else "",
+        )
     finally:
         db.close()
-    report = run_doctor(args.torch, python=args.python or sys.executable, needed_peak_bytes=needed)
+    report = run_doctor(
+        args.torch,
+        python=args.python or sys.executable,
+        needed_peak_bytes=needed,
+        needed_from=needed_from,
+    )
     if args.json:
         sys.stdout.write(report.to_json() + "\n")
     else:

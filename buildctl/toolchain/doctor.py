@@ -34,7 +34,8 @@ from buildctl.toolchain.probes import LevelZeroProbe, TorchProbe, probe_level_ze
 __all__ = ["Check", "DoctorReport", "env_command", "render", "run_doctor"]
 
 SCHEMA = "buildctl.doctor/1"
-Status = Literal["pass", "warn", "fail"]
+# "skip": not checked (nothing to check here), never counted as passed
+Status = Literal["pass", "warn", "fail", "skip"]
 MIN_CMAKE = "3.21"  # cmake_language(DEFER) for our hooks, CMAKE_PROJECT_INCLUDE
 XPU_KERNELS_MIN_CMAKE = "3.26"  # vllm-xpu-kernels: cmake_minimum_required(VERSION 3.26)
 DISK_FAIL_BYTES = 5 * 1024**3
@@ -89,7 +90,68 @@ def _check(name: str, status: Status, detail: str, fix: str = "", **data: Any) -
 # ----------------------------------------------------------------------------- host
 
 
-def check_memory(info: HostInfo, needed_peak_bytes: int | None) -> list[Check]:
+def project_peak(
+    project: str, measured: Sequence[Any], shipped: Sequence[Any], shipped_from: str = ""
+) -> tuple[int | None, str]:
+    """The largest job of the project being built, and where the figure comes from.
+
+    Measured profiles of this project win (by the project recorded with them, or, for records
+    without one, by sharing an output path with the shipped profile); then the shipped
+    profile. Jobs of other projects in the same database never count.
+    """
+    mine = [e for e in measured if getattr(e, "project", "") == project]
+    if not mine and shipped:
+        outputs = {e.output for e in shipped}
+        mine = [e for e in measured if not getattr(e, "project", "") and e.output in outputs]
+    if mine:
+        return max(e.peak_rss_bytes for e in mine), f"measured ({len(mine)} jobs of {project})"
+    if shipped:
+        where = f" {shipped_from}" if shipped_from else ""
+        return max(e.peak_rss_bytes for e in shipped), f"shipped estimate{where}"
+    return None, f"no profile of {project} yet"
+
+
+def shipped_profile_path(project: str, ref: str | None, root: Path) -> Path | None:
+    """The shipped profile for `ref`, else the newest shipped one at or before it (estimates
+    are per ref; `-unpatched` files describe a build without our patches and are skipped)."""
+    folder = root / project
+    if not folder.is_dir():
+        return None
+    candidates: list[tuple[Version, Path]] = []
+    for path in folder.glob("*.json"):
+        if path.stem.endswith("-unpatched"):
+            continue
+        try:
+            candidates.append((Version(path.stem.lstrip("v")), path))
+        except InvalidVersion:
+            continue
+    if not candidates:
+        return None
+    if ref is not None:
+        try:
+            want = Version(ref.lstrip("v"))
+        except InvalidVersion:
+            want = None
+        if want is not None:
+            older = [c for c in candidates if c[0] <= want]
+            if older:
+                return max(older)[1]
+    return max(candidates)[1]
+
+
+def load_shipped_entries(path: Path | None) -> list[Any]:
+    if path is None:
+        return []
+    import json
+    from types import SimpleNamespace
+
+    data = json.loads(path.read_text())
+    return [SimpleNamespace(**e) for e in data.get("entries", [])]
+
+
+def check_memory(
+    info: HostInfo, needed_peak_bytes: int | None, needed_from: str = ""
+) -> list[Check]:
     """RAM, swap and cgroup limit, against what the build is predicted to need."""
     limit = min(info.total_ram_bytes, info.cgroup_limit_bytes or info.total_ram_bytes)
     budget = hostmod.default_budget(info.total_ram_bytes, info.cgroup_limit_bytes)
@@ -103,6 +165,9 @@ def check_memory(info: HostInfo, needed_peak_bytes: int | None) -> list[Check]:
         "available_bytes": info.available_bytes,
         "budget_bytes": budget,
     }
+    if needed_from:
+        data["needed_from"] = needed_from
+        ram_detail += f" (job peaks: {needed_from})"
     if needed_peak_bytes is None:
         out.append(_check("memory", "pass", ram_detail + "; build peak not known yet", **data))
     elif needed_peak_bytes <= budget:
@@ -258,9 +323,10 @@ def check_cmake(version_text: str | None, need_xpu: bool) -> Check:
             version=version,
         )
     if need_xpu and Version(version) < Version(XPU_KERNELS_MIN_CMAKE):
+        # upstream's cmake_minimum_required stops the configure: not a warning
         return _check(
             "cmake",
-            "warn",
+            "fail",
             f"cmake {version}: vllm-xpu-kernels requires {XPU_KERNELS_MIN_CMAKE}",
             'pip install "cmake>=3.26" into the build environment',
             version=version,
@@ -333,7 +399,20 @@ def check_torch(probe: TorchProbe, resolution: Resolution | None) -> list[Check]
             status, fix = "warn", f"install an XPU build of torch from {XPU_INDEX}"
         out.append(_check("torch", status, detail, fix, **data))
     if probe.python_version and resolution is not None:
-        if SpecifierSet(resolution.python).contains(probe.python_version, prereleases=True):
+        supported = resolution.python_supported_versions
+        in_cmake_list = not supported or ".".join(probe.python_version.split(".")[:2]) in supported
+        if not in_cmake_list:
+            out.append(
+                _check(
+                    "python",
+                    "fail",
+                    f"Python {probe.python_version} is not one of vllm-xpu-kernels "
+                    f"{resolution.kernel_ref}'s PYTHON_SUPPORTED_VERSIONS "
+                    f"({', '.join(supported)}): its CMake configure stops",
+                    f"create the build venv with Python {supported[-1]}",
+                )
+            )
+        elif SpecifierSet(resolution.python).contains(probe.python_version, prereleases=True):
             out.append(
                 _check(
                     "python",
@@ -377,17 +456,17 @@ def check_runtime_wheels(
     dists: Mapping[str, str], compiler: str | None, expected: Mapping[str, str] | None
 ) -> Check:
     runtime = {k: v for k, v in dists.items() if k in oneapi.COMPILER_RUNTIME_DISTS}
-    if compiler is None:
-        listed = ", ".join(f"{k} {v}" for k, v in sorted(runtime.items())) or "none"
-        return _check(
-            "sycl-runtime", "pass", f"Intel runtime wheels: {listed} (no compiler pinned)"
-        )
     if not runtime:
         return _check(
             "sycl-runtime",
-            "pass",
-            "no Intel SYCL runtime wheels installed next to torch",
+            "skip",
+            "not checked: no Intel SYCL runtime wheels are installed next to torch",
             compiler=compiler,
+        )
+    if compiler is None:
+        listed = ", ".join(f"{k} {v}" for k, v in sorted(runtime.items()))
+        return _check(
+            "sycl-runtime", "skip", f"not checked: {listed} installed, but no compiler pinned"
         )
     problems = oneapi.compare_runtime_wheels(runtime, compiler, expected)
     listed = ", ".join(f"{k} {v}" for k, v in sorted(runtime.items()))
@@ -570,6 +649,7 @@ def run_doctor(
     python: str = sys.executable,
     needed_peak_bytes: int | None = None,
     *,
+    needed_from: str = "",
     roots: Sequence[str | os.PathLike[str]] = (),
     environ: Mapping[str, str] | None = None,
     disk_path: str | os.PathLike[str] | None = None,
@@ -608,7 +688,7 @@ def run_doctor(
             info = hostmod.probe(path)
         except OSError:
             info = hostmod.probe(None)
-    checks += _guard("memory", lambda: check_memory(info, needed_peak_bytes))
+    checks += _guard("memory", lambda: check_memory(info, needed_peak_bytes, needed_from))
     checks += _guard("disk", lambda: check_disk(info.disk_free_bytes, path))
     checks += _guard(
         "cmake", lambda: check_cmake(_tool_version(["cmake", "--version"]), torch is not None)
@@ -662,7 +742,7 @@ def run_doctor(
 
 # ----------------------------------------------------------------------------- rendering
 
-_STYLE = {"pass": "green", "warn": "yellow", "fail": "bold red"}
+_STYLE = {"pass": "green", "warn": "yellow", "fail": "bold red", "skip": "dim"}
 
 
 def render(report: DoctorReport, console: Console) -> None:
@@ -676,10 +756,12 @@ def render(report: DoctorReport, console: Console) -> None:
     for c in report.checks:
         table.add_row(c.name, f"[{_STYLE[c.status]}]{c.status}[/]", c.detail, c.fix)
     console.print(table)
-    counts = {s: sum(1 for c in report.checks if c.status == s) for s in ("pass", "warn", "fail")}
+    counts = {
+        s: sum(1 for c in report.checks if c.status == s) for s in ("pass", "warn", "fail", "skip")
+    }
     console.print(
         f"[{_STYLE[report.status]}]{report.status}[/]: {counts['pass']} passed, "
-        f"{counts['warn']} warnings, {counts['fail']} failed"
+        f"{counts['warn']} warnings, {counts['fail']} failed, {counts['skip']} not checked"
     )
     if report.resolution and report.resolution.notes:
         console.print("notes:")
