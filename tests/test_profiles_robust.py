@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from buildctl.errors import BadInput
+from buildctl.errors import BadInput, BuildctlError
 from buildctl.govern.profiles import JobKey, ProfileDB, ProfileEntry
 
 M = 1024**2
@@ -180,6 +180,20 @@ def test_a_db_whose_directory_cannot_be_created_predicts_without_recording(
     assert db.record(_entry()) is False
     assert len(db.warnings) == 1 and db.warnings[0].startswith("not recording profiles: ")
     assert "fix:" in db.warnings[0] and "\n" not in db.warnings[0]
+
+
+def test_an_import_into_a_db_that_cannot_be_written_fails_with_the_reason(
+    tmp_path: Path,
+) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    db = ProfileDB(blocker / "profiles.sqlite")
+    export = '{"schema": "buildctl.profiles/2", "entries": [{"output": "a.o", "kind": "compile",' \
+        ' "compiler": "cc", "peak_rss_bytes": 5}]}'
+    with pytest.raises(BuildctlError) as err:
+        db.import_json(export, "x.json")
+    assert err.value.exit_code == 1 and not isinstance(err.value, BadInput)
+    assert "cannot create" in err.value.what and "writable" in err.value.fix
 
 
 # -- real read-only and full filesystems, in a private mount namespace ---------------------------

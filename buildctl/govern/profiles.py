@@ -526,6 +526,7 @@ class ProfileDB:
         self.priors = {**DEFAULT_PRIORS, **(priors or {})}
         self.warnings: list[str] = []
         self.writable = False
+        self._write_problem = ("", "")  # (why, fix) of the last failed write
         self._inode: tuple[int, int] | None = None
         self._lock = threading.RLock()
         self._conn = self._open()
@@ -540,7 +541,9 @@ class ProfileDB:
         self.writable = False
         fix = (f"free space on the disk of {self.path}" if full
                else f"make {self.path} and its directory writable")
-        self._warn(f"not recording profiles: {why}; fix: {fix}, or pass --profiles FILE elsewhere")
+        fix += ", or pass --profiles FILE elsewhere"
+        self._write_problem = (why, fix)
+        self._warn(f"not recording profiles: {why}; fix: {fix}")
 
     def _open(self) -> sqlite3.Connection:
         try:
@@ -882,9 +885,11 @@ class ProfileDB:
             return 0
         stored = self.record_many(entries)
         if stored != len(entries):
+            why, fix = self._write_problem
             raise BuildctlError(
-                f"could not store the profiles of {source} in {self.path}",
-                self.warnings[-1] if self.warnings else "check that the DB file is writable",
+                f"could not store the profiles of {source} in {self.path}"
+                + (f": {why}" if why else ""),
+                fix or f"make {self.path} and its directory writable",
             )
         return stored
 
