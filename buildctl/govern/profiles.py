@@ -400,9 +400,9 @@ CREATE TABLE runs (
 )
 """
 _INDEXES_V2 = (
-    "CREATE INDEX IF NOT EXISTS runs_exact ON runs(project, output, compiler, fingerprint)",
-    "CREATE INDEX IF NOT EXISTS runs_target2 ON runs(project, target, compiler, kind)",
-    "CREATE INDEX IF NOT EXISTS runs_family ON runs(project, family, compiler, kind)",
+    "CREATE INDEX IF NOT EXISTS runs_by_job ON runs(project, output, compiler, fingerprint)",
+    "CREATE INDEX IF NOT EXISTS runs_by_target ON runs(project, target, compiler, kind)",
+    "CREATE INDEX IF NOT EXISTS runs_by_family ON runs(project, family, compiler, kind)",
 )
 _RUN_COLUMNS = "output, compiler, fingerprint, peak_rss, wall_s, cpu_s, runq_s, censored, curve"
 
