@@ -495,7 +495,7 @@ def _coerce(model: type[Settings], name: str, values: dict[str, Any],
 def _absolute(values: dict[str, Any], model: type[Settings]) -> None:
     """Paths made absolute now: a Ray node or a later chdir sees the same files."""
     for name, field in model.option_fields().items():
-        value = values.get(name)
+        value = values.get(name, field.default if isinstance(field.default, Path) else None)
         if isinstance(value, str | Path) and _has(field.annotation, Path):
             values[name] = Path(value).expanduser().absolute()
 
