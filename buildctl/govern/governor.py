@@ -10,9 +10,7 @@ import dataclasses
 import hashlib
 import json
 import os
-import re
 import shutil
-import signal
 import socket
 import struct
 import threading
@@ -26,7 +24,7 @@ from typing import Any, Protocol
 import psutil
 
 from buildctl import host
-from buildctl.govern import profiles, scheduler
+from buildctl.govern import policy, profiles, scheduler
 from buildctl.govern.diagnostics import (
     Cancelled,
     collect_tree,
@@ -41,108 +39,54 @@ from buildctl.govern.monitor import (
     Verdict,
     VerdictPolicy,
     read_wchan,
-    sample_tree,
     verdict,
 )
-from buildctl.govern.profiles import Prediction, ProfileDB, ProfileEntry, target_of
+from buildctl.govern.outcome import (  # re-exported: tests and executors classify through here
+    CRASH_SIGNALS,
+    ICE_TEXT,
+    KILLED_TEXT,
+    STOP_REASONS,
+    Outcome,
+    classify_exit,
+    exit_of,
+    oom_kills,
+)
+from buildctl.govern.profiles import JobKey, Prediction, ProfileDB, ProfileEntry, target_of
+from buildctl.govern.runner import JobRunner, LocalRunner
+from buildctl.govern.snapshot import RunningView, Snapshot
 from buildctl.report import BuildReport, Event, JobRecord
+
+__all__ = [
+    "CRASH_SIGNALS", "ICE_TEXT", "KILLED_TEXT", "STOP_REASONS", "Governor", "GovernorOptions",
+    "Job", "Outcome", "RemoteExecutor", "RunningView", "Snapshot", "classify_exit", "exit_of",
+    "oom_kills",
+]  # fmt: skip
 
 MiB = 1024**2
 LINE_LIMIT = 16 * MiB
-CRASH_SIGNALS = {signal.SIGSEGV, signal.SIGFPE, signal.SIGILL, signal.SIGABRT, signal.SIGBUS}
-# What compilers print when they (or a process they drive) crash: gcc, clang/icpx, nvcc.
-ICE_TEXT = re.compile(
-    r"internal compiler error|Internal Compiler Error|Please submit a full bug report|"
-    r"PLEASE submit a bug report|failed due to signal|died due to signal"
-)
-# A driver reporting that its child was killed from outside (OOM killer, a user): not a bug.
-KILLED_TEXT = re.compile(
-    r"\b(Killed|Terminated|Interrupt|Hangup) signal terminated program|"
-    r"unable to execute command: (Killed|Terminated)|died due to signal (9|15|2|1)\b"
-)
-STOP_REASONS = ("interrupt", "launcher-gone")
+CURVE_POINTS = 64  # an RSS curve is thinned to this many points in the profile DB
 
 
-def _compile_fingerprint(argv: list[str], cwd: str) -> str:
-    """profiles.compile_fingerprint with the source's content digest read here (the edge)."""
+def policy_curve(samples: list[tuple[float, int]]) -> policy.Curve:
+    """A job's sampled (running seconds, RSS) as the thinned curve profiles keep."""
+    return tuple((round(t, 2), rss) for t, rss in profiles.thin_curve(samples, CURVE_POINTS))
+
+
+def _compile_fingerprint(argv: list[str], cwd: str) -> tuple[str, int]:
+    """profiles.compile_fingerprint with the source's content digest read here (the edge), and
+    the source's size (sibling predictions scale by it)."""
     source = profiles.compile_source(argv)
     digest = ""
+    size = 0
     if source:
         path = Path(cwd, source) if cwd else Path(source)
         try:
-            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            data = path.read_bytes()
+            digest = hashlib.sha256(data).hexdigest()
+            size = len(data)
         except OSError:
             digest = "unreadable"
-    return profiles.compile_fingerprint(argv, digest)
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """How one attempt of a job ended, as far as retry policy and the report care."""
-
-    kind: str  # ok | failed | crash | killed | hang | spin | guard | interrupted
-    reason: str = ""
-
-
-def classify_exit(
-    rc: int,
-    sig: int,
-    stderr_tail: str,
-    kill_reason: str | None,
-    interrupting: bool = False,
-    oom_killed: bool = False,
-) -> Outcome:
-    """Pure: a kill by buildctl (guard, hang, Ctrl-C) is never a crash; a crash is a crash
-    signal, an ICE message, or a SIGKILL from the kernel OOM killer."""
-    if rc == 0:
-        return Outcome("ok")
-    if kill_reason == "oom-guard":
-        return Outcome("guard", "killed by the OOM guard")
-    if kill_reason == "budget":
-        return Outcome(
-            "guard", "killed: it outgrew its prediction and the reservations passed the budget"
-        )
-    if kill_reason in ("hang", "spin"):
-        what = "stalled" if kill_reason == "hang" else "spinning"
-        return Outcome(kill_reason, f"killed as {what}")
-    if interrupting or kill_reason in STOP_REASONS:
-        return Outcome("interrupted", "stopped by an interrupt")
-    name = describe_exit(rc, sig)
-    if sig in CRASH_SIGNALS:
-        return Outcome("crash", f"the compiler died of {signal.Signals(sig).name}")
-    if sig == signal.SIGKILL or (KILLED_TEXT.search(stderr_tail) and sig == 0):
-        if oom_killed:
-            return Outcome("crash", "killed by the kernel OOM killer (raise --mem-budget "
-                                    "headroom or lower -j; buildctl's guard acted too late)")
-        return Outcome("killed", f"killed from outside buildctl ({name})")
-    if sig:
-        return Outcome("killed", f"killed from outside buildctl ({name})")
-    if ICE_TEXT.search(stderr_tail):
-        return Outcome("crash", f"internal compiler error (exit code {rc})")
-    return Outcome("failed", name)
-
-
-def exit_of(done: dict) -> tuple[int, int]:
-    """(exit status as a shell reports it, signal) from a launcher's or executor's `done`."""
-    rc = int(done.get("rc", 1))
-    sig = int(done.get("signal") or 0)
-    if rc < 0:  # older launchers / executors send Popen's negative returncode
-        sig = sig or -rc
-        rc = 128 + sig
-    return rc, sig
-
-
-def oom_kills() -> int:
-    """Kernel OOM kills so far (all cgroups); a rise during a job's run that coincides with its
-    SIGKILL means the kernel, not a user, killed it."""
-    try:
-        with open("/proc/vmstat") as handle:
-            for line in handle:
-                if line.startswith("oom_kill "):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return 0
+    return profiles.compile_fingerprint(argv, digest), size
 
 
 @dataclass
@@ -158,15 +102,18 @@ class GovernorOptions:
     hang_after_s: float = 600.0
     retries: int = 1  # re-runs of a job killed as stalled/spinning
     crash_retries: int = 1  # re-runs of a job whose compiler crashed
-    guard_retries: int = 20  # re-runs after OOM-guard kills (ninja should never see those)
     spin_factor: float = 5.0  # a job running longer than this x its longest record is spinning
     spin_floor_s: float = 300.0  # ...but never before this: history from a quiet machine lies
     max_bypass_s: float = 60.0
     # Start-up: hold the first admission until launchers stop registering (scheduler.gather_hold_s)
     gather_quiet_s: float = scheduler.GATHER_QUIET_S
     gather_max_s: float = scheduler.GATHER_MAX_S
-    # Predict never-measured jobs at most budget / slots (scheduler.capped_prior): --share-priors.
-    cap_priors: bool = False
+    # Predict never-measured jobs at most budget / slots (scheduler.capped_prior). Safe by
+    # default: a guess that turns out low is frozen, not killed, and only a few jobs of an
+    # unmeasured family start before one of them is measured (policy.unknown_family_limit).
+    cap_priors: bool = True
+    freeze: bool = True  # freeze growing jobs before killing any (policy.pressure_actions)
+    project: str = ""  # profiles are keyed by project: two projects never share a prediction
     # A job whose profile shows it mostly waiting takes a fraction of a slot (scheduler.cpu_share);
     # off: every job takes a whole slot (--whole-slots).
     cpu_shares: bool = True
@@ -204,6 +151,8 @@ class Job:
     prediction: Prediction
     enqueued_at: float
     queued_at_first: float
+    fingerprint: str = ""
+    source_bytes: int = 0
     attempts: int = 1
     state: str = "waiting"  # waiting | running | done
     exclusive: bool = False
@@ -217,6 +166,8 @@ class Job:
     runq_by_pid: dict[int, float] = field(default_factory=dict)
     # Recent samples for rates only; the clock keeps time-since-progress over any window.
     samples: deque[TreeSample] = field(default_factory=lambda: deque(maxlen=256))
+    # (running seconds, tree RSS) of this attempt, frozen time left out: the job's RSS curve.
+    curve: list[tuple[float, int]] = field(default_factory=list)
     clock: ProgressClock = field(default_factory=ProgressClock)
     kill_reason: str | None = None
     verdict: Verdict | None = None
@@ -226,62 +177,65 @@ class Job:
     output_tail: str = ""  # last stderr lines, pushed by the launcher while the job runs
     oom_at_start: int = 0
     hang_kills: int = 0
-    guard_kills: int = 0
+    memory_kills: int = 0
     crashes: int = 0
     repro_dir: str | None = None  # crash repro or stall bundle of this job
     capped_from: int = 0  # the uncapped prior when the prediction is a capped prior, else 0
     cpu_share: float = 1.0  # of a CPU slot, as admitted (scheduler.cpu_share)
+    unknown_group: str = ""  # family key while nothing of it is measured (slow start)
+    frozen_since: float | None = None
+    frozen_s: float = 0.0  # this attempt's time frozen
+    growth_at_freeze: float = 0.0  # its RSS slope when it was frozen (bytes/s)
+    frozen_total_s: float = 0.0  # every attempt's
+    protected: bool = False  # a re-run after a memory kill: never frozen or killed again
 
+    @property
+    def frozen(self) -> bool:
+        return self.frozen_since is not None
 
-@dataclass(frozen=True)
-class RunningView:
-    output: str
-    rss: int
-    predicted: int
-    elapsed_s: float
-    verdict: str
-    evidence: str
-    exclusive: bool
-    attempts: int
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    t: float
-    budget: int
-    slots: int
-    running: tuple[RunningView, ...]
-    waiting: int
-    finished: int
-    failed: int
-    reserved: int
-    live_rss: int
-    peak_total_rss: int
-    host_available: int
-    paused: str
-    wait_reason: str
+    def running_s(self, now: float) -> float:
+        """Time this attempt has run, frozen time left out."""
+        frozen = self.frozen_s + (now - self.frozen_since if self.frozen_since is not None else 0)
+        return max(0.0, now - self.started_at - frozen)
 
 
 class Governor:
-    def __init__(self, options: GovernorOptions, profiles: ProfileDB) -> None:
+    """Admission server and memory guard of one build.
+
+    Decisions are policy's and scheduler's (pure); this class keeps the jobs' state, feeds
+    them snapshots and carries out what they return through a `JobRunner`. `clock` and
+    `available` exist so tests can drive it without processes or sleeps (`enqueue`, `tick`,
+    `finish_attempt` are the synchronous core the socket protocol calls)."""
+
+    def __init__(
+        self,
+        options: GovernorOptions,
+        profiles: ProfileDB,
+        *,
+        runner: JobRunner | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        available: Callable[[], int] = host.available_bytes,
+    ) -> None:
         self.opts = options
         self.profiles = profiles
+        self.runner: JobRunner = runner or LocalRunner()
+        self._clock = clock
+        self._available = available
         total = psutil.virtual_memory().total
         low, critical = default_watermarks(total)
         self.low_water = options.low_water_bytes if options.low_water_bytes is not None else low
         self.critical = options.critical_bytes if options.critical_bytes is not None else critical
-        self.t0 = time.monotonic()
+        self.t0 = clock()
         self.jobs: dict[int, Job] = {}
         self._next_id = 1
         self.finished: list[JobRecord] = []
         self.events: list[Event] = []
         self.event_listeners: list[Callable[[Event], None]] = []
         self.peak_total_rss = 0
-        self.host_min_available = psutil.virtual_memory().available
+        self.host_min_available = available()
         self.samples: list[tuple[float, int, int]] = []
         self.paused = ""
         self.wait_reason = ""
-        self._last_guard_kill = -1e9
         # Start-up gathering: when the first and the latest launcher registered before the
         # first admission (None once something was admitted).
         self._first_arrival: float | None = None
@@ -375,7 +329,7 @@ class Governor:
     # --- events ------------------------------------------------------------------------------
 
     def now(self) -> float:
-        return time.monotonic() - self.t0
+        return self._clock() - self.t0
 
     def event(self, kind: str, output: str | None = None, detail: str = "", **data: object) -> None:
         ev = Event(kind=kind, t_s=round(self.now(), 3), output=output, detail=detail, data=data)
@@ -498,17 +452,35 @@ class Governor:
             output = os.path.relpath(output, cwd)
         compiler = await self._compiler_id(argv[0])
         kind = msg.get("kind", "other")
-        if kind == "compile":
-            compiler = f"{compiler} #{_compile_fingerprint(argv, cwd)}"
-        prediction = self.profiles.predict(output, kind, compiler)
-        capped_from = 0
-        if self.opts.cap_priors and prediction.source == "prior":
-            capped = scheduler.capped_prior(
-                prediction.bytes, self.opts.budget_bytes, self.opts.slots
-            )
-            if capped < prediction.bytes:
-                capped_from = prediction.bytes
-                prediction = dataclasses.replace(prediction, bytes=capped)
+        fingerprint, source_bytes = (
+            _compile_fingerprint(argv, cwd) if kind == "compile" else ("", 0)
+        )
+        return self.enqueue(
+            output,
+            kind,
+            compiler,
+            argv=argv,
+            cwd=cwd,
+            fingerprint=fingerprint,
+            source_bytes=source_bytes,
+            launcher_pid=int(msg.get("pid", 0)),
+            env=msg.get("env"),
+        )
+
+    def enqueue(
+        self,
+        output: str,
+        kind: str,
+        compiler: str,
+        *,
+        argv: list[str] | None = None,
+        cwd: str = "",
+        fingerprint: str = "",
+        source_bytes: int = 0,
+        launcher_pid: int = 0,
+        env: dict[str, str] | None = None,
+    ) -> Job:
+        """A job asks for admission: predict it, queue it, and decide."""
         now = self.now()
         if not self._admitted_any:
             if self._first_arrival is None:
@@ -519,18 +491,21 @@ class Governor:
                 id=self._next_id,
                 output=output,
                 kind=kind,
-                argv=argv,
+                argv=argv or [compiler],
                 cwd=cwd,
-                launcher_pid=int(msg.get("pid", 0)),
+                launcher_pid=launcher_pid,
                 compiler=compiler,
-                prediction=prediction,
+                prediction=Prediction(0, "prior"),
                 enqueued_at=now,
                 queued_at_first=now,
-                env=msg.get("env"),
-                capped_from=capped_from,
+                fingerprint=fingerprint,
+                source_bytes=source_bytes,
+                env=env,
             )
             self._next_id += 1
+            self._predict(job)
             self.jobs[job.id] = job
+        prediction = job.prediction
         if prediction.bytes > self.opts.budget_bytes:
             over = prediction.bytes - self.opts.budget_bytes
             self.event(
@@ -545,46 +520,138 @@ class Governor:
         self._admit()
         return job
 
+    def _key(self, job: Job) -> JobKey:
+        return JobKey(job.output, job.kind, job.compiler, job.fingerprint, self.opts.project)
+
+    def _sibling(self, job: Job) -> policy.Sibling:
+        done = job.state == "done"
+        return policy.Sibling(
+            compiler=job.compiler,
+            kind=job.kind,
+            directory=os.path.dirname(job.output),
+            family=profiles.family_of(job.output),
+            source_bytes=job.source_bytes,
+            peak=job.peak_rss,
+            finished=done,
+            curve=tuple(policy_curve(job.curve)) if done else (),
+        )
+
+    def _predict(self, job: Job) -> None:
+        """The profile DB first; for a job it has never seen, measured siblings of this build;
+        then a prior, capped to a slot's share of the budget, with a slow start for its family
+        (the caller holds the lock)."""
+        prediction = self.profiles.predict(self._key(job))
+        job.capped_from = 0
+        job.unknown_group = ""
+        if prediction.source in ("exact", "output"):
+            job.prediction = prediction
+            return
+        # Not this job's own history: siblings measured in this build know more than a
+        # neighbour's peak from the DB (they ran with these flags, and carry a curve).
+        siblings = [
+            self._sibling(other)
+            for other in self.jobs.values()
+            if other.id != job.id and other.attempts == 1 and (
+                (other.state == "done" and other.record is not None
+                 and other.record.status == "ok")
+                or other.state == "running"
+            )
+        ]
+        guess = policy.sibling_prediction(self._sibling(job), siblings)
+        if guess is not None:
+            estimate, source, curve = guess
+            floor = prediction.bytes if prediction.censored else 0
+            prediction = dataclasses.replace(
+                prediction, bytes=max(estimate, floor), source=source, curve=curve
+            )
+        elif prediction.source == "prior":
+            job.unknown_group = f"{job.compiler}|{job.kind}|{profiles.family_of(job.output)}"
+            if self.opts.cap_priors:
+                capped = scheduler.capped_prior(
+                    prediction.bytes, self.opts.budget_bytes, self.opts.slots
+                )
+                if capped < prediction.bytes:
+                    job.capped_from = prediction.bytes
+                    prediction = dataclasses.replace(prediction, bytes=capped)
+        job.prediction = prediction
+
+    def _refresh_guesses(self) -> None:
+        """A job finished: waiting jobs that were guessed (sibling or prior) are predicted
+        again from what this build has measured since."""
+        with self._lock:
+            for job in self.jobs.values():
+                if job.state == "waiting" and not job.protected and job.prediction.source in (
+                    "prior", "sibling", "sibling-dir", "target", "family"
+                ):
+                    self._predict(job)
+
     # --- admission ---------------------------------------------------------------------------
 
     def _admit(self) -> None:
         if not self._admitted_any and self._gathering():
             return
+        now = self.now()
         with self._lock:
             waiting = [
-                scheduler.Waiting(j.id, j.prediction.bytes, j.enqueued_at, self._share(j))
+                scheduler.Waiting(
+                    j.id,
+                    j.prediction.bytes,
+                    j.enqueued_at,
+                    self._share(j),
+                    curve=j.prediction.curve,
+                    unknown_group=j.unknown_group,
+                )
                 for j in self.jobs.values()
                 if j.state == "waiting"
             ]
             running = [
-                scheduler.Running(j.id, j.prediction.bytes, j.current_rss, j.exclusive, j.cpu_share)
+                scheduler.Running(
+                    j.id,
+                    j.prediction.bytes,
+                    j.current_rss,
+                    j.exclusive,
+                    j.cpu_share,
+                    envelope=policy.running_envelope(
+                        j.prediction.curve, j.prediction.bytes, j.current_rss, j.running_s(now)
+                    ),
+                    unknown_group=j.unknown_group,
+                )
                 for j in self.jobs.values()
                 if j.state == "running"
             ]
+            # A pause can only be lifted by running jobs giving memory back: with none running
+            # (the host is short of memory for reasons of its own) waiting would never end, so
+            # the build goes on one job at a time.
+            paused = bool(self.paused) and bool(running)
             decision = scheduler.decide(
                 waiting,
                 running,
                 self.opts.budget_bytes,
                 self.opts.slots,
-                paused=bool(self.paused),
-                now=self.now(),
+                paused=paused,
+                now=now,
                 max_bypass_s=self.opts.max_bypass_s,
+                unknown_limit=policy.unknown_family_limit(self.opts.slots),
             )
-            self.wait_reason = decision.reason
-            for job_id in decision.admit:
+            admit = decision.admit[:1] if self.paused and not running else decision.admit
+            self.wait_reason = decision.reason or (f"paused: {self.paused}" if paused else "")
+            for job_id in admit:
                 job = self.jobs[job_id]
                 job.state = "running"
                 job.exclusive = job_id in decision.exclusive
                 job.cpu_share = self._share(job)
-                job.started_at = self.now()
+                job.started_at = now
                 job.current_rss = 0
                 job.samples.clear()
+                job.curve = []
                 job.runq_by_pid.clear()
                 job.clock = ProgressClock()
                 job.verdict = None
                 job.output_tail = ""
                 job.kill_reason = None
                 job.child_pid = None
+                job.frozen_since = None
+                job.frozen_s = 0.0
                 job.go.set()
                 self._admitted_any = True
 
@@ -666,7 +733,34 @@ class Governor:
             job.state = "waiting"
             job.enqueued_at = self.now()
             job.peak_rss = 0
+            job.frozen_total_s += job.frozen_s
         self._admit()
+
+    def _record_profile(self, entry: ProfileEntry) -> None:
+        """Profile writes never stop a build: the DB says when it cannot record, once."""
+        seen = len(self.profiles.warnings)
+        self.profiles.record(entry)
+        for warning in self.profiles.warnings[seen:]:
+            self.event("info", entry.output, warning)
+
+    def _profile_entry(self, job: Job, peak: int, maxrss: int, wall_s: float, cpu_s: float,
+                       censored: bool) -> ProfileEntry:
+        return ProfileEntry(
+            output=job.output,
+            kind=job.kind,
+            compiler=job.compiler,
+            fingerprint=job.fingerprint,
+            project=self.opts.project,
+            peak_rss_bytes=peak,
+            wait4_maxrss_bytes=maxrss,
+            wall_s=wall_s,
+            cpu_s=cpu_s,
+            runq_wait_s=round(sum(job.runq_by_pid.values()), 3),
+            target=target_of(job.output),
+            censored=censored,
+            curve=[] if censored else list(policy_curve(job.curve)),
+            source_bytes=job.source_bytes,
+        )
 
     def _finish(
         self, job: Job, done: dict, outcome: Outcome | None = None, repro: str | None = None
@@ -679,7 +773,10 @@ class Governor:
                 repro = self._crash_evidence(job, done, outcome)
         if self._interrupting and outcome.kind not in ("ok", "interrupted"):
             outcome = Outcome("interrupted", "stopped by an interrupt")
-        elapsed = self.now() - job.started_at
+        elapsed = job.running_s(self.now())
+        if job.frozen_since is not None:  # it ended while frozen (a kill continues the tree)
+            job.frozen_s += self.now() - job.frozen_since
+            job.frozen_since = None
         maxrss = int(done.get("maxrss", 0))
         peak = max(job.peak_rss, maxrss)
         with self._lock:
@@ -688,25 +785,28 @@ class Governor:
         kind = outcome.kind
         if repro:
             job.repro_dir = repro
-        if kind == "guard" and job.guard_kills <= self.opts.guard_retries:
-            if job.kill_reason == "budget":
-                # Its prediction was too low: from now on it is predicted at what it reached
-                # (at least the full prior if it ran on a capped one).
-                raised = max(job.capped_from, peak, job.prediction.bytes)
-                job.prediction = dataclasses.replace(job.prediction, bytes=raised)
-                job.capped_from = 0
-                self.event(
-                    "retry",
-                    job.output,
-                    "re-running after a budget overrun kill, "
-                    f"predicted {host.format_size(raised)} now",
-                    attempt=job.attempts,
-                    reason="budget",
-                    predicted=raised,
-                )
-            else:
-                self.event("retry", job.output, "re-running after an OOM-guard kill",
-                           attempt=job.attempts, reason="oom-guard")
+        if kind in ("guard", "hang", "spin", "interrupted") and peak > 0:
+            # Cut short: what it reached is a lower bound, never its peak.
+            self._record_profile(self._profile_entry(
+                job, peak, maxrss, elapsed, float(done.get("cpu_s", 0.0)), censored=True
+            ))
+        rerun = policy.after_memory_kill(job.prediction.bytes, peak, job.memory_kills)
+        if kind == "guard" and rerun is not None:
+            job.prediction = dataclasses.replace(
+                job.prediction, bytes=rerun.reserve, censored=True
+            )
+            job.protected = rerun.protected
+            job.capped_from = 0
+            job.unknown_group = ""
+            self.event(
+                "retry",
+                job.output,
+                "re-running after a memory kill, protected from further kills, reserved "
+                f"{host.format_size(rerun.reserve)}",
+                attempt=job.attempts,
+                reason="memory",
+                predicted=rerun.reserve,
+            )
             self._requeue(job)
             return {"op": "retry"}
         if kind in ("hang", "spin") and job.hang_kills <= self.opts.retries:
@@ -760,6 +860,8 @@ class Governor:
             status=status,  # type: ignore[arg-type]
             exit_code=rc,
             exclusive=job.exclusive,
+            frozen_s=round(job.frozen_total_s + job.frozen_s, 3),
+            memory_kills=job.memory_kills,
             verdict=last.state if last and last.state != "starting" else "healthy",
             verdict_evidence=last.evidence if last else "",
             repro_dir=job.repro_dir,
@@ -771,20 +873,12 @@ class Governor:
             self.finished.append(record)
             job.env = None  # a finished job's environment is not needed any more
             job.output_tail = ""
+        if rc == 0:
+            self._refresh_guesses()  # this build now knows more about the job's siblings
         self._admit()  # the slot is free: admit before the profile write, not after it
         if rc == 0:
-            self.profiles.record(
-                ProfileEntry(
-                    output=job.output,
-                    kind=job.kind,
-                    compiler=job.compiler,
-                    peak_rss_bytes=peak,
-                    wait4_maxrss_bytes=maxrss,
-                    wall_s=elapsed,
-                    cpu_s=record.cpu_s,
-                    runq_wait_s=record.runq_wait_s,
-                    target=record.target,
-                )
+            self._record_profile(
+                self._profile_entry(job, peak, maxrss, elapsed, record.cpu_s, censored=False)
             )
         if kind in ("hang", "spin"):
             what = "stalled" if kind == "hang" else "kept spinning"
@@ -800,8 +894,9 @@ class Governor:
             )}
         if kind == "guard":
             return {"op": "fail", "detail": (
-                f"killed {job.guard_kills} times by the OOM guard; "
-                "lower -j or raise --mem-budget"
+                f"killed by the memory guard after its one protected re-run ({job.attempts} "
+                "attempts): the host ran out of memory beside it; raise --mem-budget or free "
+                "memory on the host"
             )}
         if kind == "killed":
             return {"op": "fail", "detail": f"{job.output}: {outcome.reason}"}
@@ -832,42 +927,34 @@ class Governor:
         self._admit()
 
     def _kill_tree(self, job: Job, reason: str) -> None:
-        pid = job.child_pid
-        if not pid:
-            return
-        try:
-            procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
-        except psutil.NoSuchProcess:
-            procs = []
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)  # the launcher made the child a group leader
-        for proc in procs:  # anything that left the group (setsid) still dies
-            with contextlib.suppress(psutil.NoSuchProcess):
-                proc.kill()
+        self.runner.kill(job)
 
-    # --- sampling, guard, verdicts -----------------------------------------------------------
+    # --- sampling, memory guard, verdicts ----------------------------------------------------
 
     async def _sampler(self) -> None:
         while True:
             try:
-                self._tick()
+                self.tick()
             except Exception as exc:  # never let a sampling glitch stop the build
                 self.event("info", None, f"sampler error: {exc!r}")
             await asyncio.sleep(self.opts.sample_interval_s)
 
-    def _tick(self) -> None:
+    def tick(self) -> None:
+        """One sampling round: every running tree, the memory guard, the verdicts, admission."""
         t = self.now()
-        avail = host.available_bytes()
+        avail = self._available()
         self.host_min_available = min(self.host_min_available, avail)
         total = 0
-        running = [j for j in self.jobs.values() if j.state == "running" and j.child_pid]
+        running = [j for j in self.jobs.values() if j.state == "running"]
         for job in running:
-            sample = sample_tree(job.child_pid, t)  # type: ignore[arg-type]
+            sample = self.runner.sample(job, t)
             if sample is None:
                 continue
             with self._lock:
                 job.samples.append(sample)
-                job.clock.update(sample)
+                if not job.frozen:
+                    job.clock.update(sample)
+                    job.curve.append((round(job.running_s(t), 3), sample.rss))
                 job.current_rss = sample.rss
                 job.peak_rss = max(job.peak_rss, sample.rss)
                 job.cpu_s = sample.cpu_s
@@ -878,25 +965,51 @@ class Governor:
         if t - self._last_report_sample >= 0.5:
             self.samples.append((round(t, 2), total, avail))
             self._last_report_sample = t
-        guard_killed = self._guard(avail, running)
-        if not guard_killed:
-            self._budget_guard(running)
-        self._verdicts(running)
+        self._memory_guard(avail, running)
+        self._verdicts([j for j in running if not j.frozen])
         self._admit()
 
-    def _guard(self, avail: int, running: list[Job]) -> bool:
-        """Host memory: pause admission when low, kill the youngest job when critical (True
-        when it killed one)."""
-        pressure = host.memory_pressure()
-        reason = ""
-        if avail < self.low_water:
-            reason = (
-                f"host available {host.format_size(avail)} < low-water "
-                f"{host.format_size(self.low_water)}"
-            )
-        elif pressure and pressure[1] >= self.opts.psi_full_pause:
-            reason = f"memory pressure: PSI full avg10 {pressure[1]:.1f}%"
-        else:
+    def _live(self, job: Job, now: float) -> policy.LiveJob:
+        growth = job.growth_at_freeze if job.frozen else policy.growth_rate(
+            [(s.t, s.rss) for s in job.samples]
+        )
+        ahead = 0
+        if job.prediction.curve:
+            ahead = policy.running_envelope(
+                job.prediction.curve, job.prediction.bytes, job.current_rss, job.running_s(now)
+            ).peak_ahead()
+        elif job.prediction.source not in ("prior",) and not job.capped_from:
+            ahead = max(job.prediction.bytes, job.current_rss)
+        return policy.LiveJob(
+            job_id=job.id,
+            rss=job.current_rss,
+            growth_bps=growth,
+            started_at=job.started_at,
+            cpu_s=job.cpu_s,
+            frozen=job.frozen,
+            protected=job.protected,
+            peak_ahead=ahead,
+        )
+
+    def _memory_guard(self, avail: int, running: list[Job]) -> None:
+        """Pause, freeze, thaw or (last) kill, as policy.pressure_actions says; PSI pressure and
+        a thrashing job pause admission too."""
+        now = self.now()
+        live_jobs = [j for j in running if not j.kill_reason]  # a tree being killed frees
+        actions = policy.pressure_actions(
+            [self._live(j, now) for j in live_jobs],
+            self.opts.budget_bytes,
+            host_available=avail,
+            low_water=self.low_water,
+            critical=self.critical,
+            can_freeze=self.opts.freeze and self.opts.executor is None,
+        )
+        reason = actions.pause
+        if not reason:
+            pressure = host.memory_pressure()
+            if pressure and pressure[1] >= self.opts.psi_full_pause:
+                reason = f"memory pressure: PSI full avg10 {pressure[1]:.1f}%"
+        if not reason:
             # A thrashing job needs memory, not company: shed load instead of killing it.
             for job in running:
                 if job.verdict and job.verdict.state == "thrashing":
@@ -908,57 +1021,47 @@ class Governor:
         elif not reason and self.paused:
             self.event("throttle", None, "admission resumed", available=avail)
         self.paused = reason
-        if avail < self.critical and len(running) > 1 and self.now() - self._last_guard_kill > 1.0:
-            # Kill the youngest: the oldest has made the most progress (and progress is kept).
-            victim = max(running, key=lambda j: j.started_at)
-            victim.kill_reason = "oom-guard"
-            victim.guard_kills += 1
-            self._kill_tree(victim, "oom-guard")
-            self._last_guard_kill = self.now()
+        live_total = sum(j.current_rss for j in live_jobs)
+        for job_id in actions.freeze:
+            job = self.jobs[job_id]
+            if self.runner.freeze(job):
+                with self._lock:
+                    job.frozen_since = now
+                    job.growth_at_freeze = policy.growth_rate([(s.t, s.rss) for s in job.samples])
+                self.event("freeze", job.output,
+                           f"froze it at {host.format_size(job.current_rss)}: {actions.why} "
+                           f"(live {host.format_size(live_total)})", job_rss=job.current_rss,
+                           total_rss=live_total)
+        for job_id in actions.thaw:
+            job = self.jobs[job_id]
+            self.runner.thaw(job)
+            with self._lock:
+                if job.frozen_since is not None:
+                    job.frozen_s += now - job.frozen_since
+                job.frozen_since = None
+                job.clock = ProgressClock()  # frozen time is not a stall
+                job.samples.clear()
+            self.event("thaw", job.output, f"resumed it (live {host.format_size(live_total)})",
+                       total_rss=live_total)
+        if actions.kill is not None:
+            victim = self.jobs[actions.kill]
+            victim.kill_reason = "memory"
+            victim.memory_kills += 1
+            self._kill_tree(victim, "memory")
             self.event(
                 "oom-guard-kill",
                 victim.output,
-                f"host available {host.format_size(avail)} < critical "
-                f"{host.format_size(self.critical)}: killed the youngest job and re-queued it",
-                available=avail,
+                f"{actions.why} (live {host.format_size(live_total)} of "
+                f"{host.format_size(self.opts.budget_bytes)}, host available "
+                f"{host.format_size(avail)}): killed the job that loses least work per byte "
+                f"({host.format_size(victim.current_rss)}, {victim.cpu_s:.1f} s CPU); it re-runs "
+                "once, protected",
+                reason="memory",
+                total_rss=live_total,
                 job_rss=victim.current_rss,
+                cpu_lost_s=round(victim.cpu_s, 3),
+                available=avail,
             )
-            return True
-        return False
-
-    def _budget_guard(self, running: list[Job]) -> None:
-        """The jobs' reservations above the budget while a job runs above its prediction (or on
-        a capped prior): kill the youngest such job and re-queue it at what it reached (see
-        scheduler.overrun_victim)."""
-        live = [
-            scheduler.Live(
-                j.id, j.current_rss, j.started_at, j.capped_from > 0, j.prediction.bytes
-            )
-            for j in running
-            if not j.kill_reason  # a tree being killed is about to free its memory
-        ]
-        victim_id = scheduler.overrun_victim(live, self.opts.budget_bytes)
-        if victim_id is None:
-            return
-        total = sum(j.rss for j in live)
-        reserved = sum(scheduler.guard_reserved(j) for j in live)
-        victim = self.jobs[victim_id]
-        victim.kill_reason = "budget"
-        victim.guard_kills += 1
-        self._kill_tree(victim, "budget")
-        self.event(
-            "oom-guard-kill",
-            victim.output,
-            f"jobs' reservations {host.format_size(reserved)} (live "
-            f"{host.format_size(total)}) > budget {host.format_size(self.opts.budget_bytes)}: "
-            f"killed the youngest job above its prediction "
-            f"({host.format_size(victim.current_rss)} of "
-            f"{host.format_size(victim.prediction.bytes)} predicted) and re-queued it",
-            reason="budget",
-            total_rss=total,
-            reserved=reserved,
-            job_rss=victim.current_rss,
-        )
 
     def _spin_ceiling(self, job: Job) -> float | None:
         """Only a job's own history says how long is too long: the same output, with the same
@@ -973,11 +1076,11 @@ class Governor:
         for job in running:
             if job.kill_reason or not job.samples:
                 continue
-            policy = VerdictPolicy(
+            rules = VerdictPolicy(
                 hang_after_s=self.opts.hang_after_s, spin_ceiling_s=self._spin_ceiling(job)
             )
             result = verdict(
-                list(job.samples), policy, self.now() - job.started_at, job.clock.since()
+                list(job.samples), rules, job.running_s(self.now()), job.clock.since()
             )
             previous = job.verdict.state if job.verdict else "starting"
             with self._lock:
@@ -1041,11 +1144,13 @@ class Governor:
                     output=j.output,
                     rss=j.current_rss,
                     predicted=j.prediction.bytes,
-                    elapsed_s=now - j.started_at,
-                    verdict=j.verdict.state if j.verdict else "starting",
+                    elapsed_s=j.running_s(now),
+                    verdict="frozen" if j.frozen
+                    else (j.verdict.state if j.verdict else "starting"),
                     evidence=j.verdict.evidence if j.verdict else "",
                     exclusive=j.exclusive,
                     attempts=j.attempts,
+                    frozen=j.frozen,
                 )
                 for j in sorted(running, key=lambda j: j.started_at)
             )
@@ -1063,6 +1168,7 @@ class Governor:
                 host_available=self.samples[-1][2] if self.samples else 0,
                 paused=self.paused,
                 wait_reason=self.wait_reason,
+                frozen=sum(1 for j in running if j.frozen),
             )
 
     def fill_report(self, report: BuildReport) -> None:

@@ -35,8 +35,8 @@ Curve = tuple[tuple[float, int], ...]  # (seconds since the job started, tree RS
 
 # --- curves and envelopes ----------------------------------------------------------------------
 
-CURVE_BLUR = 0.15  # of a job's duration: how far a loaded machine shifts its curve in time
-PROGRESS_MARGIN = 0.1  # progress is estimated low by this much (earlier = larger future peak)
+CURVE_BLUR = 0.05  # of a job's duration: how far a loaded machine shifts its curve in time
+PROGRESS_MARGIN = 0.05  # progress is estimated low by this much (earlier = larger future peak)
 GRID_POINTS = 48  # resolution of the future-total check
 
 
@@ -51,16 +51,16 @@ def curve_peak(curve: Curve) -> int:
 def _max_over(curve: Curve, start: float, end: float) -> int:
     """Largest RSS of the curve over [start, end] (curve time); the sample at or before
     `start` counts, since RSS holds between samples."""
+    current = 0  # the value at `start`: the last sample at or before it
     best = 0
-    before = 0
     for t, rss in curve:
-        if t < start:
-            before = rss
+        if t <= start:
+            current = rss
             continue
         if t > end:
             break
         best = max(best, rss)
-    return max(best, before)
+    return max(best, current)
 
 
 @dataclass(frozen=True)
@@ -178,6 +178,7 @@ GROWTH_HORIZON_S = 2.0  # how far ahead the growth estimate looks
 PAUSE_AT = 0.90  # projected total / budget that pauses admission
 FREEZE_AT = 0.97  # projected total / budget that freezes a growing job
 THAW_BELOW = 0.85  # a frozen job resumes when the total plus what it may still grow fits this
+THAW_HORIZON_S = 10.0  # an unprofiled frozen job may grow this long at its rate before the freeze
 
 
 @dataclass(frozen=True)
@@ -186,7 +187,7 @@ class LiveJob:
 
     job_id: int
     rss: int
-    growth_bps: float  # recent RSS slope (bytes/s); negative when shrinking
+    growth_bps: float  # recent RSS slope (bytes/s); frozen: the slope before the freeze
     started_at: float
     cpu_s: float  # work done so far: what a kill throws away
     frozen: bool = False
@@ -203,16 +204,20 @@ class PressureActions:
     why: str = ""  # the evidence for a freeze or kill, for the event log
 
 
+def _growth(job: LiveJob, horizon_s: float) -> int:
+    """What a running job adds over the horizon at its recent rate, never past what its
+    profile says it will still reach."""
+    if job.frozen:
+        return 0
+    grow = max(0.0, job.growth_bps) * horizon_s
+    if job.peak_ahead and job.rss <= job.peak_ahead:
+        grow = min(grow, job.peak_ahead - job.rss)
+    return int(grow)
+
+
 def projected_total(jobs: Sequence[LiveJob], horizon_s: float = GROWTH_HORIZON_S) -> int:
-    """Live total plus each running (not frozen) job's growth over the horizon; a job is not
-    expected to grow past what its profile says it will still reach."""
-    total = 0
-    for job in jobs:
-        grow = 0 if job.frozen else max(0.0, job.growth_bps) * horizon_s
-        if job.peak_ahead and not job.frozen:
-            grow = min(grow, max(0, job.peak_ahead - job.rss)) if job.rss <= job.peak_ahead else grow
-        total += job.rss + int(grow)
-    return total
+    """Live total plus each running (not frozen) job's growth over the horizon."""
+    return sum(job.rss + _growth(job, horizon_s) for job in jobs)
 
 
 def kill_victim(jobs: Sequence[LiveJob]) -> int | None:
@@ -241,10 +246,11 @@ def pressure_actions(
 ) -> PressureActions:
     """What to do about memory now.
 
-    Kill only when the live total is already over the budget or the host is under its
-    critical mark; before that, freeze growing jobs (cheapest to hold first: least RSS pinned)
-    until the projected total fits, keeping the oldest unfrozen job running; thaw the
-    earliest-started frozen job when the total plus what it may still grow fits again."""
+    Freeze growing jobs (cheapest to hold first: least RSS pinned) until the projected total
+    fits, always keeping the oldest job running; kill only when the live total is over the
+    budget or the host is at its critical mark; thaw frozen jobs, earliest started first,
+    when the total plus what each may still grow (its profile's remaining peak, else its
+    growth rate before the freeze over THAW_HORIZON_S) fits under THAW_BELOW of the budget."""
     live = sum(job.rss for job in jobs)
     projected = projected_total(jobs, horizon_s)
     host_low = host_available is not None and host_available < low_water
@@ -256,17 +262,11 @@ def pressure_actions(
     elif projected >= PAUSE_AT * budget:
         pause = "the jobs' projected total is near the budget"
 
-    if live > budget or host_critical:
-        victim = kill_victim(jobs)
-        where = "host available memory is critical" if host_critical else "live total over budget"
-        if victim is not None:
-            return PressureActions(pause or where, kill=victim, why=where)
-        # Nothing may be killed (one job, or only protected re-runs): freeze what can be frozen.
-
     frozen_ids = {job.job_id for job in jobs if job.frozen}
     running = [job for job in jobs if not job.frozen]
     freeze: list[int] = []
-    if can_freeze and (projected > FREEZE_AT * budget or live > budget or host_critical):
+    after_freeze = projected
+    if can_freeze and (projected > FREEZE_AT * budget or host_critical):
         oldest = min(running, key=lambda j: (j.started_at, j.job_id), default=None)
         growing = sorted(
             (
@@ -276,15 +276,22 @@ def pressure_actions(
             ),
             key=lambda j: (j.rss, -j.started_at),
         )
-        over = projected - int(FREEZE_AT * budget)
         for job in growing:
-            if over <= 0 and live <= budget:
+            if after_freeze <= FREEZE_AT * budget:
                 break
             freeze.append(job.job_id)
-            over -= int(max(0.0, job.growth_bps) * horizon_s)
-        if freeze:
-            return PressureActions(pause or "freezing growing jobs", freeze=tuple(freeze),
-                                   why=f"projected total {projected} > {FREEZE_AT:.0%} of budget")
+            after_freeze -= _growth(job, horizon_s)
+
+    # The last step, on what is, never on a projection: the live total is over the budget,
+    # or the host is at its critical mark. A growth estimate is only good enough to freeze on.
+    if live > budget or host_critical:
+        victim = kill_victim(jobs)
+        where = "host available memory is critical" if host_critical else "live total over budget"
+        if victim is not None:
+            return PressureActions(pause or where, kill=victim, why=where)
+    if freeze:
+        return PressureActions(pause or "freezing growing jobs", freeze=tuple(freeze),
+                               why=f"projected total {projected} > {FREEZE_AT:.0%} of budget")
 
     thaw: list[int] = []
     if frozen_ids and projected <= FREEZE_AT * budget and not host_low:
@@ -292,7 +299,7 @@ def pressure_actions(
         nothing_runs = not running
         for job in sorted((j for j in jobs if j.frozen), key=lambda j: (j.started_at, j.job_id)):
             may_grow = max(0, job.peak_ahead - job.rss) if job.peak_ahead else int(
-                max(0.0, job.growth_bps) * horizon_s
+                max(0.0, job.growth_bps) * THAW_HORIZON_S
             )
             if may_grow <= room or (nothing_runs and not thaw):
                 thaw.append(job.job_id)
@@ -391,7 +398,7 @@ def sibling_prediction(job: Sibling, siblings: Sequence[Sibling]) -> tuple[int, 
     return None
 
 
-UNKNOWN_START_FRACTION = 0.25  # of the slots: jobs of an unmeasured family that may start at once
+UNKNOWN_START_FRACTION = 0.125  # of the slots: jobs of an unmeasured family that may start at once
 
 
 def unknown_family_limit(slots: int) -> int:

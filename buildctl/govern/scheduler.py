@@ -8,11 +8,11 @@ Among waiting jobs the largest predicted job that fits goes first (big jobs are 
 place; small ones backfill). A job predicted above the whole budget runs alone: nothing new
 starts until it can start, and nothing starts beside it.
 
-Three smaller policies live here too, so that they can be tested without processes:
+Two smaller policies live here too, so that they can be tested without processes:
 `gather_hold_s` (at start-up, wait a moment for the first launchers to register before the
-first admission, so largest-first applies from the first decision), `capped_prior` (a guess for
-a never-measured job is at most one slot's share of the budget) and `overrun_victim` (which job
-whose guess was too low to kill when the jobs' reservations go over the budget).
+first admission, so largest-first applies from the first decision) and `capped_prior` (a guess
+for a never-measured job is at most one slot's share of the budget). What happens when running
+jobs outgrow their admission (pause, freeze, kill) is policy.pressure_actions.
 """
 
 from __future__ import annotations
@@ -208,56 +208,9 @@ def capped_prior(prior: int, budget: int, slots: int) -> int:
     """The prediction for a job never measured before: the prior, at most budget / slots.
 
     With the conservative default priors (1 GiB compile, 1.5 GiB link) above budget / slots a
-    first build under a small budget runs one job at a time. Capped, `slots` unknown jobs fit
-    beside each other; a job that turns out larger is caught by the live RSS (its reservation
-    is max(predicted, live RSS), so nothing new starts beside it) and, if the jobs' live RSS
-    (plus what measured jobs beside them are still heading for) goes over the budget, by
-    `overrun_victim`.
+    first build under a small budget runs one job at a time. Capped, unknown jobs fit beside
+    each other; a job that turns out larger is caught by its live RSS (its reservation is
+    max(predicted, live RSS), so nothing new starts beside it) and, if the total still grows
+    toward the budget, frozen by the memory guard (policy.pressure_actions).
     """
     return max(1, min(prior, budget // max(1, slots)))
-
-
-@dataclass(frozen=True)
-class Live:
-    """A running job as the budget overrun check sees it."""
-
-    job_id: int
-    rss: int  # live tree RSS
-    started_at: float
-    on_capped_prior: bool  # admitted on a prior that `capped_prior` lowered
-    predicted: int = 0  # what it was admitted on (0: unknown, never a suspect by this)
-
-
-# A measured job a little above its prediction is noise, not a wrong prediction.
-ABOVE_PREDICTION_SLACK = 0.05
-ABOVE_PREDICTION_MIN = 8 * 1024**2
-
-
-def above_prediction(job: Live) -> bool:
-    if not job.predicted:
-        return False
-    slack = max(int(job.predicted * ABOVE_PREDICTION_SLACK), ABOVE_PREDICTION_MIN)
-    return job.rss > job.predicted + slack
-
-
-def guard_reserved(job: Live) -> int:
-    """What the budget guard counts for a running job: max(predicted, live RSS) as admission
-    does, but only the live RSS for a job on a capped prior (a guess, not a measured peak)."""
-    return job.rss if job.on_capped_prior else max(job.predicted, job.rss)
-
-
-def overrun_victim(running: Sequence[Live], budget: int) -> int | None:
-    """When the running jobs' reservations (`guard_reserved`) sum above the budget: the
-    youngest job whose guess was too low (admitted on a capped prior, or now above its
-    prediction: e.g. a profile recorded with other flags), which also loses the least work.
-    Reservations, not the live total: a job that outgrew its prediction beside one still
-    heading for its measured peak is caught before the two pass the budget together, not one
-    sample after. None when the reservations fit, when every job is within what it was admitted
-    on (then the admission was right and the host-level OOM guard covers the rest), or when
-    only one job runs (it would run alone on a retry too)."""
-    if len(running) < 2 or sum(guard_reserved(job) for job in running) <= budget:
-        return None
-    suspects = [job for job in running if job.on_capped_prior or above_prediction(job)]
-    if not suspects:
-        return None
-    return max(suspects, key=lambda job: (job.started_at, job.job_id)).job_id

@@ -95,8 +95,9 @@ def governor_options(opts: SessionOptions, socket_path: Path, build_dir: Path) -
               if f.name in wanted}
     return GovernorOptions(
         **{**shared, "socket_path": socket_path, "build_dir": build_dir},
-        # A prior the user chose is taken as it is.
-        cap_priors=opts.share_priors and not opts.prior_bytes,
+        # A prior the user chose is taken as it is; otherwise a never-measured job's guess is
+        # capped to a slot's share (the memory guard freezes a job that outgrows it).
+        cap_priors=not opts.prior_bytes,
     )
 
 

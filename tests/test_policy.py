@@ -1,0 +1,237 @@
+"""The memory policy, table first: pure functions over plain data, no processes."""
+
+from __future__ import annotations
+
+import pytest
+
+from buildctl.govern import policy
+from buildctl.govern.policy import Envelope, LiveJob, Sibling
+
+MiB = 1024**2
+GiB = 1024**3
+
+# A compile that peaks briefly at 4 GiB half-way through a 100 s run, ~1 GiB otherwise.
+PEAKY: policy.Curve = ((0.0, 100 * MiB), (20.0, 1 * GiB), (45.0, 1 * GiB), (50.0, 4 * GiB),
+                       (60.0, 4 * GiB), (65.0, 1 * GiB), (100.0, 1 * GiB))
+
+
+# --- envelopes ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("elapsed", "rss", "expected_ahead"),
+    [
+        (0.0, 0, 4 * GiB),  # before the peak: the whole peak is still to come
+        (40.0, 1 * GiB, 4 * GiB),
+        (90.0, 1 * GiB, 1 * GiB),  # well past the peak: only the tail
+        (90.0, 2 * GiB, 2 * GiB),  # heavier than its record: the live RSS holds
+    ],
+)
+def test_peak_ahead_follows_the_curve(elapsed: float, rss: int, expected_ahead: int) -> None:
+    envelope = policy.running_envelope(PEAKY, 4 * GiB, rss, elapsed)
+    assert envelope.peak_ahead() == expected_ahead
+
+
+def test_progress_is_estimated_low_so_the_peak_is_not_missed() -> None:
+    # At 62 s by the wall clock the job sits at the end of its peak; the margin keeps the peak
+    # in view rather than trusting an exact position on a loaded machine.
+    envelope = policy.running_envelope(PEAKY, 4 * GiB, 4 * GiB, 62.0)
+    assert envelope.peak_ahead() == 4 * GiB
+
+
+def test_cpu_progress_behind_wall_keeps_the_peak_ahead() -> None:
+    # 90 s of wall but only 30 s of 100 s CPU: a starved job has not reached its peak yet.
+    envelope = policy.running_envelope(PEAKY, 4 * GiB, 1 * GiB, 90.0, cpu_s=30.0,
+                                       predicted_cpu_s=100.0)
+    assert envelope.peak_ahead() == 4 * GiB
+
+
+def test_jobs_without_curves_hold_max_of_prediction_and_live() -> None:
+    assert policy.running_envelope((), 3 * GiB, 1 * GiB, 10.0).peak_ahead() == 3 * GiB
+    assert policy.running_envelope((), 3 * GiB, 5 * GiB, 10.0).peak_ahead() == 5 * GiB
+
+
+def test_staggered_peaks_fit_where_a_sum_of_peaks_does_not() -> None:
+    """Two peaky jobs: one at 70 s (past its peak), one about to start. Their peaks do not
+    meet, so under 6 GiB the new one fits; a sum of peaks (8 GiB) would say no."""
+    running = [policy.running_envelope(PEAKY, 4 * GiB, 1 * GiB, 80.0)]
+    new = policy.waiting_envelope(PEAKY, 4 * GiB)
+    assert policy.fits_beside(running, new, 6 * GiB)
+    assert 4 * GiB + 4 * GiB > 6 * GiB
+
+
+def test_coinciding_peaks_do_not_fit() -> None:
+    """Two jobs that start together peak together: 8 GiB does not fit 6 GiB."""
+    running = [policy.running_envelope(PEAKY, 4 * GiB, 100 * MiB, 0.0)]
+    new = policy.waiting_envelope(PEAKY, 4 * GiB)
+    assert not policy.fits_beside(running, new, 6 * GiB)
+    assert policy.fits_beside(running, new, 8 * GiB + 1)
+
+
+def test_a_curveless_job_holds_its_floor_for_the_whole_horizon() -> None:
+    steady = Envelope((), 0.0, 3 * GiB)
+    assert policy.future_total([steady, policy.waiting_envelope(PEAKY, 4 * GiB)]) == 7 * GiB
+
+
+def test_waiting_envelope_scales_a_curve_up_to_the_prediction() -> None:
+    envelope = policy.waiting_envelope(PEAKY, 8 * GiB)
+    assert envelope.peak_ahead() == 8 * GiB
+
+
+# --- pressure ----------------------------------------------------------------------------------
+
+
+def live(job_id: int, rss_gib: float, growth_mib_s: float = 0.0, started: float = 0.0,
+         cpu: float = 10.0, **kw: object) -> LiveJob:
+    return LiveJob(job_id, int(rss_gib * GiB), growth_mib_s * MiB, started, cpu, **kw)  # type: ignore[arg-type]
+
+
+B = 16 * GiB
+
+PRESSURE_TABLE = [
+    # (case, jobs, expect_pause, expect_freeze, expect_thaw, expect_kill)
+    ("plenty of room", [live(1, 4), live(2, 4, 50, 1)], False, (), (), None),
+    # The old rule killed here: reservations 3 x 6 GiB = 18 GiB > 16 GiB, live only 9 GiB.
+    ("sum of worst cases over budget, live far below", [live(1, 3), live(2, 3, 10, 1),
+                                                       live(3, 3, 10, 2)], False, (), (), None),
+    ("projected near budget pauses", [live(1, 7), live(2, 7.5, 50, 1)], True, (), (), None),
+    ("growth into the budget freezes the cheapest growing job, not the oldest",
+     [live(1, 6, 500, 0), live(2, 5, 500, 1), live(3, 4, 500, 2)], True, (3, 2), (), None),
+    ("over budget kills the least work per byte",
+     [live(1, 6, 0, 0, cpu=100), live(2, 6, 0, 1, cpu=10), live(3, 5, 0, 2, cpu=50)],
+     True, (), (), 2),
+    ("a protected re-run is never the victim",
+     [live(1, 6, 0, 0, cpu=100), live(2, 6, 0, 1, cpu=10, protected=True),
+      live(3, 5, 0, 2, cpu=50)], True, (), (), 3),
+    ("a lone job is never killed", [live(1, 17)], True, (), (), None),
+    ("frozen job thaws when the others shrank",
+     [live(1, 2, -100, 0), live(2, 3, 0, 1, frozen=True, peak_ahead=5 * GiB)],
+     False, (), (2,), None),
+    ("frozen job stays frozen while its growth would not fit",
+     [live(1, 10, 0, 0), live(2, 4, 0, 1, frozen=True, peak_ahead=8 * GiB)],
+     False, (), (), None),
+    ("nothing else runs: the frozen job thaws whatever it may grow",
+     [live(2, 4, 0, 1, frozen=True, peak_ahead=20 * GiB)], False, (), (2,), None),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "jobs", "pause", "freeze", "thaw", "kill"), PRESSURE_TABLE,
+    ids=[row[0] for row in PRESSURE_TABLE],
+)
+def test_pressure_actions(case: str, jobs: list[LiveJob], pause: bool, freeze: tuple[int, ...],
+                          thaw: tuple[int, ...], kill: int | None) -> None:
+    actions = policy.pressure_actions(jobs, B)
+    assert bool(actions.pause) is pause, actions
+    assert actions.freeze == freeze
+    assert actions.thaw == thaw
+    assert actions.kill == kill
+
+
+def test_host_critical_kills_even_under_budget() -> None:
+    jobs = [live(1, 2, 0, 0, cpu=100), live(2, 2, 0, 1, cpu=1)]
+    actions = policy.pressure_actions(jobs, B, host_available=100 * MiB, low_water=1 * GiB,
+                                      critical=512 * MiB)
+    assert actions.kill == 2
+    assert "critical" in actions.why
+
+
+def test_host_low_water_pauses_without_killing() -> None:
+    jobs = [live(1, 2), live(2, 2, 0, 1)]
+    actions = policy.pressure_actions(jobs, B, host_available=700 * MiB, low_water=1 * GiB,
+                                      critical=512 * MiB)
+    assert actions.pause and actions.kill is None and not actions.freeze
+
+
+def test_without_freezing_nothing_is_frozen() -> None:
+    jobs = [live(1, 6, 500, 0), live(2, 5, 500, 1), live(3, 4, 500, 2)]
+    assert policy.pressure_actions(jobs, B, can_freeze=False).freeze == ()
+
+
+def test_growth_is_capped_by_what_the_profile_says_is_ahead() -> None:
+    capped = live(1, 6, 1000, peak_ahead=6 * GiB + 100 * MiB)
+    assert policy.projected_total([capped]) == 6 * GiB + 100 * MiB
+    unknown = live(1, 6, 1000)
+    assert policy.projected_total([unknown]) == 6 * GiB + 2000 * MiB
+
+
+@pytest.mark.parametrize(
+    ("samples", "rate"),
+    [
+        ([], 0.0),
+        ([(0.0, 0)], 0.0),
+        ([(0.0, 0), (1.0, 100), (2.0, 300)], 150.0),  # 1.5 s back reaches the sample at t=0
+        ([(0.0, 0), (1.0, 100), (2.0, 300), (2.5, 400)], 200.0),  # from t=1: 300 B in 1.5 s
+        ([(0.0, 1000), (1.0, 500), (2.0, 0)], -500.0),
+    ],
+)
+def test_growth_rate(samples: list[tuple[float, int]], rate: float) -> None:
+    assert policy.growth_rate(samples, window_s=1.5) == pytest.approx(rate)
+
+
+# --- retry and censoring -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("predicted", "reached", "kills", "expected"),
+    [
+        (1 * GiB, 3 * GiB, 1, policy.Rerun(int(3 * GiB * 1.1), True)),
+        (5 * GiB, 3 * GiB, 1, policy.Rerun(5 * GiB, True)),  # never below its prediction
+        (1 * GiB, 3 * GiB, 2, None),  # killed twice cannot happen: no second memory retry
+    ],
+)
+def test_after_memory_kill(predicted: int, reached: int, kills: int,
+                           expected: policy.Rerun | None) -> None:
+    assert policy.after_memory_kill(predicted, reached, kills) == expected
+
+
+@pytest.mark.parametrize(
+    ("status", "censored"),
+    [("ok", False), ("guard", True), ("hang", True), ("interrupted", True)],
+)
+def test_censored_record(status: str, censored: bool) -> None:
+    assert policy.censored_record(status, 123) == (123, censored)
+
+
+# --- siblings ----------------------------------------------------------------------------------
+
+
+def sib(peak_mib: int, size: int = 1000, directory: str = "CMakeFiles/k.dir",
+        family: str = ".cu", finished: bool = True, compiler: str = "nvcc",
+        kind: str = "compile") -> Sibling:
+    return Sibling(compiler, kind, directory, family, size, peak_mib * MiB, finished)
+
+
+SIBLING_TABLE = [
+    ("no siblings", [], None),
+    ("only running siblings say nothing yet", [sib(900, finished=False)], None),
+    ("one finished sibling", [sib(800)], (800, "sibling-dir")),
+    ("upper quartile of finished siblings", [sib(100), sib(200), sib(300), sib(400)],
+     (400, "sibling-dir")),
+    ("a running sibling raises the estimate", [sib(300), sib(900, finished=False)],
+     (900, "sibling-dir")),
+    ("size scaling, capped at 2x", [sib(300, size=100)], (600, "sibling-dir")),
+    ("size scaling down, floored at 0.5x", [sib(300, size=100_000)], (150, "sibling-dir")),
+    ("other directory, same family", [sib(700, directory="CMakeFiles/other.dir")],
+     (700, "sibling")),
+    ("another compiler is no sibling", [sib(700, compiler="g++")], None),
+    ("a link is no sibling of a compile", [sib(700, kind="link")], None),
+    ("another family is no sibling", [sib(700, family=".cpp")], None),
+]
+
+
+@pytest.mark.parametrize(("case", "siblings", "expected"), SIBLING_TABLE,
+                         ids=[row[0] for row in SIBLING_TABLE])
+def test_sibling_prediction(case: str, siblings: list[Sibling],
+                            expected: tuple[int, str] | None) -> None:
+    guess = policy.sibling_prediction(sib(0), siblings)
+    if expected is None:
+        assert guess is None
+    else:
+        assert guess is not None
+        assert (guess[0], guess[1]) == (expected[0] * MiB, expected[1])
+
+
+@pytest.mark.parametrize(("slots", "limit"), [(1, 2), (2, 2), (8, 2), (16, 2), (24, 3), (64, 8)])
+def test_unknown_family_limit(slots: int, limit: int) -> None:
+    assert policy.unknown_family_limit(slots) == limit
