@@ -70,6 +70,22 @@ def _resolve_for_checkout(
     return compat.resolve(torch, matrix, kernel_ref=row.ref)
 
 
+def _link_profile(ref: str, manifest: xpu_adapter.XpuManifest) -> tuple[int | None, int | None]:
+    """(bytes per inner device-link job, how many heavy device links the build has) from the
+    shipped profile of the ref (estimated at upstream's 16 inner jobs); (None, None) without
+    one, and the manifest's per-job estimate is used for one link at a time."""
+    from buildctl.data import PROFILES_DIR
+    from buildctl.toolchain.doctor import load_shipped_entries, shipped_profile_path
+
+    entries = load_shipped_entries(shipped_profile_path("vllm-xpu-kernels", ref, PROFILES_DIR))
+    peaks = [e.peak_rss_bytes for e in entries if e.kind == "link"]
+    if not peaks:
+        return None, None
+    inner = int(manifest.data["link"]["upstream_parallel_link_jobs"])
+    heavy = [p for p in peaks if 2 * p >= max(peaks)]
+    return xpu_adapter.per_inner_job_bytes(peaks, inner), len(heavy)
+
+
 def check_aot_supported(aot: str | None, checkout: upstream.UpstreamCheckout) -> None:
     """Tags whose CMakeLists.txt hard-codes AOT_DEVICES ignore VLLM_XPU_AOT_DEVICES: --aot would
     silently do nothing there."""
@@ -140,6 +156,7 @@ def xpu_project(
         patches=patches,
         links=staged.submodules,
     )
+    per_inner, device_links = _link_profile(resolution.kernel_ref, manifest)
     defines = xpu_adapter.cmake_defines_for(
         resolution,
         budget_bytes,
@@ -147,7 +164,9 @@ def xpu_project(
         preset,
         low_ram,
         staged,
-        per_link_job_bytes=link_peak_bytes,
+        per_link_job_bytes=link_peak_bytes or per_inner,
+        device_links=device_links,
+        cores=os.cpu_count() or 1,
     )
     defines.update(
         xpu_adapter.upstream_defines(
@@ -187,3 +206,38 @@ def xpu_project(
         scikit_build=None if has_skbuild else scikit_build,
         source_torch=resolution.torch,
     )
+
+
+def xpu_build_settings(
+    *,
+    torch: str | None,
+    source: Path | None,
+    preset: str | None,
+    low_ram: bool,
+    budget_bytes: int,
+    cache_dir: Path,
+    oneapi_roots: list[str],
+    compiler: str | None,
+    aot: str | None,
+    python: str,
+    dep_overrides: dict[str, tuple[str, str]] | None = None,
+) -> tuple[ProjectBuild, dict[str, str], Path]:
+    """`buildctl build --project vllm-xpu-kernels`: (project, CMake defines with the build
+    Python filled in, default build dir). The caller runs cmake/ninja with project.build_env."""
+    from buildctl.kernels import fill_build_python
+
+    project = xpu_project(
+        torch=torch,
+        source=source,
+        preset=preset,
+        low_ram=low_ram,
+        budget_bytes=budget_bytes,
+        cache_dir=cache_dir,
+        oneapi_roots=oneapi_roots,
+        compiler=compiler,
+        aot=aot,
+        dep_overrides=dep_overrides,
+    )
+    label = (project.source_torch or "xpu").replace("+", "-")
+    build_dir = cache_dir.resolve() / "build" / f"{project.source_dir.name}-{label}"
+    return project, fill_build_python(project.cmake_defines, python), build_dir

@@ -36,6 +36,7 @@ else:  # pragma: no cover - scikit-build-core pulls in tomli on 3.10
 
 __all__ = [
     "HOOK_PATH",
+    "LinkPlan",
     "PatchResult",
     "StagedDeps",
     "XpuManifest",
@@ -43,9 +44,12 @@ __all__ = [
     "apply_patches",
     "cmake_defines_for",
     "default_manifest_path",
+    "device_link_prediction",
     "link_jobs_for_budget",
     "load_manifest",
     "patches_for",
+    "per_inner_job_bytes",
+    "plan_device_links",
     "populate_submodules",
     "prestage_deps",
     "upstream_defines",
@@ -169,6 +173,81 @@ def link_jobs_for_budget(
     return int(max(1, min(max_jobs, MAX_LINK_JOBS, jobs)))
 
 
+@dataclass(frozen=True)
+class LinkPlan:
+    """How the device links of one build share the budget: `concurrent_links` links at once,
+    each with `inner_jobs` inner link jobs (-fsycl-max-parallel-link-jobs)."""
+
+    inner_jobs: int
+    concurrent_links: int
+    per_inner_job_bytes: int
+    link_peak_bytes: int  # one device link's predicted peak at `inner_jobs`
+    fits: bool  # False: even one link with one inner job is above the budget (it runs alone)
+
+
+def per_inner_job_bytes(link_peaks: Sequence[int], measured_inner_jobs: int) -> int:
+    """A device link's peak grows with its inner jobs (each holds the whole fat-module bitcode,
+    an LLVM context and the AOT backend): the largest link peak divided by the inner jobs it
+    was measured (or estimated) with."""
+    if not link_peaks or measured_inner_jobs < 1:
+        raise BadInput("no device-link profile to size link jobs from", "pass a link profile")
+    return -(-max(link_peaks) // measured_inner_jobs)
+
+
+def plan_device_links(
+    budget_bytes: int,
+    per_inner_job: int,
+    device_links: int,
+    *,
+    cores: int,
+    reserved_bytes: int = 0,
+    max_jobs: int = MAX_LINK_JOBS,
+) -> LinkPlan:
+    """Pick (concurrent links L, inner jobs K) with L x K x per-job inside the budget.
+
+    Most inner parallelism the cores can use first (L x K up to `cores`); among equals, more
+    links at once: a device link's bitcode linking and post-link steps are serial, only the
+    device-code backend runs in the inner jobs, so overlapping links shortens the tail. This
+    replaces "one device link at a time" (the PR #347 builders: four libraries x 4 inner jobs
+    in 96 GB).
+    """
+    if per_inner_job <= 0:
+        raise BadInput("per-link-job memory must be positive", "pass a size such as 6G")
+    usable = max(0, budget_bytes - reserved_bytes)
+    best: tuple[int, int] | None = None
+    for links in range(1, max(1, device_links) + 1):
+        # no more inner jobs than the cores can run beside the other links: memory saved
+        inner = min(
+            max_jobs, MAX_LINK_JOBS, usable // (links * per_inner_job), -(-max(1, cores) // links)
+        )
+        if inner < 1:
+            break
+        key = (min(links * inner, max(1, cores)), links)
+        if best is None or key > (min(best[0] * best[1], max(1, cores)), best[0]):
+            best = (links, inner)
+    if best is None:
+        return LinkPlan(1, 1, per_inner_job, per_inner_job, fits=False)
+    links, inner = best
+    return LinkPlan(inner, links, per_inner_job, inner * per_inner_job, fits=True)
+
+
+_LINK_JOBS_RE = re.compile(r"-fsycl-max-parallel-link-jobs=(\d+)")
+
+
+def device_link_prediction(argv: Sequence[str], per_inner_job: int) -> int | None:
+    """A device link's predicted peak from its own command line: inner jobs x per-job bytes.
+    None for commands that are not SYCL device links. For the governor: a link measured with
+    16 inner jobs is predicted at its new K, not at its old peak or a 1.5 GiB prior."""
+    jobs = None
+    for arg in argv:
+        match = _LINK_JOBS_RE.search(arg)
+        if match:
+            jobs = int(match.group(1))
+    if jobs is None:
+        return None
+    return max(1, jobs) * per_inner_job
+
+
 # ----------------------------------------------------------------------------- defines
 
 
@@ -216,6 +295,8 @@ def cmake_defines_for(
     concurrent_links: int = 1,
     no_rdc: bool = False,
     manifest: XpuManifest | None = None,
+    device_links: int | None = None,
+    cores: int = 1,
 ) -> dict[str, str]:
     """CMake cache variables for one vllm-xpu-kernels configure (inject the hook separately:
     `-DCMAKE_PROJECT_INCLUDE=HOOK_PATH`, or include it from the lead's combined hook).
@@ -225,11 +306,15 @@ def cmake_defines_for(
     """
     manifest = manifest or load_manifest()
     per_job = per_link_job_bytes or manifest.per_link_job_bytes
-    defines: dict[str, str] = {
-        "BUILDCTL_SYCL_LINK_JOBS": str(
-            link_jobs_for_budget(budget, per_job, concurrent_links=concurrent_links)
-        ),
-    }
+    if device_links is None:
+        jobs = link_jobs_for_budget(budget, per_job, concurrent_links=concurrent_links)
+        defines: dict[str, str] = {"BUILDCTL_SYCL_LINK_JOBS": str(jobs)}
+    else:
+        plan = plan_device_links(budget, per_job, device_links, cores=cores)
+        defines = {
+            "BUILDCTL_SYCL_LINK_JOBS": str(plan.inner_jobs),
+            "BUILDCTL_SYCL_CONCURRENT_LINKS": str(plan.concurrent_links),
+        }
     if aot_devices is not None:
         defines["BUILDCTL_XPU_AOT_DEVICES"] = aot_devices
         defines["BUILDCTL_XPU_XE2_AOT_DEVICES"] = aot_devices

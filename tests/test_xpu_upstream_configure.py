@@ -1,0 +1,183 @@
+"""Real upstream vllm-xpu-kernels checkouts, every supported torch era, through buildctl:
+the tag decides, upstream's own configure runs with what its setup.py passes, and the user's
+checkout is byte-identical afterwards.
+
+What is real: the upstream sources at each tag (git clone with tags, see upstream_checkouts),
+their CMakeLists.txt/setup.py/toolchain.cmake, CMake 3.26+, torch's CMake config, the patches.
+What stands in: the compiler (g++ that CMake identifies as IntelLLVM, tests/fixtures/
+intel_llvm_standin.py: it cannot compile SYCL, so the build stops after configure), the oneAPI
+tree, and small sycl-tla/oneDNN stand-ins for the revisions the tag pins (fixtures/
+xpu_kernels_fixture/standins). CI has no upstream clone (PyPI has no sdists): these skip there.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures"))
+from helpers import ROOT, buildctl_cmd
+from intel_llvm_standin import install_intel_llvm
+from oneapi_trees import make_field_trap_tree
+from upstream_checkouts import SKIP_REASON, checkout_tag, git, tree_state, upstream_git_dir
+
+from buildctl.kernels.xpu import xpu_build_settings
+
+UPSTREAM = upstream_git_dir()
+STANDINS = ROOT / "tests" / "fixtures" / "xpu_kernels_fixture" / "standins"
+GiB = 1024**3
+
+
+def _cmake_326() -> str | None:
+    """A directory holding cmake >= 3.26 (upstream's minimum), or None."""
+    for where in [os.environ.get("BUILDCTL_TEST_CMAKE_DIR"), str(ROOT / ".upstream" / "bin")]:
+        if where and (Path(where) / "cmake").exists():
+            return where
+    found = shutil.which("cmake")
+    if found:
+        out = subprocess.run([found, "--version"], capture_output=True, text=True).stdout
+        match = re.search(r"(\d+)\.(\d+)", out)
+        if match and (int(match.group(1)), int(match.group(2))) >= (3, 26):
+            return str(Path(found).parent)
+    return None
+
+
+CMAKE_DIR = _cmake_326()
+pytestmark = [
+    pytest.mark.skipif(UPSTREAM is None, reason=SKIP_REASON),
+    pytest.mark.skipif(
+        CMAKE_DIR is None,
+        reason="upstream needs cmake >= 3.26 on PATH (or BUILDCTL_TEST_CMAKE_DIR)",
+    ),
+]
+
+# tag, the torch it builds with, the oneAPI compiler that torch needs
+CASES = [
+    ("v0.1.8.1", "2.11.0+xpu", "2025.3"),
+    ("v0.1.9.1", "2.12.0+xpu", "2025.3"),
+    ("v0.1.10.1", "2.12.0+xpu", "2025.3"),
+    ("v0.1.11.1", "2.12.0+xpu", "2025.3"),
+    ("v0.1.13.1", "2.13.0+xpu", "2026.0"),  # the newest tag
+]
+
+
+def _standin_repo(src: Path, dest: Path) -> str:
+    shutil.copytree(src, dest)
+    git("init", "-q", cwd=dest)
+    git("add", "-A", cwd=dest)
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "standin", cwd=dest)
+    return git("rev-parse", "HEAD", cwd=dest)
+
+
+@pytest.fixture(scope="module")
+def oneapi_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = make_field_trap_tree(tmp_path_factory.mktemp("oneapi"))
+    install_intel_llvm(root / "compiler" / "2025.3" / "bin", "2025.3.1")
+    install_intel_llvm(root / "compiler" / "2026.0" / "bin", "2026.0.0")
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tag, torch, compiler", CASES, ids=[c[0] for c in CASES])
+def test_real_configure_through_buildctl_build(
+    tmp_path: Path, oneapi_root: Path, tag: str, torch: str, compiler: str
+) -> None:
+    assert UPSTREAM is not None and CMAKE_DIR is not None
+    checkout = checkout_tag(UPSTREAM, tag, tmp_path / "vllm-xpu-kernels")
+    before = tree_state(checkout)
+    overrides = {
+        key: (str(tmp_path / "up" / key), _standin_repo(STANDINS / key, tmp_path / "up" / key))
+        for key in ("sycl-tla", "oneDNN")
+    }
+    project, defines, build_dir = xpu_build_settings(
+        torch=None,  # the tag decides
+        source=checkout,
+        preset=None,
+        low_ram=True,
+        budget_bytes=16 * GiB,
+        cache_dir=tmp_path / "cache",
+        oneapi_roots=[str(oneapi_root)],
+        compiler=None,
+        aot="B70",
+        python=sys.executable,
+        dep_overrides=overrides,
+    )
+    assert project.source_torch == torch
+    assert project.source_commit == git("rev-parse", "HEAD", cwd=checkout)
+    assert project.source_ref == tag
+    assert f"/compiler/{compiler}" in project.build_env["CMPLR_ROOT"]
+    env = {**project.build_env, "PATH": f"{CMAKE_DIR}:{project.build_env['PATH']}"}
+    # The real CLI: governed configure of the build-owned copy, then a no-op ninja target (the
+    # stand-in compiler cannot compile SYCL sources).
+    proc = subprocess.run(
+        buildctl_cmd(
+            "build",
+            "--source",
+            str(project.source_dir),
+            "--build-dir",
+            str(build_dir),
+            "--mem-budget",
+            "16G",
+            "--target",
+            "build.ninja",
+            "--",
+            *[f"-D{k}={v}" for k, v in defines.items()],
+        ),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    cache = (build_dir / "CMakeCache.txt").read_text()
+    assert "CMAKE_CXX_COMPILER_ID:" not in cache or "IntelLLVM" in cache
+    compiler_id = (build_dir / "CMakeFiles").glob("*/CMakeCXXCompiler.cmake")
+    assert any('CMAKE_CXX_COMPILER_ID "IntelLLVM"' in p.read_text() for p in compiler_id)
+    for key in ("VLLM_PYTHON_EXECUTABLE", "CMAKE_TOOLCHAIN_FILE", "VLLM_TARGET_DEVICE"):
+        assert re.search(rf"^{key}:\w+={re.escape(defines[key])}$", cache, re.M), key
+    assert defines["CMAKE_TOOLCHAIN_FILE"].startswith(str(project.source_dir))
+    assert str(checkout) not in cache  # nothing points back into the user's tree
+    assert (build_dir / "build.ninja").is_file()  # upstream's configure ran to the end
+    # the row's patches went into the copy only
+    if project.patches:
+        hpp = "csrc/xpu/attn/xe_2/paged_decode_utils.hpp"
+        assert (project.source_dir / hpp).read_bytes() != (checkout / hpp).read_bytes()
+    assert tree_state(checkout) == before
+    assert before[0] == ""
+
+
+def test_cli_wheel_refuses_a_torch_the_tag_does_not_build(tmp_path: Path) -> None:
+    """The issue's case: v0.1.13.1 with --torch 2.11.0+xpu silently built the v0.1.9 recipe."""
+    assert UPSTREAM is not None
+    checkout = checkout_tag(UPSTREAM, "v0.1.13.1", tmp_path / "vllm-xpu-kernels")
+    before = tree_state(checkout)
+    proc = subprocess.run(
+        buildctl_cmd(
+            "wheel",
+            "--project",
+            "vllm-xpu-kernels",
+            "--source",
+            str(checkout),
+            "--torch",
+            "2.11.0+xpu",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--out",
+            str(tmp_path / "wh"),
+        ),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out
+    assert "v0.1.13.1" in out and "v0.1.9" in out and "Traceback" not in out
+    assert tree_state(checkout) == before
