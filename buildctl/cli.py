@@ -241,14 +241,36 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="DIR",
             help="torch envs and per-torch build dirs (default ./.buildctl-cache)",
         )
+        src.add_argument(
+            "-C",
+            "--config-settings",
+            dest="config_settings",
+            action="append",
+            metavar="KEY=VALUE",
+            help="passed to the build backend as pip's -C, repeatable, e.g. "
+            "-C cmake.build-type=Debug (default: none)",
+        )
+        src.add_argument(
+            "-D",
+            dest="define",
+            action="append",
+            metavar="NAME=VALUE",
+            help="a CMake define, repeatable, e.g. -D USE_FOO=ON (default: none; each set of "
+            "defines gets its own build dir)",
+        )
         idx = w.add_argument_group("where torch comes from")
         idx.add_argument(
             "--torch-index",
             metavar="URL",
-            help="pip index for torch (default: pip's configuration; see `buildctl wheel --help`)",
+            help="pip index to install torch from, e.g. https://download.pytorch.org/whl/cpu "
+            "(default: pip's own configuration, PIP_INDEX_URL or pip.conf)",
         )
-        idx.add_argument("--extra-index-url", action="append", metavar="URL")
-        idx.add_argument("--find-links", action="append", metavar="DIR_OR_URL")
+        idx.add_argument("--extra-index-url", action="append", metavar="URL",
+                         help="another pip index for torch's dependencies, repeatable "
+                         "(default: none)")
+        idx.add_argument("--find-links", action="append", metavar="DIR_OR_URL",
+                         help="a folder or page of wheels pip may install torch from, "
+                         "repeatable (default: none)")
         idx.add_argument(
             "--allow-prerelease", action="store_true", default=None,
             help="accept nightly/dev torch versions",

@@ -248,6 +248,8 @@ class WheelSettings(Settings):
     compiler: str | None = setting(None)
     oneapi_root: tuple[str, ...] = setting((), flag="--oneapi-root")
     aot: str | None = setting(None)
+    config_settings: tuple[str, ...] = flag_only((), flag="--config-settings")
+    define: tuple[str, ...] = flag_only((), flag="-D")
 
     def project_build(self, torch: str) -> Any:
         """The kernel project for one torch version, sized from this budget."""
@@ -269,11 +271,17 @@ class WheelSettings(Settings):
         wanted = {f.name for f in dataclasses.fields(WheelRequest)}
         carried = {f.name: getattr(project, f.name) for f in dataclasses.fields(project)
                    if f.name in wanted}
+        if self.define:
+            from buildctl.wheel.pipeline import parse_defines
+
+            carried["cmake_defines"] = {**carried.get("cmake_defines", {}),
+                                        **parse_defines(self.define)}
         return WheelRequest(
             **carried, torch=torch, project=project.name, out_dir=self.out,
             cache_dir=self.cache_dir, index_url=self.torch_index,
             extra_index_urls=list(self.extra_index_url), find_links=list(self.find_links),
             allow_prerelease=self.allow_prerelease,
+            config_settings=list(self.config_settings),
         )
 
     def for_one_torch(self, torch: str, report: Path | None) -> WheelSettings:

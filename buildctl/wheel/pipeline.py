@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +39,7 @@ from buildctl.wheel.provenance import (
 from buildctl.wheel.repair import repair_wheel
 from buildctl.wheel.reproducible import source_date_epoch
 from buildctl.wheel.smoke import TorchEnv, ensure_torch_env, run_snippet, smoke_test
+from buildctl.wheel.torchlink import wheel_links_torch
 from buildctl.wheel.torchspec import TorchTarget, local_label, parse_torch, requires_dist
 from buildctl.wheel.verify import TorchLibs, verify_wheel
 from buildctl.wheel.wrapper import read_pyproject, wrapper_pyproject, write_wrapper
@@ -61,6 +63,9 @@ class WheelRequest:
     allow_prerelease: bool = False
     ninja_width: int = 16
     verify_only_against: Path | None = None
+    # pip's -C/--config-settings for the build backend (scikit-build-core), e.g.
+    # "cmake.build-type=Debug"; CMake defines go in cmake_defines.
+    config_settings: list[str] = field(default_factory=list)
     # For sources without a scikit-build-core pyproject (upstream vllm-xpu-kernels): from the
     # kernel manifest.
     dist_name: str | None = None
@@ -83,12 +88,29 @@ class WheelOutcome:
     plat: str
     build_dir: Path
     grafted: list[str]
+    uses_torch: bool = True  # False: no torch label or pin (the extension does not link torch)
+
+
+def parse_defines(items: Sequence[str]) -> dict[str, str]:
+    """`NAME=VALUE` / `NAME:TYPE=VALUE` (CMake's -D syntax) into defines (pure)."""
+    defines = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        name = name.split(":", 1)[0].strip()
+        if not sep or not name:
+            raise BadInput(f"-D {item!r} is not NAME=VALUE", "write it like -D USE_FOO=ON")
+        defines[name] = value
+    return defines
 
 
 def build_dir_for(req: WheelRequest, target: TorchTarget) -> Path:
     """One build dir per (project, torch target, config): abi3-style tags are the same for every
     torch, so the key must carry torch and the configuration, never just the wheel tag."""
-    blob = json.dumps({"defines": req.cmake_defines, "src": str(req.source_dir)}, sort_keys=True)
+    blob = json.dumps(
+        {"defines": req.cmake_defines, "src": str(req.source_dir)}
+        | ({"config": req.config_settings} if req.config_settings else {}),
+        sort_keys=True,
+    )
     digest = hashlib.sha256(blob.encode()).hexdigest()[:10]
     return req.cache_dir / "build" / f"{req.project}-{local_label(target)}-{digest}"
 
@@ -123,6 +145,16 @@ def _check_wheel_version(wheel: Path, label: str) -> str:
             "report this as a buildctl bug: the wrapper sets the version",
         )
     return version
+
+
+def _check_plain_wheel(wheel: Path) -> None:
+    """A wheel of an extension that does not use torch: no torch label, no torch pin added."""
+    version = wheel.name.split("-")[1]
+    if "+" in version:
+        raise BuildFailed(
+            f"{wheel.name} carries a local label although it does not use torch",
+            "report this as a buildctl bug: the plain wrapper sets the version",
+        )
 
 
 def _metadata_requires(wheel: Path) -> list[str]:
@@ -178,15 +210,18 @@ def build_wheel(req: WheelRequest, opts: SessionOptions, console: object = None)
             f"{req.source_dir} has no pyproject.toml and buildctl has no manifest for it",
             "add a scikit-build-core pyproject.toml, or build it with --project NAME",
         )
-    wrapper_text = wrapper_pyproject(
-        pyproject,
-        req.source_dir,
-        label,
-        requires_dist(target),
-        name=req.dist_name,
-        version=req.base_version,
-        scikit_build=req.scikit_build,
-    )
+    def wrapper_text(torch_label: str, torch_requirement: str) -> str:
+        return wrapper_pyproject(
+            pyproject,
+            req.source_dir,
+            torch_label,
+            torch_requirement,
+            name=req.dist_name,
+            version=req.base_version,
+            scikit_build=req.scikit_build,
+        )
+
+    labelled_wrapper = wrapper_text(label, requires_dist(target))
     env = ensure_torch_env(
         req.cache_dir / "envs" / target.spec,
         target,
@@ -196,7 +231,7 @@ def build_wheel(req: WheelRequest, opts: SessionOptions, console: object = None)
     )
     _ensure_build_backend(env)
     build_dir = build_dir_for(req, target)
-    wrapper = write_wrapper(build_dir.with_name(build_dir.name + "-wrapper"), wrapper_text)
+    wrapper = write_wrapper(build_dir.with_name(build_dir.name + "-wrapper"), labelled_wrapper)
     opts.build_dir = build_dir
     epoch = source_date_epoch()
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=req.cache_dir))
@@ -214,20 +249,35 @@ def build_wheel(req: WheelRequest, opts: SessionOptions, console: object = None)
                 "CMAKE_GENERATOR": "Ninja",
                 "CMAKE_MAKE_PROGRAM": find_tool("ninja"),
             }
-            argv = [
-                *pip_for(env),
-                "wheel",
-                "-v",
-                "--no-build-isolation",
-                "--no-deps",
-                "--disable-pip-version-check",
-                "-w",
-                str(raw_dir),
-                str(wrapper),
-                f"-Cbuild-dir={build_dir}",
-                *[f"-Ccmake.define.{k}={v}" for k, v in defines.items()],
-            ]
-            rc = session.run(argv, cwd=wrapper, env=env_vars)
+
+            def pip_wheel(wrapper_dir: Path) -> list[str]:
+                return [
+                    *pip_for(env),
+                    "wheel",
+                    "-v",
+                    "--no-build-isolation",
+                    "--no-deps",
+                    "--disable-pip-version-check",
+                    "-w",
+                    str(raw_dir),
+                    str(wrapper_dir),
+                    f"-Cbuild-dir={build_dir}",
+                    *[f"-Ccmake.define.{k}={v}" for k, v in defines.items()],
+                    *[f"-C{item}" for item in req.config_settings],
+                ]
+
+            rc = session.run(pip_wheel(wrapper), cwd=wrapper, env=env_vars)
+            built = sorted(raw_dir.glob("*.whl"))
+            uses_torch = True
+            if rc == 0 and len(built) == 1 and not wheel_links_torch(built[0]):
+                # It works with any torch: no label, no pin. Packaged again from the same warm
+                # build dir (CMake has nothing to rebuild), never renamed.
+                uses_torch = False
+                built[0].unlink()
+                plain = write_wrapper(
+                    build_dir.with_name(build_dir.name + "-plain-wrapper"), wrapper_text("", "")
+                )
+                rc = session.run(pip_wheel(plain), cwd=plain, env=env_vars)
         report = session.report
         if session.interrupted:
             raise KeyboardInterrupt
@@ -246,8 +296,11 @@ def build_wheel(req: WheelRequest, opts: SessionOptions, console: object = None)
                 "check the project's pyproject.toml",
             )
         raw = wheels[0]
-        _check_wheel_version(raw, label)
-        if requires_dist(target) not in _metadata_requires(raw):
+        if uses_torch:
+            _check_wheel_version(raw, label)
+        else:
+            _check_plain_wheel(raw)
+        if uses_torch and requires_dist(target) not in _metadata_requires(raw):
             raise BuildFailed(
                 f"{raw.name} does not pin {requires_dist(target)}",
                 "report this as a buildctl bug: the wrapper sets the pin",
@@ -269,7 +322,8 @@ def build_wheel(req: WheelRequest, opts: SessionOptions, console: object = None)
             source_date_epoch=epoch,
         )
         add_provenance(raw, provenance)
-        add_import_guard(raw, target)
+        if uses_torch:
+            add_import_guard(raw, target)
         repaired_dir = staging / "repaired"
         repaired = repair_wheel(raw, repaired_dir, torch_lib_dir=env.torch_lib_dir)
         against = (
@@ -295,6 +349,7 @@ def build_wheel(req: WheelRequest, opts: SessionOptions, console: object = None)
             plat=repaired.plat,
             build_dir=build_dir,
             grafted=list(repaired.grafted),
+            uses_torch=uses_torch,
         )
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -77,7 +77,7 @@ def labelled_version(base: str, label: str) -> str:
             f"project version {base!r} already has a local label",
             "remove the +label from the project's version; buildctl adds the torch label",
         )
-    return f"{version}+{label}"
+    return f"{version}+{label}" if label else str(version)
 
 
 def _absolute(source_dir: Path, value: str) -> str:
@@ -115,7 +115,10 @@ def wrapper_pyproject(
     project: dict[str, Any] = {
         "name": name or project_in.get("name"),
         "version": labelled_version(base, label),
-        "dependencies": _pin_torch(list(project_in.get("dependencies", [])), torch_requirement),
+        # No requirement: an extension that does not use torch keeps the project's own list.
+        "dependencies": _pin_torch(list(project_in.get("dependencies", [])), torch_requirement)
+        if torch_requirement
+        else list(project_in.get("dependencies", [])),
     }
     if not project["name"]:
         raise BadInput(f"the project in {source_dir} has no name", "set [project] name")
