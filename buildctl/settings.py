@@ -40,6 +40,7 @@ from pydantic import (
 
 from buildctl import host
 from buildctl.errors import BadInput
+from buildctl.report import check_output_path
 
 MIN_BUDGET = 64 * 1024**2  # a C++ compile needs ~100 MB and up
 SAMPLE_INTERVAL_S = 0.25  # the governor's sampling period
@@ -540,6 +541,8 @@ def govern_settings(layers: Layers, capacity: Capacity) -> GovernSettings:
             values["jobs"], origins["jobs"] = info.cores, "host: CPU cores"
     settings = _validated(GovernSettings, values, origins)
     check_govern(settings, capacity)
+    if settings.report is not None:
+        check_output_path(settings.report)  # refused now, not after an hour of building
     return settings
 
 
