@@ -18,11 +18,12 @@ from pathlib import Path
 from rich.console import Console
 
 from buildctl import __version__, host
-from buildctl.errors import EXIT_INTERRUPTED, BadInput, BuildFailed
+from buildctl.errors import BadInput, BuildFailed
 from buildctl.govern.cache import chain_launchers, strip_launcher_defines, user_launchers
 from buildctl.govern.profiles import ProfileEntry
 from buildctl.govern.session import GovernedSession, SessionOptions
 from buildctl.govern.session import _set_pdeathsig as die_with_parent
+from buildctl.ui.cmake_output import cmake_warnings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_PROJECT = REPO_ROOT / "kernels" / "pagedattn"
@@ -186,18 +187,25 @@ def configure(session: GovernedSession, req: BuildRequest) -> None:
     ]
     session.console.print(f"[bold]buildctl[/bold]: configuring {req.source_dir}", highlight=False)
     # Tied to our life like ninja: a killed buildctl leaves no cmake behind.
+    # stderr joined into stdout as CMake wrote them, so errors stay next to what caused them.
     proc = subprocess.run(
-        argv, capture_output=True, text=True, check=False, preexec_fn=die_with_parent
+        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False,
+        preexec_fn=die_with_parent,
     )
+    log = req.build_dir / ".buildctl" / "logs" / "configure.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text(proc.stdout)
     if proc.returncode != 0:
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-25:])
+        tail = "\n".join(proc.stdout.strip().splitlines()[-25:])
         raise BuildFailed(
             f"CMake configure failed for {req.source_dir}:\n{tail}",
-            f"fix the configure error above; the full log is in {req.build_dir}/CMakeFiles",
+            f"fix the configure error above; the full log is {log}",
         )
     for line in proc.stdout.splitlines():
         if "buildctl" in line:
             session.console.print(line, highlight=False, markup=False)
+    for warning in cmake_warnings(proc.stdout):
+        session.console.print(warning, style="yellow", highlight=False, markup=False)
     stamp_file.write_text(stamp)
 
 
@@ -271,32 +279,12 @@ def cmd_build(args: argparse.Namespace, console: Console) -> int:
     finally:
         if executor is not None:
             executor.close()
-    return _summarize(console, session, rc, govern.report)
+    return _summarize(console, session, rc, govern.report, bool(getattr(args, "json", False)))
 
 
-def _summarize(console: Console, session, rc: int, report_path: Path | None) -> int:
-    rep = session.report
-    console.print(
-        f"buildctl: {rep.status} in {rep.wall_s:.1f}s; {len(rep.jobs)} jobs; peak total RSS "
-        f"{host.format_size(rep.peak_total_rss_bytes)} of budget "
-        f"{host.format_size(rep.budget_bytes)}"
-        + (f"; report {report_path}" if report_path else ""),
-        highlight=False,
-    )
-    from buildctl.govern.repro import failure_lines
+def _summarize(
+    console: Console, session, rc: int, report_path: Path | None, json_line: bool = False
+) -> int:
+    from buildctl.ui.summary import print_summary
 
-    for line in failure_lines(rep):
-        console.print(line, highlight=False, markup=False)
-    if session.interrupted:
-        console.print("buildctl: interrupted; finished objects are kept, rerun to continue")
-        return EXIT_INTERRUPTED
-    if rc != 0:
-        failed = [j.output for j in rep.jobs if j.status in ("failed", "hung", "crashed")]
-        console.print(
-            f"error: the build failed{(' at ' + ', '.join(failed[:5])) if failed else ''}\n"
-            "  fix: read the compiler output above"
-            + (f"; details in {report_path}" if report_path else "; add --report FILE for details"),
-            highlight=False,
-        )
-        return 1
-    return 0
+    return print_summary(console, session, rc, report_path, json_line, failed_exit=1)

@@ -198,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="jobs ninja may start at once; buildctl admits them (default max(4xslots,16))",
     )
     add_governor_args(b)
+    b.add_argument("--json", action="store_true",
+                   help="end with one JSON line: status, exit code, jobs, peak total RSS, the "
+                   "3 heaviest jobs, seconds waiting for memory, kills, retries, report path")
     b.add_argument(
         "cmake_args",
         nargs=argparse.REMAINDER,
@@ -398,7 +401,10 @@ def build_parser() -> argparse.ArgumentParser:
     rs = r.add_subparsers(dest="repro_cmd", metavar="ACTION", required=True)
     rs_parent = _parent(("--build-dir",), type=Path, metavar="DIR",
                         help="the build directory (default: the current directory)")
-    rs.add_parser("list", help="saved repros and bundles, oldest first", parents=[rs_parent])
+    rlist = rs.add_parser("list", help="saved repros and bundles, oldest first",
+                          parents=[rs_parent])
+    rlist.add_argument("--json", action="store_true",
+                       help="one JSON array: path, kind, output, created, reason, compiler")
     rshow = rs.add_parser("show", help="what happened and how to re-run it", parents=[rs_parent])
     rshow.add_argument("ref", help="a path, a directory name, or a number from list (-1 = newest)")
     r.set_defaults(func=cmd_repro)

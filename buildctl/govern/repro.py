@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from rich.console import Console
@@ -158,6 +158,9 @@ def cmd_repro(args: argparse.Namespace, console: Console) -> int:
     root = default_root(args.build_dir.resolve())
     if args.repro_cmd == "list":
         items = list_repros(root)
+        if getattr(args, "json", False):
+            print(json.dumps([{**asdict(it), "path": str(it.path)} for it in items], indent=1))
+            return 0
         if not items:
             console.print(f"no repros in {root}", highlight=False)
         for i, it in enumerate(items, 1):

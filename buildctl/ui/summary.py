@@ -122,10 +122,17 @@ def json_line(summary: Summary) -> str:
 
 
 def print_summary(
-    console: Console, session: Any, rc: int, report_copy: Path | None, json_line_too: bool = False
+    console: Console,
+    session: Any,
+    rc: int,
+    report_copy: Path | None,
+    json_line_too: bool = False,
+    *,
+    what: str = "the build",
+    failed_exit: int | None = None,
 ) -> int:
-    """Print the summary of a finished session; return the command's exit code (130 when
-    interrupted)."""
+    """Print the end of a finished session; return its exit code: 130 when interrupted, else
+    `failed_exit` for a failure if given (`build`: 1), else the command's own (`run`)."""
     from buildctl.errors import EXIT_INTERRUPTED
     from buildctl.govern.repro import failure_lines
 
@@ -135,9 +142,20 @@ def print_summary(
         console.print(line, highlight=False, markup=False, soft_wrap=True)
     for line in failure_lines(session.report):
         console.print(line, highlight=False, markup=False, soft_wrap=True)
-    if json_line_too:
-        # Last line of stdout, whatever the console does: scripts read it with `tail -n1`.
-        print(json_line(summary), flush=True)
+    code = rc
     if session.interrupted:
-        return EXIT_INTERRUPTED
-    return rc
+        console.print("buildctl: interrupted; finished objects are kept, rerun to continue")
+        code = EXIT_INTERRUPTED
+    elif rc != 0:
+        at = f" at {', '.join(summary.failed[:5])}" if summary.failed else ""
+        console.print(
+            f"error: {what} failed{at}\n  fix: read the compiler output above"
+            + (f"; details in {report_file}" if report_file else ""),
+            highlight=False, markup=False, soft_wrap=True,
+        )
+        code = rc if failed_exit is None else failed_exit
+    if json_line_too:
+        # The last line of stdout, whatever the console does: scripts read it with `tail -n1`.
+        console.file.flush()
+        print(json_line(summary), flush=True)
+    return code
