@@ -17,12 +17,11 @@ from pathlib import Path
 
 from rich.console import Console
 
-from buildctl import __version__, host
+from buildctl import __version__, host, process
 from buildctl.errors import BadInput, BuildFailed
 from buildctl.govern.cache import chain_launchers, strip_launcher_defines, user_launchers
 from buildctl.govern.profiles import ProfileEntry
 from buildctl.govern.session import GovernedSession, SessionOptions
-from buildctl.govern.session import _set_pdeathsig as die_with_parent
 from buildctl.ui.cmake_output import cmake_warnings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -188,10 +187,7 @@ def configure(session: GovernedSession, req: BuildRequest) -> None:
     session.console.print(f"[bold]buildctl[/bold]: configuring {req.source_dir}", highlight=False)
     # Tied to our life like ninja: a killed buildctl leaves no cmake behind.
     # stderr joined into stdout as CMake wrote them, so errors stay next to what caused them.
-    proc = subprocess.run(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False,
-        preexec_fn=die_with_parent,
-    )
+    proc = process.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     log = req.build_dir / ".buildctl" / "logs" / "configure.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text(proc.stdout)
@@ -240,14 +236,32 @@ def cmd_build(args: argparse.Namespace, console: Console) -> int:
             f"--source {args.source} is not a directory",
             "pass the top directory of a CMake project",
         )
+    project_name = getattr(args, "project", None)
+    xpu = project_name == "vllm-xpu-kernels"
+    if project_name not in (None, BUNDLED, "vllm-xpu-kernels"):
+        raise BadInput(
+            f"no kernel project named {project_name!r}",
+            f"use {BUNDLED} or vllm-xpu-kernels, or build any CMake project with --source DIR",
+        )
     layers = Layers.collect(args, project_dir=args.source, cmake_args=cmake_args or None)
     # The build dir first (the Ray cluster must see it), then the budget, once, then the
     # bundled project's split sized from that same budget.
     build_dir = layers.get(BuildSettings, "build_dir")
+    if xpu and args.source is None:
+        raise BadInput(
+            "buildctl build --project vllm-xpu-kernels needs --source (a checkout)",
+            "clone it (git clone --branch v0.1.13.1 https://github.com/vllm-project/"
+            "vllm-xpu-kernels) and pass --source DIR, or use `buildctl wheel --torch ...`",
+        )
     if args.source is None:
         source = KERNELS_DIR / BUNDLED
         preset = layers.get(BuildSettings, "preset")
         build_dir = build_dir or bundled_build_settings(preset, False, split=False)[2]
+    elif xpu:  # the checkout is read-only: its build lives in the cache, next to its copy
+        from buildctl.kernels.xpu import default_build_dir
+
+        source = args.source.resolve()
+        build_dir = build_dir or default_build_dir(args.cache_dir, source)
     else:
         source = args.source.resolve()
         build_dir = build_dir or (source / "build-buildctl")
@@ -260,7 +274,19 @@ def cmd_build(args: argparse.Namespace, console: Console) -> int:
             return 0
         govern = settings.govern
         extra: dict[str, str] = {}
-        if settings.source is None:
+        if xpu:
+            from buildctl.kernels.xpu import xpu_build_settings
+
+            project, extra, _ = xpu_build_settings(
+                torch=args.torch, source=args.source, preset=None, low_ram=govern.low_ram,
+                budget_bytes=govern.mem_budget, cache_dir=args.cache_dir.resolve(),
+                oneapi_roots=args.oneapi_root or [], compiler=args.compiler, aot=args.aot,
+                python=sys.executable,
+            )
+            source = project.source_dir
+            # cmake and ninja (and so every job) run with the pinned oneAPI compiler's env
+            os.environ.update(project.build_env)
+        elif settings.source is None:
             source, extra, _ = bundled_build_settings(
                 settings.preset, govern.low_ram, govern.mem_budget, govern.jobs,
                 split=not settings.no_split,

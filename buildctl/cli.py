@@ -191,6 +191,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="build heavy generated sources whole (bundled project); for comparisons",
     )
     b.add_argument("--target", action="append", metavar="NAME", help="build only this ninja target")
+    bx = b.add_argument_group(
+        "a known kernel project (vllm-xpu-kernels: --source is its checkout, read-only)"
+    )
+    bx.add_argument(
+        "--project",
+        metavar="NAME",
+        help="vllm-xpu-kernels: build a checkout the way its setup.py configures it, with the "
+        "patches, dependencies and oneAPI compiler its tag needs (default: plain CMake project)",
+    )
+    bx.add_argument(
+        "--torch",
+        metavar="VERSION",
+        help="torch the build is for, e.g. 2.12.0+xpu (default: the one the checkout's tag needs)",
+    )
+    bx.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=Path(".buildctl-cache"),
+        metavar="DIR",
+        help="build-owned source copy, staged dependencies and build dir "
+        "(default ./.buildctl-cache)",
+    )
+    bx.add_argument("--compiler", metavar="VERSION", help="oneAPI compiler to pin, e.g. 2025.3")
+    bx.add_argument("--oneapi-root", action="append", metavar="DIR", help="oneAPI install root")
+    bx.add_argument("--aot", metavar="DEVICES", help="AOT devices or GPU name, e.g. bmg-g31")
     b.add_argument(
         "--ninja-width",
         type=int,

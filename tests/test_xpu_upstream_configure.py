@@ -12,6 +12,7 @@ xpu_kernels_fixture/standins). CI has no upstream clone (PyPI has no sdists): th
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -28,6 +29,7 @@ from oneapi_trees import make_field_trap_tree
 from upstream_checkouts import SKIP_REASON, checkout_tag, git, tree_state, upstream_git_dir
 
 from buildctl.kernels.xpu import xpu_build_settings
+from buildctl.toolchain import compat
 
 UPSTREAM = upstream_git_dir()
 STANDINS = ROOT / "tests" / "fixtures" / "xpu_kernels_fixture" / "standins"
@@ -67,12 +69,17 @@ CASES = [
 ]
 
 
-def _standin_repo(src: Path, dest: Path) -> str:
-    shutil.copytree(src, dest)
-    git("init", "-q", cwd=dest)
-    git("add", "-A", cwd=dest)
-    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "standin", cwd=dest)
-    return git("rev-parse", "HEAD", cwd=dest)
+def prestage_standins(cache: Path, tag: str) -> dict[str, Path]:
+    """Put the small sycl-tla/oneDNN stand-ins into buildctl's dependency cache under the
+    revisions the tag pins, the way an offline host pre-stages them (no network, no clone)."""
+    row = compat.load_matrix().ref(tag)
+    staged = {}
+    for key, rev in (("sycl-tla", row.sycl_tla.revision), ("oneDNN", row.onednn.revision)):
+        dest = cache / "deps" / "src" / f"{key}-{rev[:12]}"
+        shutil.copytree(STANDINS / key, dest)
+        dest.with_name(dest.name + ".stamp").write_text(rev + "\n")
+        staged[key] = dest
+    return staged
 
 
 @pytest.fixture(scope="module")
@@ -91,43 +98,29 @@ def test_real_configure_through_buildctl_build(
     assert UPSTREAM is not None and CMAKE_DIR is not None
     checkout = checkout_tag(UPSTREAM, tag, tmp_path / "vllm-xpu-kernels")
     before = tree_state(checkout)
-    overrides = {
-        key: (str(tmp_path / "up" / key), _standin_repo(STANDINS / key, tmp_path / "up" / key))
-        for key in ("sycl-tla", "oneDNN")
-    }
-    project, defines, build_dir = xpu_build_settings(
-        torch=None,  # the tag decides
-        source=checkout,
-        preset=None,
-        low_ram=True,
-        budget_bytes=16 * GiB,
-        cache_dir=tmp_path / "cache",
-        oneapi_roots=[str(oneapi_root)],
-        compiler=None,
-        aot="B70",
-        python=sys.executable,
-        dep_overrides=overrides,
-    )
-    assert project.source_torch == torch
-    assert project.source_commit == git("rev-parse", "HEAD", cwd=checkout)
-    assert project.source_ref == tag
-    assert f"/compiler/{compiler}" in project.build_env["CMPLR_ROOT"]
-    env = {**project.build_env, "PATH": f"{CMAKE_DIR}:{project.build_env['PATH']}"}
-    # The real CLI: governed configure of the build-owned copy, then a no-op ninja target (the
-    # stand-in compiler cannot compile SYCL sources).
+    cache = tmp_path / "cache"
+    prestage_standins(cache, tag)
+    env = {**os.environ, "PATH": f"{CMAKE_DIR}:{os.environ['PATH']}"}
+    # The real CLI: the tag decides torch, patches and deps; the governed configure runs on the
+    # build-owned copy; then a no-op ninja target (the stand-in cannot compile SYCL sources).
     proc = subprocess.run(
         buildctl_cmd(
             "build",
+            "--project",
+            "vllm-xpu-kernels",
             "--source",
-            str(project.source_dir),
-            "--build-dir",
-            str(build_dir),
+            str(checkout),
+            "--cache-dir",
+            str(cache),
+            "--oneapi-root",
+            str(oneapi_root),
+            "--aot",
+            "B70",
+            "--low-ram",
             "--mem-budget",
             "16G",
             "--target",
             "build.ninja",
-            "--",
-            *[f"-D{k}={v}" for k, v in defines.items()],
         ),
         env=env,
         capture_output=True,
@@ -136,14 +129,33 @@ def test_real_configure_through_buildctl_build(
         check=False,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    cache = (build_dir / "CMakeCache.txt").read_text()
-    assert "CMAKE_CXX_COMPILER_ID:" not in cache or "IntelLLVM" in cache
+    assert tree_state(checkout) == before  # the CLI left the checkout alone
+    # what the CLI resolved, recomputed here (the copy and deps are reused, nothing is built)
+    project, defines, build_dir = xpu_build_settings(
+        torch=None,
+        source=checkout,
+        preset=None,
+        low_ram=True,
+        budget_bytes=16 * GiB,
+        cache_dir=cache,
+        oneapi_roots=[str(oneapi_root)],
+        compiler=None,
+        aot="B70",
+        python=sys.executable,
+    )
+    assert project.source_torch == torch
+    assert project.source_commit == git("rev-parse", "HEAD", cwd=checkout)
+    assert project.source_ref == tag
+    assert f"/compiler/{compiler}" in project.build_env["CMPLR_ROOT"]
+    cmake_cache = (build_dir / "CMakeCache.txt").read_text()
     compiler_id = (build_dir / "CMakeFiles").glob("*/CMakeCXXCompiler.cmake")
     assert any('CMAKE_CXX_COMPILER_ID "IntelLLVM"' in p.read_text() for p in compiler_id)
     for key in ("VLLM_PYTHON_EXECUTABLE", "CMAKE_TOOLCHAIN_FILE", "VLLM_TARGET_DEVICE"):
-        assert re.search(rf"^{key}:\w+={re.escape(defines[key])}$", cache, re.M), key
+        assert re.search(rf"^{key}:\w+={re.escape(defines[key])}$", cmake_cache, re.M), key
     assert defines["CMAKE_TOOLCHAIN_FILE"].startswith(str(project.source_dir))
-    assert str(checkout) not in cache  # nothing points back into the user's tree
+    assert str(checkout) not in cmake_cache  # nothing points back into the user's tree
+    hook = json.loads((build_dir / "buildctl" / "xpu_hook.json").read_text())
+    assert hook["link_jobs"] == int(defines["BUILDCTL_SYCL_LINK_JOBS"])
     assert (build_dir / "build.ninja").is_file()  # upstream's configure ran to the end
     # the row's patches went into the copy only
     if project.patches:

@@ -238,6 +238,13 @@ def xpu_build_settings(
         aot=aot,
         dep_overrides=dep_overrides,
     )
-    label = (project.source_torch or "xpu").replace("+", "-")
-    build_dir = cache_dir.resolve() / "build" / f"{project.source_dir.name}-{label}"
-    return project, fill_build_python(project.cmake_defines, python), build_dir
+    return (
+        project,
+        fill_build_python(project.cmake_defines, python),
+        default_build_dir(cache_dir, source or project.source_dir),
+    )
+
+
+def default_build_dir(cache_dir: Path, source: Path) -> Path:
+    """`buildctl build`'s dir for a checkout: in the cache, never inside the user's tree."""
+    return copy_dir_for(source.resolve(), cache_dir.resolve() / "build", "vllm-xpu-kernels")
