@@ -108,9 +108,11 @@ def test_builds_opening_a_corrupt_db_at_once_move_it_aside_once(tmp_path: Path) 
     _random_bytes(path)
     with ThreadPoolExecutor(4) as pool:
         dbs = list(pool.map(lambda _: ProfileDB(path), range(4)))
-    assert sum(len(db.warnings) for db in dbs) == 1
-    assert len([p for p in tmp_path.glob("*.corrupt-*") if "-wal" not in p.name
-                and "-shm" not in p.name]) == 1
+    warnings = [line for db in dbs for line in db.warnings]
+    aside = sorted(p.name for p in tmp_path.glob("*.corrupt-*"))
+    assert len(warnings) == 1, (warnings, aside)
+    assert len([name for name in aside if not name.endswith(("-wal", "-shm", "-journal"))]) \
+        == 1, aside
     for n, db in enumerate(dbs):
         assert db.record(_entry(f"o{n}.o"))
     assert len(dbs[0].latest()) == 4  # all on the same fresh file

@@ -410,6 +410,8 @@ _RUN_COLUMNS = "output, compiler, fingerprint, peak_rss, wall_s, cpu_s, runq_s, 
 _SQLITE_CORRUPT = 11
 _SQLITE_NOTADB = 26
 _SQLITE_FULL = 13
+_SQLITE_BUSY = 5
+_SQLITE_LOCKED = 6
 
 
 class _Unusable(Exception):
@@ -578,6 +580,20 @@ class ProfileDB:
             return self._in_memory(None)
 
     def _open_writable(self) -> sqlite3.Connection:
+        """Open, check and upgrade the file. Builds opening a new DB at once can meet a lock
+        that sqlite reports at once instead of waiting for it (switching to WAL); try again."""
+        for attempt in range(5):
+            try:
+                return self._open_writable_once()
+            except sqlite3.OperationalError as exc:
+                code = getattr(exc, "sqlite_errorcode", None)
+                if code is None or code & 0xFF not in (_SQLITE_BUSY, _SQLITE_LOCKED) \
+                        or attempt == 4:
+                    raise
+                time.sleep(0.05 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    def _open_writable_once(self) -> sqlite3.Connection:
         conn = _connect(str(self.path))
         try:
             _check(conn)
