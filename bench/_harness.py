@@ -243,7 +243,7 @@ class Bounds:
 def bounds_from_report(report: dict[str, Any], cores: int, budget: int,
                        durations: str = "wall_s") -> Bounds:
     """`durations="cpu_s"` takes each job's CPU time as its duration: for single-threaded
-    compilers that is what the job would take on an idle machine, so the bound no longer moves
+    compilers that is what the job would take on an idle machine, so the bound does not move
     with the background load of a shared machine (not for memcc, whose jobs sleep)."""
     jobs = [j for j in report["jobs"] if j["status"] == "ok"]
     if not jobs:

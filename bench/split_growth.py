@@ -17,7 +17,7 @@ build from clean objects (the first one records the profiles):
   --nogc-shards N (BUILDCTL_SPLIT_GCC_GC=OFF: what splitting alone does).
 
 Reported: instantiations (counted in the generated file), the heavy TU's peak RSS and CPU whole
-vs the largest shard and the shards' total CPU (issue 3's goals: largest shard <= 1/4 of the
+vs the largest shard and the shards' total CPU (the splitter's goals: largest shard <= 1/4 of the
 whole peak, shards' CPU <= 1.3 x the whole compile), the splitter's predicted whole peak and its
 probe's CPU time, and the build's job span and peak total RSS. Not run by CI.
 """
