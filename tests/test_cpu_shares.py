@@ -13,7 +13,7 @@ from pathlib import Path
 from test_governor_admission import Client, _governed, _run_hogs
 
 from buildctl.govern.monitor import sample_tree
-from buildctl.govern.profiles import ProfileDB, ProfileEntry
+from buildctl.govern.profiles import JobKey, ProfileDB, ProfileEntry
 from buildctl.govern.simulate import HostShape, SimJob, lower_bound, simulate
 
 MiB = 1024**2
@@ -47,17 +47,17 @@ def test_profile_db_keeps_run_queue_wait_and_predicts_the_share(tmp_path: Path) 
                            peak_rss_bytes=100 * MiB, wall_s=4.0, cpu_s=0.4))
     db.record(ProfileEntry(output="busy.o", kind="compile", compiler="cc",
                            peak_rss_bytes=100 * MiB, wall_s=4.0, cpu_s=1.0, runq_wait_s=2.5))
-    assert db.predict("sleepy.o", "compile", "cc").cpu_share == 0.25
+    assert db.predict(JobKey("sleepy.o", "compile", "cc")).cpu_share == 0.25
     # CPU-starved, not sleeping: a whole slot.
-    assert db.predict("busy.o", "compile", "cc").cpu_share == 1.0
+    assert db.predict(JobKey("busy.o", "compile", "cc")).cpu_share == 1.0
     # Another compiler or flags: the same output's runs still tell its share.
-    assert db.predict("sleepy.o", "compile", "cc #1234").cpu_share == 0.25
-    assert db.predict("unknown.o", "compile", "cc").cpu_share == 1.0
+    assert db.predict(JobKey("sleepy.o", "compile", "cc", "1234")).cpu_share == 0.25
+    assert db.predict(JobKey("unknown.o", "compile", "cc")).cpu_share == 1.0
     # A run that computed this time wins over an older sleepy one (the largest share of recent
     # runs: never lighter than any of them).
     db.record(ProfileEntry(output="sleepy.o", kind="compile", compiler="cc",
                            peak_rss_bytes=100 * MiB, wall_s=4.0, cpu_s=3.9))
-    assert db.predict("sleepy.o", "compile", "cc").cpu_share == 1.0
+    assert db.predict(JobKey("sleepy.o", "compile", "cc")).cpu_share == 1.0
     exported = {e.output: e for e in db.latest()}
     assert exported["busy.o"].runq_wait_s == 2.5
     db.close()
@@ -80,10 +80,10 @@ def test_profile_db_from_before_run_queue_waits_is_upgraded(tmp_path: Path) -> N
         for other in list(pool.map(lambda _: ProfileDB(path), range(4))):
             other.close()
     db = ProfileDB(path)
-    assert db.predict("old.o", "compile", "cc").cpu_share == 0.25
+    assert db.predict(JobKey("old.o", "compile", "cc")).cpu_share == 0.25
     db.record(ProfileEntry(output="new.o", kind="compile", compiler="cc",
                            peak_rss_bytes=1000, wall_s=4.0, cpu_s=1.0, runq_wait_s=3.0))
-    assert db.predict("new.o", "compile", "cc").cpu_share == 1.0
+    assert db.predict(JobKey("new.o", "compile", "cc")).cpu_share == 1.0
     db.close()
 
 

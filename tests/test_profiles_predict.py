@@ -169,16 +169,17 @@ def test_latest_raises_a_cut_short_peak_and_skips_cache_hits(tmp_path: Path) -> 
     assert [e.output for e in db.latest("other")] == [OUT]
 
 
-def test_old_call_with_a_glued_fingerprint_still_predicts(tmp_path: Path) -> None:
-    """The governor's call from before JobKey: `predict(output, kind, "name #fp")`, and its
-    records with the fingerprint glued on, meet in the columns of schema 2."""
+def test_a_record_with_a_glued_fingerprint_lands_in_its_columns(tmp_path: Path) -> None:
+    """Schema-1 exports (and a governor from before JobKey) write "identity #fingerprint" as
+    the compiler of a compile job; it is stored split, so JobKey predictions find it."""
     db = ProfileDB(tmp_path / "p.sqlite")
     db.record(ProfileEntry(output=SIBLING, kind="compile", compiler=f"{GXX} #0badf00d",
                            peak_rss_bytes=300 * M))
-    p = db.predict(OUT, "compile", f"{GXX} #1a2b3c4d")
+    p = db.predict(JobKey(OUT, "compile", GXX, "1a2b3c4d"))
     assert (p.source, p.bytes) == ("target", 300 * M)
-    assert db.predict(SIBLING, "compile", f"{GXX} #0badf00d").source == "exact"
     assert db.predict(JobKey(SIBLING, "compile", GXX, "0badf00d")).source == "exact"
+    (entry,) = db.latest()
+    assert (entry.compiler, entry.fingerprint) == (GXX, "0badf00d")
 
 
 def test_a_run_with_nothing_measured_is_not_recorded(tmp_path: Path) -> None:

@@ -780,19 +780,11 @@ class ProfileDB:
 
     # -- predicting -----------------------------------------------------------------------------
 
-    def predict(
-        self, key: JobKey | str, kind: str | None = None, compiler: str | None = None
-    ) -> Prediction:
+    def predict(self, key: JobKey) -> Prediction:
         """Same project + output + compiler + fingerprint first ("exact"), then the same output
         with other flags or another compiler ("output"), the same target, the same source family,
         and finally a conservative prior. Cache hits are never measurements; a run cut short
-        only ever raises a prediction.
-
-        `predict(output, kind, compiler)` with a schema-1 compiler string ("name #fp") is the
-        old call, kept until every caller passes a JobKey."""
-        if not isinstance(key, JobKey):
-            name, fingerprint = split_compiler(compiler or "")
-            key = JobKey(key, kind or "other", name, fingerprint)
+        only ever raises a prediction."""
         return self._read(lambda conn: self._predict(conn, key), self._prior(key, 0, False))
 
     def _prior(self, key: JobKey, bound: int, censored: bool) -> Prediction:
