@@ -127,6 +127,29 @@ def test_prediction_never_drops_after_a_run_is_cut_short(tmp_path: Path) -> None
     assert previous == 950 * M
 
 
+# (runs oldest first, expected bound in MiB): what in-build sibling guesses must not go under.
+BOUNDS = {
+    "no run cut short": ([Run(100)], 0),
+    "cut short after the last complete run": ([Run(100), Run(80, censored=True)], 80),
+    "superseded by a complete run": ([Run(300, censored=True), Run(100)], 0),
+    "only cut short, the prior above it": ([Run(150, censored=True)], 150),
+    "only cut short, other flags measured": (
+        [Run(200, fingerprint="ffff0000"), Run(150, censored=True)], 150),
+}
+
+
+@pytest.mark.parametrize("runs,bound", BOUNDS.values(), ids=BOUNDS.keys())
+def test_prediction_tells_the_bound_of_runs_cut_short(
+    tmp_path: Path, runs: list[Run], bound: int
+) -> None:
+    db = ProfileDB(tmp_path / "p.sqlite")
+    for at, run in enumerate(runs, start=1):
+        db.record(_entry(run, float(at)))
+    prediction = db.predict(KEY)
+    assert prediction.bound == bound * M
+    assert prediction.bytes >= prediction.bound
+
+
 def test_exact_prediction_brings_the_curve_of_its_heaviest_run(tmp_path: Path) -> None:
     db = ProfileDB(tmp_path / "p.sqlite")
     light = [(t * 0.5, 50 * M + t * M) for t in range(10)]

@@ -173,6 +173,9 @@ class Prediction:
     # measurement and its bound raised `bytes`, or the job has only such runs (then `bytes` is
     # at least that bound and `source` tells where the rest of the estimate came from).
     censored: bool = False
+    # The largest lower bound of this job's runs cut short since its last complete one (0: none):
+    # what a prediction from elsewhere (in-build siblings) must not go below.
+    bound: int = 0
     # The thinned RSS curve (t_s since job start, tree RSS) of the run `bytes` came from;
     # exact and output predictions only.
     curve: tuple[tuple[float, int], ...] = ()
@@ -362,6 +365,7 @@ def _measured(estimate: _Estimate, source: str, bound: int, cut_short: bool) -> 
         wall_s=max(r.wall_s for r in estimate.recent),
         cpu_share=max(cpu_share(r.cpu_s, r.wall_s, r.runq_s) for r in estimate.recent),
         censored=cut_short or bound > heaviest.peak,
+        bound=bound,
         curve=_parse_curve(heaviest.curve),
     )
 
@@ -789,7 +793,7 @@ class ProfileDB:
 
     def _prior(self, key: JobKey, bound: int, censored: bool) -> Prediction:
         prior = self.priors.get(key.kind, self.priors["other"])
-        return Prediction(max(prior, bound), "prior", censored=censored)
+        return Prediction(max(prior, bound), "prior", censored=censored, bound=bound)
 
     def _predict(self, conn: sqlite3.Connection, key: JobKey) -> Prediction:
         def runs(where: str, params: tuple[str, ...]) -> Iterator[_Run]:
@@ -816,12 +820,13 @@ class ProfileDB:
         if target:
             peaks = self._others(conn, key, "target=?", target)
             if peaks:
-                return Prediction(max(max(peaks), bound), "target", censored=censored)
+                return Prediction(max(max(peaks), bound), "target", censored=censored,
+                                  bound=bound)
         peaks = self._others(conn, key, "family=?", family_of(key.output))
         if len(peaks) >= 3:
             # Unknown file of a known family: assume it is as heavy as the heavier quarter.
             family = int(statistics.quantiles(peaks, n=4)[-1])
-            return Prediction(max(family, bound), "family", censored=censored)
+            return Prediction(max(family, bound), "family", censored=censored, bound=bound)
         return self._prior(key, bound, censored)
 
     @staticmethod
