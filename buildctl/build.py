@@ -24,9 +24,6 @@ from buildctl.govern.profiles import ProfileEntry
 from buildctl.govern.session import GovernedSession, SessionOptions
 from buildctl.ui.cmake_output import cmake_warnings
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-BUNDLED_PROJECT = REPO_ROOT / "kernels" / "pagedattn"
-
 EPILOG_BUILD = """\
 examples:
   buildctl build                                  build the bundled kernel project

@@ -1,4 +1,4 @@
-"""Governed jobs on a Ray cluster (issue 8).
+"""Governed jobs on a Ray cluster.
 
 `RayExecutor` is the governor's `RemoteExecutor`: once the governor admits a job (against the
 cluster's total memory and CPUs), the job becomes a Ray task asking for `num_cpus=<its CPU
@@ -19,6 +19,12 @@ Failures:
 asking for the memory of its planned budget.
 
 `import ray` happens only when a cluster is joined: the default install never imports it.
+
+Why one module of about 600 lines: the executor, its submit-and-retry loop and the matrix
+fan-out share one Ray connection and one classification of task failures (lost node, memory
+monitor, cancel); the code that runs on the nodes and the cluster checks are in
+`ray_cluster.py`. Cutting the submitter from the executor would move private state across a
+module boundary without making either easier to read.
 """
 
 from __future__ import annotations

@@ -3,6 +3,10 @@
 Every check returns pass / warn / fail with a one-line detail and, unless it passed, the fix.
 The check functions are pure over the facts gathered by `run_doctor` (host numbers, tool version
 text, probe results, an environment dict), so tests feed them facts instead of machines.
+
+Why one module of about 770 lines: the checks are short, pure and alike (one result type, one
+gathering step that decides which apply), and they read best as one list in the order the
+report prints them; the command handler is in `toolchain/commands.py`.
 """
 
 from __future__ import annotations

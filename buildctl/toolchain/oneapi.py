@@ -12,6 +12,11 @@ vars script is sourced in a clean `env -i bash` and the resulting environment is
 Pure functions: `parse_icpx_version`, `version_key`, `xpu_version_to_compiler`, `export_lines`,
 `pinned_environ`, `find_mixed_versions`, `compare_runtime_wheels`, `pin`.
 I/O: `discover`, `read_icpx_version`, `capture_env`, `env_command`.
+
+Why one module of about 650 lines: discovery, pinning, environment capture and mixed-version
+detection all apply the same rules about the two layouts (version keys, `latest` links, which
+vars script belongs to which version), and the mixed-version check has to agree with discovery
+on what one install is. Split apart, each part would need the others' rules.
 """
 
 from __future__ import annotations
