@@ -1,5 +1,6 @@
-"""Kernel projects buildctl knows (manifests under the repo's kernels/ folder) and how a build of
-each is set up: sources, CMake defines, environment, smoke test, patches."""
+"""Kernel projects buildctl knows (manifests under the shipped kernels/ folder, see
+`buildctl.data`) and how a build of each is set up: sources, CMake defines, environment, smoke
+test, patches."""
 
 from __future__ import annotations
 
@@ -9,10 +10,9 @@ from pathlib import Path
 
 import tomllib
 
+from buildctl.data import KERNELS_DIR
 from buildctl.errors import BadInput
 
-REPO_ROOT = Path(__file__).resolve().parent.parent.parent
-KERNELS_DIR = REPO_ROOT / "kernels"
 PRESETS = ("tiny", "default", "full")
 BUNDLED = "pagedattn"
 KNOWN = (BUNDLED, "vllm-xpu-kernels")
@@ -132,7 +132,7 @@ def bundled_project(
     if not (source / "CMakeLists.txt").is_file():
         raise BadInput(
             f"the bundled kernel project is missing at {source}",
-            "run buildctl from a full clone of the buildctl repository, or pass --source DIR",
+            "reinstall buildctl (pip install --force-reinstall buildctl), or pass --source DIR",
         )
     manifest = load_manifest(BUNDLED)
     defines = {"PAGEDATTN_CONFIG": _preset_value(preset)}
@@ -149,7 +149,8 @@ def bundled_project(
 def bundled_build_settings(
     preset: str | None, low_ram: bool, budget_bytes: int = 0, slots: int = 1, split: bool = True
 ) -> tuple[Path, dict[str, str], Path]:
-    """(source dir, CMake defines, default build dir) of the bundled project for `build`."""
+    """(source dir, CMake defines, default build dir) of the bundled project for `build`. The
+    build dir is under the working directory: the sources may sit in a read-only install."""
     import importlib.util
 
     # The bundled project is a torch extension. find_spec, not `import torch`: the import costs
@@ -171,7 +172,7 @@ def bundled_build_settings(
         "CMAKE_BUILD_TYPE": "Release",
     }
     name = Path(project.cmake_defines["PAGEDATTN_CONFIG"]).stem
-    return project.source_dir, merge_hooks(defines), REPO_ROOT / "_build" / f"pagedattn-{name}"
+    return project.source_dir, merge_hooks(defines), Path.cwd() / "_build" / f"pagedattn-{name}"
 
 
 def resolve_project(

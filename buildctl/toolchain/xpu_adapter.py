@@ -299,7 +299,7 @@ def cmake_defines_for(
     cores: int = 1,
 ) -> dict[str, str]:
     """CMake cache variables for one vllm-xpu-kernels configure (inject the hook separately:
-    `-DCMAKE_PROJECT_INCLUDE=HOOK_PATH`, or include it from the lead's combined hook).
+    `-DCMAKE_PROJECT_INCLUDE=HOOK_PATH`, or beside other hooks through `kernels.merge_hooks`).
 
     `aot_devices` None keeps upstream's four-device default; "" disables AOT (JIT at run time).
     With `low_ram` and no explicit preset, the `default` preset is used where the ref has presets.
