@@ -18,6 +18,7 @@ from buildctl.govern.repro import cmd_repro
 from buildctl.run import add_run_parser
 from buildctl.settings import env_help, parse_duration
 from buildctl.toolchain.commands import cmd_doctor, cmd_env
+from buildctl.ui.completion import add_completion_parser
 from buildctl.wheel.commands import cmd_matrix, cmd_verify, cmd_wheel
 
 
@@ -64,8 +65,8 @@ def add_governor_args(parser: argparse.ArgumentParser) -> None:
         "--prior-rss",
         type=_size,
         metavar="SIZE",
-        help="predicted peak for jobs never measured before (default 1 GiB compile, 1.5 GiB "
-        "link)",
+        help="predicted peak for jobs never measured before, e.g. 800M (default 1 GiB compile, "
+        "1.5 GiB link)",
     )
     g.add_argument(
         "--share-priors",
@@ -99,8 +100,8 @@ def add_governor_args(parser: argparse.ArgumentParser) -> None:
         "--critical",
         type=_size,
         metavar="SIZE",
-        help="kill and re-queue the youngest job below this host available memory (below "
-        "--low-water; default half of it)",
+        help="kill and re-queue the youngest job below this host available memory, e.g. 512M "
+        "(below --low-water; default half of it)",
     )
     g.add_argument(
         "--hang-after",
@@ -127,9 +128,12 @@ def add_governor_args(parser: argparse.ArgumentParser) -> None:
                    "for its predicted memory; needs `pip install 'buildctl[ray]'` and a shared "
                    "filesystem (same paths on every node)")
     x.add_argument("--ray-address", metavar="HOST:PORT",
-                   help="the Ray cluster to use with --executor ray (e.g. 127.0.0.1:6379)")
+                   help="the Ray cluster to use with --executor ray, e.g. 127.0.0.1:6379 "
+                   "(default: none)")
     o = parser.add_argument_group("output")
-    o.add_argument("--report", type=Path, metavar="FILE", help="write the JSON build report here")
+    o.add_argument("--report", type=Path, metavar="FILE",
+                   help="also copy the JSON build report here (default: only "
+                   "BUILD_DIR/.buildctl/report.json, always written)")
     o.add_argument(
         "--plain",
         action="store_true",
@@ -190,7 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="build heavy generated sources whole (bundled project); for comparisons",
     )
-    b.add_argument("--target", action="append", metavar="NAME", help="build only this ninja target")
+    b.add_argument("--target", action="append", metavar="NAME",
+                   help="build only this ninja target, repeatable (default: all)")
     bx = b.add_argument_group(
         "a known kernel project (vllm-xpu-kernels: --source is its checkout, read-only)"
     )
@@ -213,9 +218,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="build-owned source copy, staged dependencies and build dir "
         "(default ./.buildctl-cache)",
     )
-    bx.add_argument("--compiler", metavar="VERSION", help="oneAPI compiler to pin, e.g. 2025.3")
-    bx.add_argument("--oneapi-root", action="append", metavar="DIR", help="oneAPI install root")
-    bx.add_argument("--aot", metavar="DEVICES", help="AOT devices or GPU name, e.g. bmg-g31")
+    bx.add_argument("--compiler", metavar="VERSION",
+                    help="oneAPI compiler to pin, e.g. 2025.3 (default: the one the tag needs)")
+    bx.add_argument("--oneapi-root", action="append", metavar="DIR",
+                    help="oneAPI install root, repeatable (default /opt/intel/oneapi, "
+                    "$ONEAPI_ROOT)")
+    bx.add_argument("--aot", metavar="DEVICES",
+                    help="AOT devices or GPU name, e.g. bmg-g31 (default: the project's list)")
     b.add_argument(
         "--ninja-width",
         type=int,
@@ -318,7 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
         xpu.add_argument(
             "--aot",
             metavar="DEVICES",
-            help="AOT device list or GPU name, e.g. bmg-g31 for Arc Pro B70",
+            help="AOT device list or GPU name, e.g. bmg-g31 for Arc Pro B70 (default: the "
+            "project's list)",
         )
         add_governor_args(w)
         # A matrix entry on a Ray node: the settings the matrix resolved, as JSON.
@@ -353,8 +363,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="build wheels for several torch versions, with index pages and a summary",
         description="Runs `buildctl wheel` for each --torch, writes a PEP 503 / find-links index "
         "per torch version under --out and a summary table (SUMMARY.md). Exit 1 if any failed.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+        "  buildctl matrix --torch 2.12.0+cpu --torch 2.13.0+cpu --preset tiny\n"
+        "  buildctl matrix --torch 2.11.0+xpu --torch 2.12.0+xpu --project vllm-xpu-kernels "
+        "--aot bmg-g31\n"
+        "  pip install --index-url file://$PWD/wheelhouse/pt213cpu/simple pagedattn\n"
+        "\nexit codes: 0 every wheel ready, 1 any build or verification failed, 2 bad input.",
     )
-    m.add_argument("--torch", action="append", required=True, metavar="VERSION")
+    m.add_argument("--torch", action="append", required=True, metavar="VERSION",
+                   help="a torch build to make a wheel for, repeatable, e.g. 2.13.0+cpu")
     add_wheel_args(m)
     m.set_defaults(func=cmd_matrix)
 
@@ -365,21 +383,32 @@ def build_parser() -> argparse.ArgumentParser:
         "symbol and DT_NEEDED library resolves against the given torch's libraries (plus what "
         "they pull in). Unresolved symbols are printed demangled. Exit 0 pass, 1 fail, 2 bad "
         "input.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+        "  buildctl verify wheelhouse/pt213cpu/pagedattn-0.1.0+pt213cpu-py3-none-manylinux_2_28_"
+        "x86_64.whl --torch 2.13.0+cpu\n"
+        "  buildctl verify dist/ext.whl --against torch-2.13.0+cpu-cp311-cp311-linux_x86_64.whl\n"
+        "  buildctl verify dist/xpu_ext.whl --torch 2.11.0+xpu --runtime intel_sycl_rt-2025.3.2-"
+        "py2.py3-none-manylinux_2_28_x86_64.whl",
     )
-    v.add_argument("wheel", type=Path)
-    v.add_argument("--torch", metavar="VERSION", help="verify against this torch (env is made)")
+    v.add_argument("wheel", type=Path, help="the wheel file to check")
+    v.add_argument("--torch", metavar="VERSION",
+                   help="verify against this torch, e.g. 2.13.0+cpu; an env with it is made "
+                   "under --cache-dir (default: the torch of --against, else the installed one)")
     v.add_argument(
         "--against",
         type=Path,
         metavar="PATH",
-        help="a torch wheel file (read, not installed), a torch dir or a python",
+        help="a torch wheel file (read, not installed), a torch dir or a python "
+        "(default: --torch's env)",
     )
     v.add_argument("--runtime", action="append", default=[], metavar="WHEEL|DIR|DIST",
                    help="runtime to check SYCL/oneAPI sonames and symbols against: a runtime "
                    "wheel such as intel-sycl-rt (read, not installed), a directory of its "
                    "libraries, or an installed distribution name; repeatable, searched in order "
-                   "(without it those families are listed as unchecked)")
-    v.add_argument("--cache-dir", type=Path, default=Path(".buildctl-cache"), metavar="DIR")
+                   "(default: none; those families are then listed as unchecked)")
+    v.add_argument("--cache-dir", type=Path, default=Path(".buildctl-cache"), metavar="DIR",
+                   help="where torch envs for --torch are kept (default ./.buildctl-cache)")
     v.set_defaults(func=cmd_verify)
 
     pl = sub.add_parser(
@@ -397,19 +426,26 @@ def build_parser() -> argparse.ArgumentParser:
         "  buildctl plan --report build.json --cores 2 --mem 24G",
     )
     pl.add_argument("--cores", type=int, metavar="N", help="CPU cores (default: this host)")
-    pl.add_argument("--mem", type=_size, metavar="SIZE", help="RAM (default: this host)")
-    pl.add_argument("--swap", type=_size, metavar="SIZE", help="swap (default: this host)")
+    pl.add_argument("--mem", type=_size, metavar="SIZE",
+                    help="RAM, e.g. 32G (G = GiB; default: this host)")
+    pl.add_argument("--swap", type=_size, metavar="SIZE",
+                    help="swap, e.g. 8G (default: this host)")
     pl.add_argument("--mem-budget", type=_size, metavar="SIZE",
-                    help="budget (default: buildctl's default for that RAM)")
+                    help="budget, e.g. 28G (default: buildctl's default for that RAM)")
     pl.add_argument("-j", "--jobs", type=int, metavar="N", help="CPU slots (default: cores)")
     pl.add_argument("--whole-slots", action="store_true",
                     help="as `buildctl build --whole-slots`: every job takes a whole CPU slot")
     pl.add_argument("--report", dest="report_in", type=Path, metavar="FILE",
-                    help="take the jobs from a build report instead of the profile database")
-    pl.add_argument("--profiles", type=Path, metavar="DB", help="profile database path")
+                    help="take the jobs from a build report, e.g. BUILD_DIR/.buildctl/report.json "
+                    "(default: the profile database)")
+    pl.add_argument("--profiles", type=Path, metavar="DB",
+                    help="profile database (default ~/.cache/buildctl/profiles.sqlite or "
+                    "$BUILDCTL_PROFILE_DB)")
     pl.add_argument("--profiles-json", type=Path, metavar="FILE",
-                    help="take the jobs from a profile export (e.g. shipped in profiles/)")
-    pl.add_argument("--filter", metavar="TEXT", help="only jobs whose output contains TEXT")
+                    help="take the jobs from a profile export, e.g. one shipped in profiles/ "
+                    "(default: the profile database)")
+    pl.add_argument("--filter", metavar="TEXT",
+                    help="only jobs whose output contains TEXT (default: all)")
     pl.add_argument("--json", dest="as_json", action="store_true",
                     help="machine-readable output")
     pl.set_defaults(func=cmd_plan)
@@ -427,10 +463,16 @@ def build_parser() -> argparse.ArgumentParser:
     rs_parent = _parent(("--build-dir",), type=Path, metavar="DIR",
                         help="the build directory (default: the current directory)")
     rlist = rs.add_parser("list", help="saved repros and bundles, oldest first",
-                          parents=[rs_parent])
+                          parents=[rs_parent], formatter_class=argparse.RawDescriptionHelpFormatter,
+                          epilog="examples:\n  buildctl repro list --build-dir build\n"
+                          "  buildctl repro list --build-dir build --json")
     rlist.add_argument("--json", action="store_true",
                        help="one JSON array: path, kind, output, created, reason, compiler")
-    rshow = rs.add_parser("show", help="what happened and how to re-run it", parents=[rs_parent])
+    rshow = rs.add_parser("show", help="what happened and how to re-run it", parents=[rs_parent],
+                          formatter_class=argparse.RawDescriptionHelpFormatter,
+                          epilog="examples:\n  buildctl repro show -1 --build-dir build      "
+                          "(the newest)\n  buildctl repro show 2 --build-dir build\n"
+                          "  (cd BUILD/.buildctl/repro/NAME && ./rerun.sh)   reproduces a crash")
     rshow.add_argument("ref", help="a path, a directory name, or a number from list (-1 = newest)")
     r.set_defaults(func=cmd_repro)
 
@@ -441,10 +483,17 @@ def build_parser() -> argparse.ArgumentParser:
         "(from profiles), cmake/ninja, compilers, torch (version, XPU, C++ ABI), the Level Zero "
         "loader, mixed oneAPI versions and the compiler cache. Each check: pass/warn/fail and "
         "the fix. Exit 0 when nothing failed, 1 otherwise, 2 for a bad --torch.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  buildctl doctor\n  buildctl doctor --torch 2.11.0+xpu\n"
+        "  buildctl doctor --python .venv/bin/python --json",
     )
-    d.add_argument("--torch", metavar="VERSION", help="target torch, e.g. 2.11.0+xpu")
-    d.add_argument("--python", metavar="EXE", help="the Python whose torch is checked")
-    d.add_argument("--profiles", type=Path, metavar="DB", help="profile database path")
+    d.add_argument("--torch", metavar="VERSION",
+                   help="target torch, e.g. 2.11.0+xpu (default: the one --python has)")
+    d.add_argument("--python", metavar="EXE",
+                   help="the Python whose torch is checked (default: the one running buildctl)")
+    d.add_argument("--profiles", type=Path, metavar="DB",
+                   help="profile database (default ~/.cache/buildctl/profiles.sqlite or "
+                   "$BUILDCTL_PROFILE_DB)")
     d.add_argument("--json", action="store_true", help="machine-readable output")
     d.set_defaults(func=cmd_doctor)
 
@@ -454,6 +503,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Sources exactly one oneAPI compiler's vars script in a clean subshell "
         '(never setvars.sh) and prints export lines. Use: eval "$(buildctl env --compiler '
         '2025.3)"',
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog='examples:\n  eval "$(buildctl env --compiler 2025.3)"\n'
+        "  buildctl env --compiler 2025.1 --oneapi-root /opt/oneapi-2025.1",
     )
     e.add_argument("--compiler", required=True, metavar="VERSION", help="e.g. 2025.3")
     e.add_argument(
@@ -463,6 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="extra oneAPI install root (default /opt/intel/oneapi, $ONEAPI_ROOT)",
     )
     e.set_defaults(func=cmd_env)
+    add_completion_parser(sub, parser)
     _everywhere(parser)
     return parser
 

@@ -64,10 +64,12 @@ def add_profile_parser(sub: Any) -> argparse.ArgumentParser:
         "  buildctl profile show\n  buildctl profile show --project fmt --jobs\n"
         "  buildctl profile show --filter gemm --json",
     )
-    show.add_argument("--project", metavar="NAME", help="only this project's jobs")
+    show.add_argument("--project", metavar="NAME",
+                      help="only this project's jobs (default: every project)")
     show.add_argument("--jobs", dest="jobs_detail", action="store_true",
                       help="also list every job (peak, wall seconds, CPU slot share, compiler)")
-    show.add_argument("--filter", metavar="TEXT", help="only jobs whose output contains TEXT")
+    show.add_argument("--filter", metavar="TEXT",
+                      help="only jobs whose output contains TEXT (default: all)")
     show.add_argument("--json", action="store_true",
                       help="print a JSON list instead of tables: one object per target, or per "
                       "job with --jobs (sizes in bytes, times in seconds)")
@@ -77,7 +79,8 @@ def add_profile_parser(sub: Any) -> argparse.ArgumentParser:
         "  buildctl profile export --project fmt > fmt.json",
     )
     exp.add_argument("file", nargs="?", type=Path, help="output file (default: stdout)")
-    exp.add_argument("--project", metavar="NAME", help="only this project's jobs")
+    exp.add_argument("--project", metavar="NAME",
+                     help="only this project's jobs (default: every project)")
     imp = action(
         "import", "merge a JSON export (schema 1 or 2) into the database",
         "  buildctl profile import profiles.json\n"
@@ -86,7 +89,8 @@ def add_profile_parser(sub: Any) -> argparse.ArgumentParser:
     )
     imp.add_argument("file", type=Path, help="a file written by `buildctl profile export`")
     imp.add_argument("--project", metavar="NAME",
-                     help="the project of entries that name none (schema-1 files)")
+                     help="the project of entries that name none (schema-1 files; default: "
+                     "none, they stay unassigned)")
     p.set_defaults(func=cmd_profile)
     return p
 
