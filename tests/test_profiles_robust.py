@@ -171,6 +171,16 @@ def test_a_directory_is_bad_input(tmp_path: Path) -> None:
     assert "is a directory" in err.value.what and "--profiles" in err.value.fix
 
 
+def test_a_device_or_a_pipe_is_bad_input_and_left_alone(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for path in (Path("/dev/null"), fifo):
+        with pytest.raises(BadInput) as err:
+            ProfileDB(path)
+        assert "not a regular file" in err.value.what
+    assert Path("/dev/null").exists() and not list(Path("/dev").glob("null.corrupt-*"))
+
+
 def test_a_db_whose_directory_cannot_be_created_predicts_without_recording(
     tmp_path: Path,
 ) -> None:

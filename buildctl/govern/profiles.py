@@ -529,6 +529,12 @@ class ProfileDB:
                 f"the profile database {self.path} is a directory",
                 f"pass a file path, e.g. --profiles {self.path / 'profiles.sqlite'}",
             )
+        if os.path.exists(self.path) and not os.path.isfile(self.path):
+            # A device or a pipe (/dev/null): never opened as a DB, never moved aside.
+            raise BadInput(
+                f"the profile database {self.path} is not a regular file",
+                "pass a file path, e.g. --profiles ~/.cache/buildctl/profiles.sqlite",
+            )
         self.priors = {**DEFAULT_PRIORS, **(priors or {})}
         self.warnings: list[str] = []
         self.writable = False
