@@ -92,6 +92,7 @@ def _with(**changes: object) -> str:
 BAD_IMPORTS = {
     "not UTF-8": (b"\xff\xfe{\"schema\"", "not UTF-8"),
     "not JSON": (b"{not json", "not a buildctl profile export"),
+    "JSON nested too deep to read": (b"[" * 100_000, "not a buildctl profile export"),
     "no entries": (b'{"schema": "buildctl.profiles/2"}', "no entries"),
     "unknown schema": (_export([GOOD], "other/9").encode(), "schema"),
     "a peak of 1e35": (_with(peak_rss_bytes=1e35).encode(), "peak_rss_bytes"),

@@ -269,7 +269,7 @@ def parse_export(text: str, source: str = "<json>") -> list[ProfileEntry]:
     """The entries of a profile export (schema 1 or 2), checked; BadInput otherwise (pure)."""
     try:
         raw = json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nesting too deep to read
         raise BadInput(f"{source} is not a buildctl profile export: {exc}", _IMPORT_FIX) from None
     schema = raw.get("schema") if isinstance(raw, dict) else None
     if not isinstance(raw, dict) or "entries" not in raw:
