@@ -14,6 +14,7 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -336,14 +337,16 @@ def estimate_runs(runs_newest_first: Iterable[_Run], recent: int = RECENT_RUNS) 
     return _Estimate(tuple(complete), bound)
 
 
-def latest_per_output(runs_oldest_first: Iterable[_Run]) -> dict[str, int]:
-    """Pure: each output's current value: its newest complete peak, raised by the bounds of runs
-    cut short after it (an output with only cut-short runs counts at its bound)."""
-    state: dict[str, tuple[int, int]] = {}
-    for run in runs_oldest_first:
-        peak, bound = state.get(run.output, (0, 0))
-        state[run.output] = (peak, max(bound, run.peak)) if run.censored else (run.peak, 0)
-    return {output: max(peak, bound) for output, (peak, bound) in state.items()}
+def current_value(runs_newest_first: Iterable[tuple[int, int]]) -> int | None:
+    """Pure: one output's current value from its (peak, censored) runs, newest first: its newest
+    complete peak, raised by the bounds of runs cut short after it (an output with only
+    cut-short runs counts at its bound); None without runs."""
+    bound: int | None = None
+    for peak, censored in runs_newest_first:
+        if not censored:
+            return max(peak, bound or 0)
+        bound = max(bound or 0, peak)
+    return bound
 
 
 def _parse_curve(text: str) -> tuple[tuple[float, int], ...]:
@@ -403,7 +406,23 @@ CREATE TABLE runs (
     cache_hit INTEGER NOT NULL DEFAULT 0
 )
 """
+# One row per project, output, compiler and kind: its current value (current_value), so the
+# target and family fallbacks read one row per neighbour instead of every run ever recorded.
+_CREATE_JOBS = """
+CREATE TABLE IF NOT EXISTS jobs (
+    project TEXT NOT NULL,
+    output TEXT NOT NULL,
+    compiler TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    target TEXT NOT NULL,
+    family TEXT NOT NULL,
+    value INTEGER NOT NULL,
+    PRIMARY KEY (project, output, compiler, kind)
+) WITHOUT ROWID
+"""
 _INDEXES_V2 = (
+    "CREATE INDEX IF NOT EXISTS jobs_by_target ON jobs(project, target, compiler, kind)",
+    "CREATE INDEX IF NOT EXISTS jobs_by_family ON jobs(project, family, compiler, kind)",
     "CREATE INDEX IF NOT EXISTS runs_by_job ON runs(project, output, compiler, fingerprint)",
     "CREATE INDEX IF NOT EXISTS runs_by_target ON runs(project, target, compiler, kind)",
     "CREATE INDEX IF NOT EXISTS runs_by_family ON runs(project, family, compiler, kind)",
@@ -484,6 +503,13 @@ def migrate(conn: sqlite3.Connection, allow_newer: bool = False) -> None:
                 conn.executemany("UPDATE runs SET compiler=?, fingerprint=? WHERE id=?", updates)
                 conn.execute("DROP INDEX IF EXISTS runs_output")
                 conn.execute("DROP INDEX IF EXISTS runs_target")
+        if "jobs" not in tables:
+            conn.execute(_CREATE_JOBS)
+            groups = conn.execute(
+                "SELECT DISTINCT project, output, compiler, kind FROM runs WHERE cache_hit=0"
+            ).fetchall()
+            for group in groups:
+                _update_job(conn, *group)
         for statement in _INDEXES_V2:
             conn.execute(statement)
         if version < SCHEMA_VERSION:
@@ -493,6 +519,25 @@ def migrate(conn: sqlite3.Connection, allow_newer: bool = False) -> None:
         with contextlib.suppress(sqlite3.Error):
             conn.execute("ROLLBACK")
         raise
+
+
+def _update_job(conn: sqlite3.Connection, project: str, output: str, compiler: str,
+                kind: str) -> None:
+    """Refresh one job's current value from its runs (inside the caller's transaction)."""
+    cursor = conn.execute(
+        "SELECT peak_rss, censored, target, family FROM runs WHERE project=? AND output=?"
+        " AND compiler=? AND kind=? AND cache_hit=0 ORDER BY recorded_at DESC, id DESC",
+        (project, output, compiler, kind),
+    )
+    first = cursor.fetchone()
+    if first is None:
+        return
+    value = current_value(itertools.chain([first[:2]], ((p, c) for p, c, *_ in cursor)))
+    conn.execute(
+        "INSERT OR REPLACE INTO jobs (project, output, compiler, kind, target, family, value)"
+        " VALUES (?,?,?,?,?,?,?)",
+        (project, output, compiler, kind, first[2], first[3], value),
+    )
 
 
 def _check(conn: sqlite3.Connection) -> None:
@@ -736,6 +781,9 @@ class ProfileDB:
                             " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                             rows,
                         )
+                        # (project, output, compiler, kind) of each row, once
+                        for group in dict.fromkeys((r[4], r[0], r[2], r[1]) for r in rows):
+                            _update_job(self._conn, *group)
                         self._conn.execute("COMMIT")
                     except BaseException:
                         with contextlib.suppress(sqlite3.Error):
@@ -838,12 +886,11 @@ class ProfileDB:
     @staticmethod
     def _others(conn: sqlite3.Connection, key: JobKey, where: str, value: str) -> list[int]:
         """The current value of every other output of the project matching `where`."""
-        cursor = conn.execute(
-            f"SELECT {_RUN_COLUMNS} FROM runs WHERE project=? AND cache_hit=0 AND {where}"
-            " AND compiler=? AND kind=? AND output<>? ORDER BY recorded_at ASC, id ASC",
+        return [row[0] for row in conn.execute(
+            f"SELECT value FROM jobs WHERE project=? AND {where} AND compiler=? AND kind=?"
+            " AND output<>?",
             (key.project, value, key.compiler, key.kind, key.output),
-        )
-        return list(latest_per_output(_Run(*row) for row in cursor).values())
+        )]
 
     # -- reading whole histories ----------------------------------------------------------------
 
