@@ -120,7 +120,8 @@ def add_governor_args(parser: argparse.ArgumentParser) -> None:
         "--force",
         action="store_true",
         default=None,
-        help="accept a --mem-budget above RAM + swap or the cgroup limit",
+        help="accept a --mem-budget above RAM + swap or the cgroup limit, a --low-water not "
+        "below RAM and a --critical not below --low-water (for tests of the guards)",
     )
     x = parser.add_argument_group("where jobs run")
     x.add_argument("--executor", choices=("local", "ray"),

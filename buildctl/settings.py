@@ -572,17 +572,19 @@ def check_govern(s: GovernSettings, capacity: Capacity) -> None:
                 raise BadInput(f"{s.where('mem_budget')} is more than {what}",
                                "pass a smaller --mem-budget, or add --force to use it anyway")
     ram = min(info.total_ram_bytes, info.cgroup_limit_bytes or info.total_ram_bytes)
-    if s.low_water is not None and s.low_water >= ram:
+    if s.low_water is not None and s.low_water >= ram and not s.force:
         raise BadInput(
             f"{s.where('low_water')} is not below the RAM ({host.format_size(ram)}): admission "
-            "would wait forever", "pass a smaller --low-water, or leave it out (5% of RAM)")
-    if s.critical is not None:
+            "would wait forever",
+            "pass a smaller --low-water, leave it out (5% of RAM), or add --force")
+    if s.critical is not None and not s.force:
         low_water = s.low_water if s.low_water is not None else _default_low_water(ram)
         if s.critical >= low_water:
             raise BadInput(
                 f"{s.where('critical')} is not below the low-water mark "
                 f"({host.format_size(low_water)}): jobs would be killed before admission pauses",
-                "pass --critical below --low-water, or leave it out (half the low-water mark)")
+                "pass --critical below --low-water, leave it out (half the low-water mark), "
+                "or add --force")
     floor = max(1.0, 3 * SAMPLE_INTERVAL_S)
     if s.hang_after < floor:
         raise BadInput(

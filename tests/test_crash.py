@@ -121,8 +121,9 @@ def test_guard_kills_are_retried_and_never_crashes(tmp_path: Path, faultcc: Path
         "a.cpp": "// faultcc: spin=2500\nint a() { return 1; }\n",
         "b.cpp": "// faultcc: spin=2500\nint b() { return 2; }\n",
     })
-    result = _run(build_args(src, tmp_path / "b", "-j", "2", "--critical", "1T", "--report",
-                             str(tmp_path / "r.json"), compiler=faultcc), tmp_path)
+    # --force: a critical mark this high is refused otherwise (it is only good for this test)
+    result = _run(build_args(src, tmp_path / "b", "-j", "2", "--critical", "1T", "--force",
+                             "--report", str(tmp_path / "r.json"), compiler=faultcc), tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads((tmp_path / "r.json").read_text())
     kinds = [e["kind"] for e in report["events"]]

@@ -159,6 +159,7 @@ CHECKS = [
     ({"low_water": 2 * GiB}, HOST, None),
     ({"low_water": 2 * GiB, "critical": 2 * GiB}, HOST, "not below the low-water mark"),
     ({"low_water": 2 * GiB, "critical": 1 * GiB}, HOST, None),
+    ({"low_water": 30 * GiB, "critical": 40 * GiB, "force": True}, HOST, None),
     ({"critical": 2 * GiB}, HOST, "not below the low-water mark"),  # default low water: 1 GiB
     ({"critical": 256 * 1024**2}, HOST, None),
     ({"hang_after": 0.0}, HOST, "shorter than 1 s"),

@@ -9,7 +9,6 @@ even if buildctl is killed while writing it.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import platform
@@ -25,9 +24,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import psutil
-
-from buildctl import __version__
+from buildctl import __version__, process
 from buildctl.govern.redact import redact_argv, redact_env, redact_text
 
 MANIFESTS = {"crash": "crash.json", "stall": "stall.json"}
@@ -114,12 +111,6 @@ class Cancelled(Exception):
     never leave one behind)."""
 
 
-def _die_with_us() -> None:
-    # Child side of fork: a repro helper (`cc -E`) must not outlive a SIGKILLed buildctl.
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-
-
 def _run_helper(
     argv: list[str],
     *,
@@ -130,12 +121,13 @@ def _run_helper(
 ) -> tuple[int, str]:
     """Run a helper command, polling `cancel`; (returncode, stdout+stderr)."""
     with tempfile.TemporaryFile("w+") as out:
-        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, preexec_fn=_die_with_us)
+        # A repro helper (`cc -E`) must not outlive a SIGKILLed buildctl.
+        proc = process.spawn(argv, sig=signal.SIGKILL, cwd=cwd, env=env, stdout=out,
+                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while proc.poll() is None:
             if (cancel is not None and cancel.is_set()) or time.monotonic() > deadline:
-                proc.kill()
+                process.kill_tree(proc.pid)
                 proc.wait()
                 if cancel is not None and cancel.is_set():
                     raise Cancelled
@@ -166,20 +158,13 @@ def host_versions() -> dict[str, str]:
 
 def collect_tree(pid: int | None) -> list[dict[str, object]]:
     """/proc facts of every process of the tree: read before the tree is killed."""
-    if not pid:
-        return []
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
+    sample = process.sample_tree(pid, 0.0) if pid else None
+    if sample is None:
         return []
     facts: list[dict[str, object]] = []
-    for proc in procs:
+    for proc in sample.procs:
         base = f"/proc/{proc.pid}"
-        try:
-            ppid = proc.ppid()
-        except psutil.NoSuchProcess:
-            continue
+        ppid = proc.ppid
         facts.append(
             {
                 "pid": proc.pid,

@@ -27,6 +27,7 @@ TAIL_BYTES = 16 * 1024
 TAIL_PUSH_S = 1.0
 PR_SET_PDEATHSIG = 1
 JOB_MARKER = "BUILDCTL_IN_JOB"  # set in every job's environment
+SETPRIV_ENV = "BUILDCTL_SETPRIV"  # buildctl.process.SETPRIV_ENV
 
 
 def job_output(argv: list[str]) -> str:
@@ -65,12 +66,30 @@ def _die_with_parent(sig: int = signal.SIGTERM) -> None:
         os.kill(os.getpid(), sig)
 
 
-def _child_setup(prctl: Callable[..., int], launcher_pid: int) -> None:
-    """In the compiler child before exec: die with the launcher (SIGKILL of the launcher must not
-    leave a compiler running with nobody to report to)."""
-    prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != launcher_pid:
-        os._exit(128 + signal.SIGKILL)
+def _with_lifeline(argv: list[str]) -> list[str]:
+    """The compiler behind a single-threaded shim that makes it die with the launcher (SIGKILL
+    of the launcher must not leave a compiler running with nobody to report to). Never Python in
+    the forked child: this process has a socket-reader thread. The same shims as
+    `buildctl.process.lifeline`, which this cannot import (it runs without the package on its
+    path): the session names the setpriv that has --pdeathsig."""
+    setpriv = os.environ.get(SETPRIV_ENV)
+    if setpriv:
+        return [setpriv, "--pdeathsig", "KILL", "--", *argv]
+    shim = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "pdeathsig_exec.py")
+    return [sys.executable, "-I", "-S", shim, str(os.getpid()), str(int(signal.SIGKILL)), "--",
+            *argv]
+
+
+def _check_runnable(program: str) -> None:
+    """Raise what exec would for a missing command: behind the shim it would only be exit 127."""
+    if "/" in program:
+        found = os.access(program, os.X_OK)
+    else:
+        dirs = os.environ.get("PATH", os.defpath).split(os.pathsep)
+        found = any(os.access(os.path.join(d or ".", program), os.X_OK) for d in dirs)
+    if not found:
+        raise FileNotFoundError(2, "No such file or directory", program)
 
 
 class _Channel:
@@ -189,16 +208,11 @@ def _read_and_remove(path: str) -> str:
 def _run_once(argv: list[str], chan: _Channel) -> tuple[int, dict]:
     """Run the command once; return (exit status for ninja, rusage facts for the governor)."""
     started = time.monotonic()
-    me = os.getpid()
-    try:
-        prctl = _prctl()
-        setup = lambda: _child_setup(prctl, me)  # noqa: E731
-    except (OSError, AttributeError):
-        setup = None
     env, stats_log = _job_env(argv)
     try:
+        _check_runnable(argv[0])
         proc = subprocess.Popen(
-            argv, stderr=subprocess.PIPE, process_group=0, preexec_fn=setup, env=env
+            _with_lifeline(argv), stderr=subprocess.PIPE, process_group=0, env=env
         )
     except OSError as exc:
         # Like a shell: 127, and the governor hears a normal (failed) run rather than silence.

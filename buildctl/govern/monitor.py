@@ -1,219 +1,31 @@
-"""Process-tree sampling and progress verdicts.
+"""Progress verdicts on process-tree samples.
 
-`sample_tree` is the only I/O here (psutil + /proc); `verdict` is pure so it can be tested on
-recorded samples. Progress is any change of tree CPU time (including reaped children), bytes
-read/written, or process count — tree CPU alone drops when a child exits, so it is not enough.
+The samples come from `buildctl.process` (`sample_tree` and its types are re-exported here for
+the governor and the tests); `verdict` is pure so it can be tested on recorded samples.
+Progress is any change of tree CPU time (including reaped children), bytes read/written, or
+process count — tree CPU alone drops when a child exits, so it is not enough.
 """
 
 from __future__ import annotations
 
 import itertools
-import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-import psutil
+from buildctl.process import (  # re-exported: the governor, runner and tests import them here
+    MiB,
+    ProcInfo,
+    TreeSample,
+    pid_alive,
+    read_wchan,
+    sample_tree,
+    tree_pids,
+)
 
-MiB = 1024**2
-
-
-@dataclass(frozen=True)
-class ProcInfo:
-    pid: int
-    name: str
-    rss: int
-    state: str
-    ppid: int = 0
-    cpu_s: float = 0.0  # this process's own user+system time
-    major_faults: int = 0
-    # Time it was runnable but waited for a CPU (/proc/<pid>/schedstat): with cpu_s, what the
-    # process asked of the CPUs, however busy the machine was (scheduler.cpu_share).
-    runq_s: float = 0.0
-
-
-@dataclass(frozen=True)
-class TreeSample:
-    t: float
-    rss: int  # sum over the tree
-    cpu_s: float  # user+system of live processes + their reaped children
-    io_bytes: int  # read + written chars of the tree
-    major_faults: int
-    procs: tuple[ProcInfo, ...] = field(default_factory=tuple)
-    # User time alone (live + reaped): page faults and reclaim burn *system* time, so a paging
-    # tree can show 30% CPU while doing almost no useful work.
-    user_s: float | None = None
-
-    @property
-    def heaviest(self) -> ProcInfo | None:
-        return max(self.procs, key=lambda p: p.rss, default=None)
-
-
-_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-# /proc/<pid>/stat state letters, named as psutil names them (evidence text and tests use them).
-_STATES = {
-    "R": "running", "S": "sleeping", "D": "disk-sleep", "T": "stopped", "t": "tracing-stop",
-    "Z": "zombie", "X": "dead", "x": "dead", "K": "wake-kill", "W": "waking", "P": "parked",
-    "I": "idle",
-}  # fmt: skip
-
-
-def read_wchan(pid: int) -> str:
-    """The kernel function a sleeping process waits in (e.g. `pipe_read`); '' if unknown."""
-    try:
-        with open(f"/proc/{pid}/wchan") as handle:
-            text = handle.read().strip()
-    except OSError:
-        return ""
-    return "" if text == "0" else text
-
-
-@dataclass(frozen=True)
-class _Stat:
-    info: ProcInfo
-    cpu_s: float  # own + reaped children, user + system
-    user_s: float  # own + reaped children, user only
-
-
-def _read_stat(pid: int) -> _Stat | None:
-    """One process from /proc/<pid>/stat and statm (+ cmdline when the name is truncated);
-    None if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            data = handle.read()
-    except OSError:
-        return None
-    close = data.rfind(b")")
-    name = data[data.find(b"(") + 1 : close].decode(errors="replace")
-    fields = data[close + 2 :].split()
-    try:
-        # Field n of proc(5) is fields[n - 3]: state 3, ppid 4, majflt 12, cmajflt 13,
-        # utime 14, stime 15, cutime 16, cstime 17.
-        state = fields[0].decode()
-        ppid = int(fields[1])
-        faults = int(fields[9]) + int(fields[10])
-        utime, stime, cutime, cstime = (int(x) / _CLK_TCK for x in fields[11:15])
-    except (IndexError, ValueError):
-        return None
-    # RSS from statm, as psutil and /proc/<pid>/status give it: stat's rss field is the
-    # kernel's approximate per-CPU counter read and runs a few hundred KiB low.
-    try:
-        with open(f"/proc/{pid}/statm", "rb") as handle:
-            rss = int(handle.read().split()[1]) * _PAGE
-    except (OSError, IndexError, ValueError):
-        return None
-    if len(name) >= 15:  # the kernel truncates comm to 15 characters: take argv[0] instead
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as handle:
-                argv0 = handle.read().split(b"\0", 1)[0].decode(errors="replace")
-            base = os.path.basename(argv0)
-            if base.startswith(name):
-                name = base
-        except OSError:
-            pass
-    info = ProcInfo(
-        pid, name, rss, _STATES.get(state, state), ppid, utime + stime, faults, _runq_s(pid)
-    )
-    return _Stat(info, utime + stime + cutime + cstime, utime + cutime)
-
-
-def _runq_s(pid: int) -> float:
-    """Seconds the process spent runnable but waiting for a CPU (0.0 where the kernel does not
-    keep schedstat)."""
-    try:
-        with open(f"/proc/{pid}/schedstat", "rb") as handle:
-            return int(handle.read().split()[1]) / 1e9
-    except (OSError, IndexError, ValueError):
-        return 0.0
-
-
-def _io_chars(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/io", "rb") as handle:
-            data = handle.read()
-    except OSError:
-        return 0
-    total = 0
-    for line in data.splitlines():
-        if line.startswith((b"rchar:", b"wchar:")):
-            total += int(line.split()[1])
-    return total
-
-
-_HAS_CHILDREN_FILES: bool | None = None
-
-
-def _children_files() -> bool:
-    """Whether the kernel has /proc/<pid>/task/<tid>/children (CONFIG_PROC_CHILDREN)."""
-    global _HAS_CHILDREN_FILES
-    if _HAS_CHILDREN_FILES is None:
-        pid = os.getpid()
-        _HAS_CHILDREN_FILES = os.path.exists(f"/proc/{pid}/task/{pid}/children")
-    return _HAS_CHILDREN_FILES
-
-
-def tree_pids(root_pid: int) -> list[int]:
-    """The root and its descendants, parents first; [] if the root is gone.
-
-    Walks /proc/<pid>/task/<tid>/children from the root (a few reads per job) instead of
-    scanning every process on the host for its parent, as psutil's children() does.
-    """
-    if not _children_files():
-        try:
-            root = psutil.Process(root_pid)
-            return [root_pid, *(p.pid for p in root.children(recursive=True))]
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            return []
-    if not os.path.exists(f"/proc/{root_pid}"):
-        return []
-    pids = [root_pid]
-    seen = {root_pid}
-    index = 0
-    while index < len(pids):
-        pid = pids[index]
-        index += 1
-        try:
-            tasks = os.listdir(f"/proc/{pid}/task")
-        except OSError:
-            continue
-        for tid in tasks:
-            try:
-                with open(f"/proc/{pid}/task/{tid}/children", "rb") as handle:
-                    children = handle.read().split()
-            except OSError:
-                continue
-            for child in map(int, children):
-                if child not in seen:
-                    seen.add(child)
-                    pids.append(child)
-    return pids
-
-
-def sample_tree(root_pid: int, t: float) -> TreeSample | None:
-    """Sum RSS/CPU/IO over the process tree rooted at `root_pid`; None if it is gone.
-
-    Reads /proc directly (stat, io, and the children lists): this runs for every running job
-    several times a second, and psutil's per-process objects cost several times more.
-    """
-    rss = 0
-    cpu = 0.0
-    user = 0.0
-    io_bytes = 0
-    faults = 0
-    infos: list[ProcInfo] = []
-    for pid in tree_pids(root_pid):
-        stat = _read_stat(pid)
-        if stat is None:
-            continue
-        rss += stat.info.rss
-        cpu += stat.cpu_s
-        user += stat.user_s
-        faults += stat.info.major_faults
-        io_bytes += _io_chars(pid)
-        infos.append(stat.info)
-    if not infos:
-        return None
-    return TreeSample(t, rss, cpu, io_bytes, faults, tuple(infos), user)
+__all__ = [
+    "MiB", "ProcInfo", "ProgressClock", "TreeSample", "Verdict", "VerdictPolicy", "pid_alive",
+    "progressed", "read_wchan", "sample_tree", "tree_pids", "verdict",
+]
 
 
 # --- verdicts (pure) -------------------------------------------------------------------------
@@ -390,13 +202,3 @@ def verdict(
             "busy",
         )
     return make("healthy", "", busiest, "busy" if cpu_share > 0.05 else "idle")
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -5,8 +5,6 @@ report. This is the API that `build`, `wheel` and `matrix` use.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import dataclasses
 import fcntl
 import hashlib
@@ -25,7 +23,7 @@ from typing import TextIO
 import psutil
 from rich.console import Console
 
-from buildctl import __version__, host
+from buildctl import __version__, host, process
 from buildctl.errors import BadInput
 from buildctl.govern.governor import Governor, GovernorOptions, RemoteExecutor
 from buildctl.govern.profiles import ProfileDB
@@ -35,7 +33,6 @@ from buildctl.ui.eta import plan_from_report
 from buildctl.ui.live import View, make_view
 from buildctl.ui.summary import effective_peak_total
 
-PR_SET_PDEATHSIG = 1
 _SOCKET_MAX = 100  # AF_UNIX paths are limited to 108 bytes
 
 
@@ -99,13 +96,6 @@ def governor_options(opts: SessionOptions, socket_path: Path, build_dir: Path) -
         # capped to a slot's share (the memory guard freezes a job that outgrows it).
         cap_priors=not opts.prior_bytes,
     )
-
-
-def _set_pdeathsig() -> None:
-    """Child side of fork: die with us, so SIGKILL of buildctl leaves no build behind."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    os.setsid()
 
 
 class GovernedSession:
@@ -238,6 +228,8 @@ class GovernedSession:
     def child_env(self, base: dict[str, str] | None = None) -> dict[str, str]:
         env = dict(os.environ if base is None else base)
         env["BUILDCTL_SOCKET"] = str(self.socket_path)
+        if process.setpriv():  # the launcher's shim for its compilers, found once here
+            env[process.SETPRIV_ENV] = str(process.setpriv())
         env.setdefault("NINJA_STATUS", "[%f/%t] ")
         return env
 
@@ -248,14 +240,13 @@ class GovernedSession:
     ) -> int:
         """Run the build command under the governor; Ctrl-C/SIGTERM kill every job tree."""
         env = self.child_env(env)
-        proc = subprocess.Popen(
+        proc = process.spawn(
             argv,
             cwd=cwd,
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            preexec_fn=_set_pdeathsig,
         )
         reader = threading.Thread(target=self._pump, args=(proc,), daemon=True)
         reader.start()
@@ -300,14 +291,12 @@ class GovernedSession:
 
     def _terminate(self, proc: subprocess.Popen[bytes]) -> None:
         """Stop ninja (it forwards to launchers), kill every job tree, then anything left."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
+        process.signal_group(proc.pid, signal.SIGTERM)
         self.governor.kill_all()
         try:
             proc.wait(10)
         except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
+            process.kill_tree(proc.pid)
             proc.wait()
         # Launchers and compilers run in process groups of their own: sweep the descendants we
         # can still see (ninja's children were reparented when it exited).

@@ -60,8 +60,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import psutil
-
+from buildctl import process
 from buildctl.errors import BadInput
 from buildctl.host import format_size
 from buildctl.split.plan import GeneratedSource, probe_picks, render_probe
@@ -174,11 +173,6 @@ def compiler_identity(compiler: str) -> str:
     return f"{real}:{st.st_size}:{int(st.st_mtime)}"
 
 
-def _kill_group(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
-
-
 # Why a reporter between us and the compiler: Linux carries a process's ru_maxrss across
 # fork+exec, so a compiler forked straight from a big Python (a test run with torch loaded, or a
 # large build driver) "peaks" at least at its parent's RSS. The reporter is a fresh `python -I
@@ -212,12 +206,12 @@ def run_measured(argv: Sequence[str], cwd: Path, log: Path) -> subprocess.Popen[
     usage = _usage_file(log)
     usage.unlink(missing_ok=True)
     with open(log, "wb") as out:
-        proc = subprocess.Popen(
+        proc = process.spawn(
             [sys.executable, "-I", "-S", "-c", _REPORTER, str(usage), *argv],
+            sig=signal.SIGKILL,
             cwd=cwd,
             stdout=out,
             stderr=subprocess.STDOUT,
-            start_new_session=True,
         )
     proc.usage_file = usage  # type: ignore[attr-defined]
     return proc
@@ -232,7 +226,7 @@ def wait_measured(
         if pid == proc.pid:
             break
         if time.monotonic() - started > timeout_s:
-            _kill_group(proc.pid)
+            process.kill_tree(proc.pid)
             pid, status, usage = os.wait4(proc.pid, 0)
             break
         time.sleep(0.02)
@@ -326,15 +320,8 @@ def _load_cache(path: Path, key: str) -> ProbeResult | None:
 
 def _tree_rss(pid: int) -> int:
     """Summed RSS of `pid` and its descendants now (0 if it is gone)."""
-    try:
-        proc = psutil.Process(pid)
-        total = proc.memory_info().rss
-        for child in proc.children(recursive=True):
-            with contextlib.suppress(psutil.Error):
-                total += child.memory_info().rss
-        return total
-    except psutil.Error:
-        return 0
+    sample = process.sample_tree(pid, 0.0)
+    return sample.rss if sample else 0
 
 
 def _compile_all(
@@ -379,7 +366,7 @@ def _compile_all(
             if over:
                 stopped.add(label)
             if over or time.monotonic() - started > timeout_s:
-                _kill_group(proc.pid)
+                process.kill_tree(proc.pid)
         time.sleep(0.02)
     out: dict[str, tuple[CompileSample, Path]] = {}
     failure: ProbeFailed | None = None
