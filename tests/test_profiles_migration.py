@@ -182,3 +182,24 @@ def test_a_db_from_a_newer_buildctl_is_read_not_written(tmp_path: Path) -> None:
     assert len(newer.warnings) == 1 and "newer buildctl" in newer.warnings[0]
     newer.close()
     assert path.read_bytes() == before
+
+
+def test_a_db_without_the_jobs_summary_gets_it_filled(tmp_path: Path) -> None:
+    """The target/family fallbacks read one summary row per job; a DB whose summary is missing
+    (dropped, or from before it existed) has it rebuilt from its runs when opened."""
+    path = tmp_path / "profiles.sqlite"
+    write_v1_db(path)
+    ProfileDB(path).close()
+    conn = sqlite3.connect(path)
+    summary = sorted(conn.execute("SELECT output, value FROM jobs").fetchall())
+    conn.execute("DROP TABLE jobs")
+    conn.commit()
+    conn.close()
+    db = ProfileDB(path)
+    key = JobKey("CMakeFiles/ops.dir/gen/new.cpp.o", "compile", GXX, "12345678")
+    assert (db.predict(key).source, db.predict(key).bytes) == ("target", 500 * M)
+    db.close()
+    conn = sqlite3.connect(path)
+    assert sorted(conn.execute("SELECT output, value FROM jobs").fetchall()) == summary
+    assert len(summary) == len(V1_ROWS)
+    conn.close()

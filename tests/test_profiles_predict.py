@@ -16,6 +16,7 @@ from buildctl.govern.profiles import (
     JobKey,
     ProfileDB,
     ProfileEntry,
+    current_value,
     thin_curve,
 )
 
@@ -215,6 +216,19 @@ def test_a_run_with_nothing_measured_is_not_recorded(tmp_path: Path) -> None:
     assert db.predict(JobKey("y.o", "compile", "cc")).bytes == 7 * M
     assert db.predict(JobKey("x.o", "compile", "cc")).source == "prior"
     assert not db.warnings
+
+
+@pytest.mark.parametrize("runs_newest_first,value", [
+    ([], None),
+    ([(100, False)], 100),
+    ([(80, True), (100, False)], 100),
+    ([(150, True), (120, True), (100, False), (900, True)], 150),
+    ([(70, True), (60, True)], 70),
+    ([(100, False), (500, True)], 100),
+])
+def test_current_value_of_one_output(runs_newest_first: list[tuple[int, bool]],
+                                     value: int | None) -> None:
+    assert current_value(runs_newest_first) == value
 
 
 # -- thin_curve ---------------------------------------------------------------------------------
