@@ -133,7 +133,7 @@ def write_split_hints(session: GovernedSession, build_dir: Path, patterns: str) 
     Written on every configure (`{}` when the DB knows nothing yet); its path never changes,
     so new measurements do not force a re-configure: they are used the next time CMake runs.
     """
-    hints = split_hints(session.profiles.latest(), patterns.split(";"))
+    hints = split_hints(session.profiles.latest(session.opts.project), patterns.split(";"))
     path = build_dir / ".buildctl" / "split-hints.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(hints, indent=1) + "\n")

@@ -4,8 +4,9 @@ jobs (one per project and output, no cache hits) and the split hook's measured p
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
-from buildctl.build import split_hints
+from buildctl.build import split_hints, write_split_hints
 from buildctl.govern.profiles import ProfileDB, ProfileEntry
 from buildctl.govern.simulate import jobs_from_profiles
 
@@ -42,3 +43,13 @@ def test_split_hints_ignore_cache_hits_in_the_db(tmp_path: Path) -> None:
     db.record(ProfileEntry(output=heavy, kind="compile", compiler="g++ 12", peak_rss_bytes=8 * M,
                            recorded_at=2.0, cache_hit=True))
     assert split_hints(db.latest(), ["attn.cpp"]) == {"attn.cpp": 900 * M}
+
+
+def test_split_hints_come_from_the_project_being_built(tmp_path: Path) -> None:
+    db = ProfileDB(tmp_path / "p.sqlite")
+    for project, mb in (("pagedattn", 900), ("other", 3000)):
+        db.record(ProfileEntry(output="CMakeFiles/ops.dir/gen/attn.cpp.o", kind="compile",
+                               compiler="g++ 12", project=project, peak_rss_bytes=mb * M))
+    session = SimpleNamespace(profiles=db, opts=SimpleNamespace(project="pagedattn"))
+    path = write_split_hints(session, tmp_path / "b", "attn.cpp")  # type: ignore[arg-type]
+    assert path.read_text().split() == ["{", '"attn.cpp":', f"{900 * M}", "}"]

@@ -315,7 +315,7 @@ def test_write_split_hints_file(tmp_path: Path) -> None:
 
     db = ProfileDB(tmp_path / "p.sqlite")
     try:
-        session = SimpleNamespace(profiles=db)
+        session = SimpleNamespace(profiles=db, opts=SimpleNamespace(project=""))
         path = write_split_hints(session, tmp_path / "b", "x\\.cpp$")  # type: ignore[arg-type]
         assert path == tmp_path / "b" / ".buildctl" / "split-hints.json"
         assert json.loads(path.read_text()) == {}  # nothing measured yet
