@@ -19,6 +19,7 @@ from buildctl.run import add_run_parser
 from buildctl.settings import env_help, parse_duration
 from buildctl.toolchain.commands import cmd_doctor, cmd_env
 from buildctl.ui.completion import add_completion_parser
+from buildctl.wheel.audit import add_audit_parser
 from buildctl.wheel.commands import cmd_matrix, cmd_verify, cmd_wheel
 
 
@@ -411,6 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--cache-dir", type=Path, default=Path(".buildctl-cache"), metavar="DIR",
                    help="where torch envs for --torch are kept (default ./.buildctl-cache)")
     v.set_defaults(func=cmd_verify)
+    add_audit_parser(sub)
 
     pl = sub.add_parser(
         "plan",
