@@ -24,7 +24,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from buildctl import process
 from buildctl.errors import BadInput
+from buildctl.process import sample_tree
 
 MiB = 1024**2
 INSTALL_FIX = "install the extra: pip install 'buildctl[ray]'"
@@ -204,8 +206,10 @@ def connect(address: str, connect_timeout_s: float = 5.0) -> tuple[ModuleType, b
     parse_address(address)
     ray = import_ray()
     if not _registered:
-        # Ship the node-side functions by value: nodes need ray, not buildctl.
+        # Ship the node-side functions by value: nodes need ray, not buildctl. The tree sampler
+        # they call goes the same way.
         ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+        ray.cloudpickle.register_pickle_by_value(process)
         _registered = True
     if ray.is_initialized():
         return ray, False
@@ -386,7 +390,6 @@ def _node_run(
     import threading
     import time
 
-    import psutil  # Ray ships psutil for its own use
     import ray
 
     node_id = ray.get_runtime_context().get_node_id()
@@ -452,25 +455,17 @@ def _node_run(
     ]
     for reader in readers:
         reader.start()
-    peak = [0, 0.0]  # tree RSS sum, tree CPU seconds (of live processes)
+    peak = [0, 0.0]  # tree RSS sum, tree CPU seconds
     series: list[tuple[float, int]] = []
     done = threading.Event()
     job_pid = [0]
 
     def sample() -> None:
         while not done.is_set():
-            rss = 0
-            cpu = 0.0
-            try:
-                root = psutil.Process(job_pid[0])
-                tree = [root, *root.children(recursive=True)]
-            except psutil.NoSuchProcess:
+            tree = sample_tree(job_pid[0], time.time())
+            if tree is None:
                 return
-            for proc in tree:
-                with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-                    rss += proc.memory_info().rss
-                    times = proc.cpu_times()
-                    cpu += times.user + times.system
+            rss, cpu = tree.rss, tree.cpu_s  # CPU of the live tree and its reaped children
             peak[0] = max(peak[0], rss)
             peak[1] = max(peak[1], cpu)
             now = time.time()
