@@ -213,11 +213,14 @@ class GovernSettings(Settings):
 class BuildSettings(Settings):
     govern: GovernSettings
     source: Path | None = flag_only(None)
-    build_dir: Path | None = setting(None, env="BUILDCTL_BUILD_DIR", flag="--build-dir")
-    preset: str = setting("default", env="BUILDCTL_PRESET")
+    build_dir: Path | None = setting(None, env="BUILDCTL_BUILD_DIR", flag="--build-dir",
+                                     help="build directory")
+    preset: str = setting("default", env="BUILDCTL_PRESET",
+                          help="kernel config preset of the bundled project")
     no_split: bool = flag_only(False)
     target: tuple[str, ...] = flag_only(())
-    ninja_width: int | None = setting(None, env="BUILDCTL_NINJA_WIDTH", flag="--ninja-width")
+    ninja_width: int | None = setting(None, env="BUILDCTL_NINJA_WIDTH", flag="--ninja-width",
+                                      help="jobs ninja may start at once")
     cmake_args: tuple[str, ...] = flag_only(())
 
     def build_request(self, source_dir: Path, build_dir: Path,
@@ -238,10 +241,13 @@ class WheelSettings(Settings):
     torch: tuple[str, ...] = flag_only()
     project: str | None = flag_only(None)
     source: Path | None = flag_only(None)
-    preset: str | None = setting(None, env="BUILDCTL_PRESET")
-    out: Path = setting(Path("wheelhouse"), env="BUILDCTL_WHEELHOUSE")
-    cache_dir: Path = setting(Path(".buildctl-cache"), env="BUILDCTL_CACHE_DIR", flag="--cache-dir")
-    torch_index: str | None = setting(None, env="BUILDCTL_TORCH_INDEX", flag="--torch-index")
+    preset: str | None = setting(None, env="BUILDCTL_PRESET",
+                                 help="kernel config preset of the bundled project")
+    out: Path = setting(Path("wheelhouse"), env="BUILDCTL_WHEELHOUSE", help="the wheelhouse")
+    cache_dir: Path = setting(Path(".buildctl-cache"), env="BUILDCTL_CACHE_DIR",
+                              flag="--cache-dir", help="torch envs and wheel build dirs")
+    torch_index: str | None = setting(None, env="BUILDCTL_TORCH_INDEX", flag="--torch-index",
+                                      help="pip index for torch")
     extra_index_url: tuple[str, ...] = setting((), flag="--extra-index-url")
     find_links: tuple[str, ...] = setting((), flag="--find-links")
     allow_prerelease: bool = setting(False, flag="--allow-prerelease")

@@ -252,3 +252,12 @@ def test_build_request_derives_ninja_width(tmp_path: Path) -> None:
     s = command_settings(BuildSettings, lay, govern_settings(lay, Capacity(host=HOST)))
     req = s.build_request(tmp_path, tmp_path / "b", {"X": "1"})
     assert (req.slots, req.ninja_width, req.targets) == (5, 20, ["a", "b"])
+
+
+def test_readme_documents_every_variable() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    names = [line.split()[0] for line in env_help().splitlines()
+             if line.startswith("  BUILDCTL_")]
+    assert len(names) >= 15
+    missing = [name for name in names if f"`{name}`" not in readme]
+    assert not missing
