@@ -902,32 +902,40 @@ class ProfileDB:
 
     def _latest(self, conn: sqlite3.Connection, project: str | None) -> list[ProfileEntry]:
         where, params = ("AND project=?", (project,)) if project is not None else ("", ())
-        cursor = conn.execute(
-            "SELECT output, kind, compiler, fingerprint, project, target, peak_rss, wait4_rss,"
-            " wall_s, cpu_s, recorded_at, runq_s, censored, curve, source_bytes FROM runs"
+        # First the few columns that choose each job's run, then only the chosen runs in full.
+        newest: dict[tuple[str, str], tuple[int | None, int, int]] = {}  # (complete, last, bound)
+        for run_id, proj, output, peak, censored in conn.execute(
+            "SELECT id, project, output, peak_rss, censored FROM runs"
             f" WHERE cache_hit=0 {where} ORDER BY recorded_at ASC, id ASC",
             params,
-        )
-        newest: dict[tuple[str, str], tuple[tuple[Any, ...] | None, tuple[Any, ...], int]] = {}
-        for row in cursor:
-            ident = (row[4], row[0])
-            complete, last, bound = newest.get(ident, (None, row, 0))
-            if row[12]:
-                newest[ident] = (complete, row, max(bound, row[6]))
-            else:
-                newest[ident] = (row, row, 0)
+        ):
+            complete, _, bound = newest.get((proj, output), (None, run_id, 0))
+            newest[proj, output] = (
+                (complete, run_id, max(bound, peak)) if censored else (run_id, run_id, 0)
+            )
+        chosen = {complete or last: bound for complete, last, bound in newest.values()}
+        complete_ids = {c for c, _, _ in newest.values() if c is not None}
         entries = []
-        for complete, last, bound in newest.values():
-            base = complete or last
-            (output, kind, compiler, fingerprint, proj, target, peak, wait4, wall, cpu, at, runq,
-             _, curve, source_bytes) = base
-            entries.append(ProfileEntry(
-                output=output, kind=kind, compiler=compiler, fingerprint=fingerprint,
-                project=proj, target=target, peak_rss_bytes=max(peak if complete else 0, bound),
-                wait4_maxrss_bytes=wait4, wall_s=wall, cpu_s=cpu, recorded_at=at,
-                runq_wait_s=runq, censored=complete is None or bound > peak,
-                curve=list(_parse_curve(curve)), source_bytes=source_bytes,
-            ))
+        ids = list(chosen)
+        for offset in range(0, len(ids), 500):
+            batch = ids[offset:offset + 500]
+            for (run_id, output, kind, compiler, fingerprint, proj, target, peak, wait4, wall,
+                 cpu, at, runq, curve, source_bytes) in conn.execute(
+                "SELECT id, output, kind, compiler, fingerprint, project, target, peak_rss,"
+                " wait4_rss, wall_s, cpu_s, recorded_at, runq_s, curve, source_bytes FROM runs"
+                f" WHERE id IN ({','.join('?' * len(batch))})",
+                batch,
+            ):
+                bound = chosen[run_id]
+                complete = run_id in complete_ids
+                entries.append(ProfileEntry(
+                    output=output, kind=kind, compiler=compiler, fingerprint=fingerprint,
+                    project=proj, target=target,
+                    peak_rss_bytes=max(peak if complete else 0, bound),
+                    wait4_maxrss_bytes=wait4, wall_s=wall, cpu_s=cpu, recorded_at=at,
+                    runq_wait_s=runq, censored=not complete or bound > peak,
+                    curve=list(_parse_curve(curve)), source_bytes=source_bytes,
+                ))
         return sorted(entries, key=lambda e: (e.project, e.target, e.output))
 
     def projects(self) -> list[str]:
