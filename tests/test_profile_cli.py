@@ -191,6 +191,8 @@ def test_show_has_a_project_column_and_filters_by_project(
     assert any("spdlog" in r and "700.0 MiB" in r for r in rows)
     code, out, _ = _cli(capsys, "profile", "show", "--profiles", str(db_path), "--project", "fmt")
     assert code == 0 and "300.0 MiB" in out and "700.0 MiB" not in out and "spdlog" not in out
+    code, out, _ = _cli(capsys, "profile", "show", "--profiles", str(db_path), "--project", "x")
+    assert code == 0 and "no profiles for project 'x'" in out and "fmt, spdlog" in out
 
 
 def test_show_json_is_a_list_per_target_or_per_job(

@@ -158,9 +158,13 @@ def _show(db: Any, args: argparse.Namespace, console: Console) -> None:
         sys.stdout.write(json.dumps(rows, indent=1) + "\n")
         return
     if not entries:
-        where = f" for project {project!r}" if project is not None else ""
-        console.print(f"no profiles in {db.path}{where} yet; run `buildctl build` once",
-                      highlight=False)
+        known = [name or "(none)" for name in db.projects()]
+        if project is not None and known:
+            console.print(f"no profiles for project {project!r} in {db.path}; it has: "
+                          f"{', '.join(known)}", highlight=False)
+        else:
+            console.print(f"no profiles in {db.path} yet; run `buildctl build` once",
+                          highlight=False)
         return
     table = Table(title=f"expected peak memory per target ({db.path})")
     numeric = ("jobs", "max peak", "link peak", "CPU s")
