@@ -206,3 +206,31 @@ def test_xpu_wheel_through_the_cli_reaches_the_torch_env(tmp_path: Path) -> None
     assert result.returncode in (1, 2) and "torch" in result.stderr, out[-2000:]
     assert not (tmp_path / "wh").exists() or not list((tmp_path / "wh").rglob("*.whl"))
     assert os.listdir(cache / "envs"), "it went as far as the torch env"
+
+
+def test_a_matrix_entry_runs_with_the_settings_the_matrix_resolved(tmp_path: Path) -> None:
+    """The Ray matrix hands each entry its settings as JSON: the entry takes them as they are
+    (budget included, with where each came from), not from its own host or environment."""
+    import argparse
+
+    from buildctl.host import HostInfo
+    from buildctl.settings import Capacity, Layers, WheelSettings, command_settings, govern_settings
+
+    flags = argparse.Namespace(torch=("2.13.0+cpu", "2.14.1"), mem_budget=3 * GiB, jobs=3,
+                               out=tmp_path / "wh", hang_after=45.0)
+    layers = Layers.collect(flags, env={"XDG_CONFIG_HOME": str(tmp_path / "xdg")})
+    shape = HostInfo(total_ram_bytes=64 * GiB, available_bytes=60 * GiB, swap_total_bytes=0,
+                     swap_free_bytes=0, cgroup_limit_bytes=None, cores=32)
+    settings = command_settings(WheelSettings, layers, govern_settings(layers, Capacity(shape)))
+    entry = settings.for_one_torch("2.14.1", tmp_path / "r-2.14.1.json")
+    result = buildctl(tmp_path, "wheel", "--torch", "2.14.1", "--settings-json",
+                      entry.model_dump_json(), "--show-settings",
+                      env=env_for(tmp_path, BUILDCTL_JOBS="7", BUILDCTL_HANG_AFTER="5m"))
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines()}
+    assert rows["mem-budget"] == ["3.0", "GiB", "--mem-budget"]
+    assert rows["jobs"] == ["3", "--jobs"] and rows["hang-after"] == ["45.0", "--hang-after"]
+    assert rows["torch"] == ["2.14.1", "--torch"] and rows["executor"][0] == "local"
+    assert rows["out"][0] == str(tmp_path / "wh")
+    bad = buildctl(tmp_path, "wheel", "--torch", "2.14.1", "--settings-json", "{", "-q")
+    assert_bad_input(bad, "--settings-json")

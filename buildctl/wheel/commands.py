@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
 from rich.console import Console
 
 from buildctl import host
@@ -23,10 +24,9 @@ from buildctl.settings import (
 )
 
 
-def _check_torch(layers: Layers, specs: tuple[str, ...]) -> None:
+def _check_torch(specs: tuple[str, ...], allow: bool) -> None:
     from buildctl.wheel.torchspec import parse_torch
 
-    allow = bool(layers.get(WheelSettings, "allow_prerelease"))
     for spec in specs:
         parse_torch(spec, allow_prerelease=allow)  # bad versions: exit 2 before any work
 
@@ -43,11 +43,16 @@ def _entry_report(report: Path | None, spec: str) -> Path | None:
 def wheel_settings(args: argparse.Namespace) -> tuple[WheelSettings, Any]:
     """`buildctl wheel`'s settings and, for --executor ray, the executor of its jobs."""
     if args.settings_json:  # a matrix entry: resolved once, by the matrix
-        settings = WheelSettings.model_validate_json(args.settings_json)
-        _check_torch(_layers(args, settings.torch), settings.torch)
+        try:
+            settings = WheelSettings.model_validate_json(args.settings_json)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise BadInput(f"--settings-json is not a matrix entry's settings: {first['msg']}",
+                           "let `buildctl matrix --executor ray` write it") from None
+        _check_torch(settings.torch, settings.allow_prerelease)
         return settings, None
     layers = _layers(args, (args.torch,))
-    _check_torch(layers, (args.torch,))
+    _check_torch((args.torch,), bool(layers.get(WheelSettings, "allow_prerelease")))
     from buildctl.kernels import BUNDLED, KERNELS_DIR
 
     cache_dir = layers.get(WheelSettings, "cache_dir")
@@ -100,7 +105,7 @@ def cmd_matrix(args: argparse.Namespace, console: Console) -> int:
 
     specs = tuple(args.torch)
     layers = _layers(args, specs)
-    _check_torch(layers, specs)
+    _check_torch(specs, bool(layers.get(WheelSettings, "allow_prerelease")))
     ray_address = layers.ray_address()
     # Each entry is a whole wheel build: the budget is per build, from this host (or the flags),
     # on Ray too (a task asks the cluster for exactly that much).
