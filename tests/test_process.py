@@ -177,3 +177,40 @@ def test_terminate_gives_a_grace_period_then_kills() -> None:
     started = time.monotonic()
     assert process.terminate(stubborn, grace_s=0.5) == -signal.SIGKILL
     assert time.monotonic() - started < 10
+
+
+@pytest.mark.parametrize("setpriv", ["setpriv", "shim"])
+def test_the_launchers_compiler_dies_with_the_launcher(tmp_path, setpriv: str) -> None:
+    """A governor stand-in admits one job; SIGKILL of its launcher takes the compiler along,
+    through setpriv or (without it) the Python shim."""
+    import json
+    import socket
+
+    if setpriv == "setpriv" and process.setpriv() is None:
+        pytest.skip("no setpriv with --pdeathsig on this host")
+    path = tmp_path / "gov.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(1)
+    env = {k: v for k, v in os.environ.items() if k != process.SETPRIV_ENV}
+    if setpriv == "setpriv":
+        env[process.SETPRIV_ENV] = str(process.setpriv())
+    launcher = subprocess.Popen(
+        [sys.executable, "-I", "-S", str(process.SHIM.parent / "govern" / "launcher.py"),
+         "--socket", str(path), "--", "sleep", "600"], env=env)
+    try:
+        conn, _ = server.accept()
+        reader = conn.makefile("rb")
+        assert json.loads(reader.readline())["op"] == "admit"
+        conn.sendall(json.dumps({"op": "go"}).encode() + b"\n")
+        started = json.loads(reader.readline())
+        assert started["op"] == "started" and started["pid"] == started["pgid"] > 0
+        compiler = started["pid"]
+        assert wait_until(lambda: psutil.Process(compiler).name() == "sleep")
+        launcher.kill()
+        launcher.wait()
+        assert wait_until(lambda: gone(compiler))
+    finally:
+        launcher.kill()
+        launcher.wait()
+        server.close()
