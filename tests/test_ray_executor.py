@@ -1,9 +1,11 @@
-"""Governed jobs on a real Ray cluster (issue 8): a head and worker nodes on 127.0.0.1 with
-distinct CPU and memory resources, real g++ builds (memjobs: each compile holds a known amount of
-memory, then runs g++), a node killed mid-build, a job killed by Ray's memory monitor, whole
-builds fanned out as tasks, and the errors for a missing ray or a dead address.
+"""Governed jobs on a real Ray cluster: a head and worker nodes on 127.0.0.1 with distinct CPU
+and memory resources, real g++ builds (memjobs: each compile holds a known amount of memory, then
+runs g++), a node killed mid-build, a job killed by Ray's memory monitor, whole builds fanned out
+as tasks, and the errors for a missing ray or a dead address.
 
-The cluster is started and stopped here; the last test checks nothing of it is left running.
+The cluster is a module fixture; its teardown fails if any process of it is left running. Tests
+that add a node remove it and wait until the head knows, so the others see the same three nodes
+in any order.
 """
 
 from __future__ import annotations
@@ -78,13 +80,17 @@ class RayTestCluster:
 
     def remove(self, name: str) -> None:
         """Kill a node's processes at once (a lost machine), then wait until the head knows."""
-        import ray
-
         node = self.nodes.pop(name)
         self.cluster.remove_node(node, allow_graceful=False)
+        self.wait_gone(node.node_id)
+
+    @staticmethod
+    def wait_gone(node_id: str) -> None:
+        import ray
+
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and any(
-            n["Alive"] for n in ray.nodes() if n["NodeID"] == node.node_id
+            n["Alive"] for n in ray.nodes() if n["NodeID"] == node_id
         ):
             time.sleep(0.1)
 
@@ -135,6 +141,31 @@ def ours(tmp: str) -> list[psutil.Process]:
     return found
 
 
+def left_running(cluster: RayTestCluster, timeout: float = 20) -> list[str]:
+    """What is still running, after shutdown, of the processes the cluster ever had."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = alive(cluster.pids) + [f"{p.pid} {p.name()}" for p in ours(cluster.tmp)]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.2)
+
+
+def still_running(procs: list[psutil.Process], timeout: float = 10) -> list[psutil.Process]:
+    """Those of `procs` still running (zombies count as gone) once they all ended or `timeout`
+    passed: a killed tree takes a moment to go."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = []
+        for proc in procs:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                    left.append(proc)
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.05)
+
+
 def alive(pids: set[int]) -> list[str]:
     left = []
     for pid in pids:
@@ -177,13 +208,18 @@ def ray_cluster() -> Iterator[RayTestCluster]:
         tc.remember()
         yield tc
     finally:
-        tc.shutdown()
+        tc.shutdown()  # remembers every process first
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+    try:
+        left = left_running(tc)
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    assert tc.pids, "the cluster's processes were never recorded"
+    assert not left, f"still running after the cluster shut down: {left}"
 
 
 @pytest.fixture(scope="module")
@@ -265,14 +301,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def cli_wired() -> bool:
-    out = subprocess.run([sys.executable, "-m", "buildctl.cli", "build", "--help"],
-                         capture_output=True, text=True, env=child_env(), check=False).stdout
-    return "--ray-address" in out
-
-
 def child_env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
+    """This environment without what the cluster fixture set (RAY_*), plus `extra`: a child
+    sees the same environment whether or not the cluster is up."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env["PYTHONPATH"] = os.pathsep.join([*extra.pop("prepend", "").split(os.pathsep), str(ROOT)])
     env.update(extra)
     return {k: v for k, v in env.items() if v}
@@ -302,8 +334,6 @@ def test_default_install_never_imports_ray() -> None:
 
 @pytest.mark.parametrize("use_cli", [False, True], ids=["module", "cli"])
 def test_ray_missing_is_bad_input_with_the_install_fix(tmp_path: Path, use_cli: bool) -> None:
-    if use_cli and not cli_wired():
-        pytest.skip("buildctl build has no --executor/--ray-address yet (the lead wires it)")
     fake = tmp_path / "fake"
     fake.mkdir()
     (fake / "ray.py").write_text("raise ImportError('No module named ray (test stand-in)')\n")
@@ -318,8 +348,6 @@ def test_ray_missing_is_bad_input_with_the_install_fix(tmp_path: Path, use_cli: 
 def test_unreachable_address_is_bad_input_with_the_start_command(
     tmp_path: Path, use_cli: bool
 ) -> None:
-    if use_cli and not cli_wired():
-        pytest.skip("buildctl build has no --executor/--ray-address yet (the lead wires it)")
     port = free_port()
     started = time.monotonic()
     result = checker(f"127.0.0.1:{port}", tmp_path / "b", use_cli=use_cli)
@@ -443,15 +471,14 @@ def test_build_spreads_over_nodes_within_each_nodes_memory(
     # B has 3 CPUs but memory for 2 jobs of 192 MiB: it never ran 3.
     on_b = [r for r in runs if r.node.split("/")[1] == labels["B"]]
     assert max_concurrent_memory(on_b) <= 2 * PRIOR
-    # The same from the report alone (governor clock; ends include the trip back).
-    by_node: dict[str, list[Any]] = {}
-    for job in jobs:
-        by_node.setdefault(job.node, []).append(job)
-    node_memory = {labels[n]: m for n, _, m in NODES}
-    for node, node_jobs in by_node.items():
-        spans = sorted((j.started_at_s, j.started_at_s + j.wall_s - 0.3) for j in node_jobs)
-        worst = max(sum(1 for s in spans if s[0] <= t < s[1]) for t, _ in spans)
-        assert worst * PRIOR <= node_memory[node.split("/")[1]], (node, spans)
+    # The report says where each job ran and when it started there (the node-side start, not
+    # when it was handed to Ray): its starts are the runs' node-side starts on the build's
+    # clock. Its ends are not compared: they include the trip back to the governor, which a
+    # loaded machine stretches by seconds.
+    assert {j.output: j.node for j in jobs} == {r.output: r.node for r in runs}
+    node_start = {r.output: r.started_epoch for r in runs}
+    offsets = [j.started_at_s - node_start[j.output] for j in jobs]
+    assert max(offsets) - min(offsets) < 0.5, offsets
     # The report's peak total RSS is the cluster-wide sum of what ran at once (node series):
     # at least two 60 MB jobs overlapped, and never more than the nodes could hold.
     assert 2 * 58 * MiB <= report.peak_total_rss_bytes <= sum(m for _, _, m in NODES), (
@@ -524,8 +551,7 @@ def test_cancel_all_kills_the_remote_trees(ray_cluster: RayTestCluster, tmp_path
         executor.close()
     assert result["rc"] == 130, (result["rc"], result["stderr"], executor.runs)
     assert "cancelled" in result["stderr"]
-    time.sleep(0.5)
-    assert not [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not still_running(tree)
     assert [r.outcome for r in executor.runs] == ["cancelled"]  # not re-run as if lost
 
 
@@ -578,6 +604,10 @@ def test_node_lost_mid_build_still_builds_the_same_library(
     finally:
         killer.join(30)
         executor.close()
+        if "C" in ray_cluster.nodes:  # it never ran a job: leave the cluster as it was
+            ray_cluster.remove("C")
+        else:
+            ray_cluster.wait_gone(c_id)
     assert seen["running"], "no job ever ran on node C"
     assert "killed_at" in seen
     lost_outputs, running = seen["outputs"], seen["running"]
@@ -590,8 +620,7 @@ def test_node_lost_mid_build_still_builds_the_same_library(
         assert output not in finished_on_c
         assert any(j.output == output and j.status == "ok" for j in report.jobs), output
     # Nothing the dead node started survives it (its supervisors killed their trees).
-    time.sleep(1)
-    assert not [p for p in running if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not still_running(running)
     local = local_build(tmp_path / "local", count=8, mb=40, hold_ms=4000)
     assert exported(build / "libmemjobs.so") == exported(local)
     assert len([s for s in exported(local) if "job" in s]) == 8
@@ -754,21 +783,6 @@ def test_a_node_that_does_not_see_the_build_dir_is_named(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and any(
-        n["Alive"] for n in ray.nodes() if n["NodeID"] == hidden
-    ):
-        time.sleep(0.2)
+        for node_id in {n["NodeID"] for n in ray.nodes() if n["Alive"]} - before:
+            ray_cluster.wait_gone(node_id)
 
-
-def test_zz_shutdown_leaves_no_ray_process(ray_cluster: RayTestCluster) -> None:
-    ray_cluster.remember()
-    pids = set(ray_cluster.pids)
-    assert pids
-    ray_cluster.shutdown()
-    deadline = time.monotonic() + 20
-    left = alive(pids) + [f"{p.pid} {p.name()}" for p in ours(ray_cluster.tmp)]
-    while left and time.monotonic() < deadline:
-        time.sleep(0.2)
-        left = alive(pids) + [f"{p.pid} {p.name()}" for p in ours(ray_cluster.tmp)]
-    assert not left, left
