@@ -146,3 +146,23 @@ def test_published_0_1_16_2_through_the_cli() -> None:
     assert "libsycl.so.9" in report["needed"]
     assert status["intel_sycl_rt 2025.3.2"] == "no"  # libsycl.so.8
     assert status["torch 2.12.0+cu130"] == "no"  # a libc10 symbol 2.12 does not define
+
+
+def test_system_symbols_re_exported_by_one_torch_do_not_count() -> None:
+    """torch 2.11's CUDA wheel re-exports some libstdc++ string members; a wheel using them
+    gets them from the system's libstdc++, whichever torch is installed."""
+    std = "_ZNSt7__cxx1112basic_stringIcSt11char_traitsIcESaIcEE7reserveEm"
+    ext = _elf("_C.so", ["libtorch.so", "libc10.so"], [std, "_ZN3c106detail14torchCheckFailEv"])
+    reexporting = Candidate(
+        "torch",
+        "torch 2.11.0+cu130",
+        frozenset({"libtorch.so", "libc10.so"}),
+        frozenset({std, "_ZN3c106detail14torchCheckFailEv"}),
+    )
+    plain = Candidate(
+        "torch",
+        "torch 2.13.0+cpu",
+        frozenset({"libtorch.so", "libc10.so"}),
+        frozenset({"_ZN3c106detail14torchCheckFailEv"}),
+    )
+    assert fit(wheel_needs([ext]), plain, [reexporting, plain]).status == "fits"

@@ -351,3 +351,44 @@ def test_env_command_is_exposed_for_the_cli() -> None:
     from buildctl.toolchain import oneapi
 
     assert doctor.env_command is oneapi.env_command
+
+
+def test_cli_doctor_ignores_other_projects_in_the_profile_db(tmp_path: Path) -> None:
+    """The CLI once took the largest job of the whole database, whatever project it came from."""
+    import subprocess
+
+    from buildctl.govern.profiles import ProfileDB, ProfileEntry
+
+    db_path = tmp_path / "profiles.sqlite"
+    db = ProfileDB(db_path)
+    db.record(
+        ProfileEntry(
+            output="CMakeFiles/huge.dir/huge.cpp.o",
+            kind="compile",
+            compiler="g++ 12",
+            peak_rss_bytes=900 * GiB,
+            project="someotherproject",
+        )
+    )
+    db.close()
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "buildctl.cli",
+            "doctor",
+            "--torch",
+            "2.11.0+xpu",
+            "--json",
+            "--profiles",
+            str(db_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    report = json.loads(proc.stdout)
+    memory = next(c for c in report["checks"] if c["name"] == "memory")
+    assert report["needed_peak_bytes"] < 900 * GiB
+    assert "shipped estimate v0.1.9.json" in memory["data"]["needed_from"]

@@ -76,6 +76,14 @@ def wheel_needs(elves: Iterable[ElfIndex]) -> WheelNeeds:
     return WheelNeeds(frozenset(needed), frozenset(undefined))
 
 
+_SYSTEM_PREFIXES = ("_ZNSt", "_ZNKSt", "_ZSt", "_ZNSs", "_ZNKSs", "_ZdlPv", "_Znwm", "_Znam")
+_SYSTEM_VERSIONS = ("@GLIBC", "@GLIBCXX", "@CXXABI", "@GCC")
+
+
+def _is_system_symbol(key: str) -> bool:
+    return key.startswith(_SYSTEM_PREFIXES) or any(v in key for v in _SYSTEM_VERSIONS)
+
+
 def _runtime_family(soname: str) -> bool:
     return external_family(soname) == "sycl/oneapi" and not matches(soname, DRIVER_GLOBS)
 
@@ -93,10 +101,13 @@ def fit(needs: WheelNeeds, candidate: Candidate, universe: Sequence[Candidate]) 
     known = frozenset().union(*(c.exports for c in peers)) if peers else frozenset()
     wanted_sonames = sorted(n for n in needs.needed if family(n))
     missing_sonames = [n for n in wanted_sonames if n not in candidate.sonames]
-    attributed = {s for s in needs.undefined if s in known}
+    # The C/C++ runtime comes from the system whatever a candidate happens to re-export.
+    attributed = {s for s in needs.undefined if s in known and not _is_system_symbol(s)}
     axis_symbols: set[str] = set()
     if candidate.axis == "torch":
+        # torch is judged on torch's own symbols only (c10::, at::, torch::, caffe2::)
         axis_symbols = {s for s in needs.undefined if is_torch_symbol(s.split("@")[0])}
+        attributed &= axis_symbols
         # c10::/at::/torch:: symbols belong to torch even when no candidate defines them (one
         # torch given); those of the XPU backend count only where the candidate ships its
         # libraries (a CPU/CUDA build cannot say anything about them).
