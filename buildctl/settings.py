@@ -548,6 +548,9 @@ def govern_settings(layers: Layers, capacity: Capacity) -> GovernSettings:
     check_govern(settings, capacity)
     if settings.report is not None:
         check_output_path(settings.report)  # refused now, not after an hour of building
+    if settings.profiles is not None and settings.profiles.is_dir():
+        raise BadInput(f"the profile database {settings.profiles} is a directory",
+                       f"pass a file path, e.g. --profiles {settings.profiles / 'profiles.sqlite'}")
     return settings
 
 

@@ -155,6 +155,9 @@ def failure_lines(report: BuildReport) -> list[str]:
 
 
 def cmd_repro(args: argparse.Namespace, console: Console) -> int:
+    if args.build_dir.exists() and not args.build_dir.is_dir():
+        raise BadInput(f"--build-dir {args.build_dir} is not a directory",
+                       "pass the build directory of a governed build")
     root = default_root(args.build_dir.resolve())
     if args.repro_cmd == "list":
         items = list_repros(root)
