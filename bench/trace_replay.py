@@ -202,6 +202,14 @@ class Ledger:
     killed_cpu_s: float = 0.0  # attempts that did not finish and were run again
     cut_off_cpu_s: float = 0.0  # the last attempt of a job that never finished (timeout)
     cut_off: int = 0
+    # Finished jobs' wall / their uncontended replay wall: how much the machine (neighbours,
+    # too many jobs at once) slowed the jobs down in this run.
+    stretches: list[float] = field(default_factory=list)
+
+    @property
+    def median_stretch(self) -> float:
+        ordered = sorted(self.stretches)
+        return ordered[len(ordered) // 2] if ordered else float("nan")
 
     @property
     def killed_attempts(self) -> int:
@@ -213,19 +221,25 @@ def read_ledger(folder: Path) -> Ledger:
     for path in folder.glob("*.*.*") if folder.exists() else []:
         root, role, _pid = path.name.split(".", 2)
         fields = path.read_text().split()
-        if len(fields) != 3:
+        if len(fields) < 5:
             continue
         job, cpu, done = fields[0], float(fields[1]), fields[2] == "1"
-        entry = roots.setdefault(root, {"job": job, "cpu": 0.0, "done": False, "mtime": 0.0})
+        entry = roots.setdefault(root, {"job": job, "cpu": 0.0, "done": False, "mtime": 0.0,
+                                        "stretch": None})
         entry["cpu"] += cpu
         if role == "job":
             entry["done"] = done
             entry["mtime"] = path.stat().st_mtime
+            wall, ideal = float(fields[3]), float(fields[4])
+            if done and ideal > 0:
+                entry["stretch"] = wall / ideal
     ledger = Ledger()
     by_job: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
     for entry in roots.values():
         by_job[entry["job"]].append(entry)
         ledger.replay_cpu_s += entry["cpu"]
+        if entry["stretch"] is not None:
+            ledger.stretches.append(entry["stretch"])
     for job, entries in by_job.items():
         ledger.attempts[job] = len(entries)
         ledger.completed[job] = sum(1 for e in entries if e["done"])
@@ -331,7 +345,8 @@ def run_method(key: str, label: str, argv: list[str], *, budget: int, env: dict[
     result = Result(key, run, ledger, timed_out, jobs_total, kills, freezes, retries, most, kinds)
     print(f"    {wall:.1f} s, peak {mib(run.peak_jobs_bytes)} (budget {mib(budget)}), "
           f"{result.jobs_done}/{jobs_total} jobs, kills {kills}, freezes {freezes}, "
-          f"lost CPU {ledger.killed_cpu_s:.1f} s{' — TIMED OUT' if timed_out else ''}",
+          f"lost CPU {ledger.killed_cpu_s:.1f} s, job stretch {ledger.median_stretch:.2f}"
+          f"{' — TIMED OUT' if timed_out else ''}",
           flush=True)
     return result
 
@@ -396,8 +411,8 @@ def ratio(value: float, reference: Result | None) -> str:
 def render(results: list[Result], best: Result | None, heuristic: Result | None) -> str:
     head = ("| method | done | wall s | CPU s | replay CPU s | peak RSS (jobs) | over budget "
             "| kills (max/job) | freezes | retries | CPU lost to kills | × best fixed -jN "
-            "| × MAX_JOBS | load |\n"
-            "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+            "| × MAX_JOBS | job stretch | load |\n"
+            "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     rows = [head]
     for res in results:
         run = res.run
@@ -413,7 +428,8 @@ def render(results: list[Result], best: Result | None, heuristic: Result | None)
             f"| {f'{res.kills} ({res.max_kills_per_job})' if governed else '–'} "
             f"| {res.freezes if governed else '–'} | {res.retries if governed else '–'} "
             f"| {lost:.1f} s ({share:.0%}) | {ratio(run.wall_s, best)} "
-            f"| {ratio(run.wall_s, heuristic)} | {run.load_before:.1f}→{run.load_after:.1f} |"
+            f"| {ratio(run.wall_s, heuristic)} | {res.ledger.median_stretch:.2f} "
+            f"| {run.load_before:.1f}→{run.load_after:.1f} |"
         )
     return "\n".join(rows)
 
@@ -644,7 +660,8 @@ def result_json(res: Result) -> dict[str, Any]:
         "jobs_done": res.jobs_done, "jobs_total": res.jobs_total, "kills": res.kills,
         "freezes": res.freezes, "retries": res.retries,
         "max_kills_per_job": res.max_kills_per_job, "event_kinds": res.event_kinds,
-        "ledger": {**asdict(res.ledger), "killed_attempts": res.ledger.killed_attempts},
+        "ledger": {**asdict(res.ledger), "killed_attempts": res.ledger.killed_attempts,
+                   "median_stretch": res.ledger.median_stretch},
     }
 
 
