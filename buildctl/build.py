@@ -184,15 +184,18 @@ def configure(session: GovernedSession, req: BuildRequest) -> None:
     session.console.print(f"[bold]buildctl[/bold]: configuring {req.source_dir}", highlight=False)
     # Tied to our life like ninja: a killed buildctl leaves no cmake behind.
     # stderr joined into stdout as CMake wrote them, so errors stay next to what caused them.
-    proc = process.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = process.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                       errors="replace")  # CMake echoes the project's bytes, UTF-8 or not
     log = req.build_dir / ".buildctl" / "logs" / "configure.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text(proc.stdout)
     if proc.returncode != 0:
-        tail = "\n".join(proc.stdout.strip().splitlines()[-25:])
+        # CMake's own words on stdout, with the build's output; the error stays two lines.
+        for line in proc.stdout.strip().splitlines()[-25:]:
+            session.console.print(line, highlight=False, markup=False)
         raise BuildFailed(
-            f"CMake configure failed for {req.source_dir}:\n{tail}",
-            f"fix the configure error above; the full log is {log}",
+            f"CMake configure failed for {req.source_dir} (its last lines are above)",
+            f"fix the configure error; the full log is {log}",
         )
     for line in proc.stdout.splitlines():
         if "buildctl" in line:

@@ -196,10 +196,14 @@ class GovernedSession:
         self.report.events.extend(split_events(self.build_dir))
         if self.interrupted:
             self.report.status = "interrupted"
+        # Bad input found with the session open (a build dir of another generator): nothing ran,
+        # so the last real report (the next run's ETA) is kept.
+        nothing_ran = isinstance(exc, BadInput) and not self.report.jobs
         try:
             # The last report is always kept beside the build; --report asks for a copy elsewhere.
-            self.report.write(self.report_file)
-            if self.opts.report_path:
+            if not nothing_ran:
+                self.report.write(self.report_file)
+            if self.opts.report_path and not nothing_ran:
                 self.report.write(self.opts.report_path)
         finally:  # a report that cannot be written (full disk) still releases the DB and lock
             self.profiles.close()
