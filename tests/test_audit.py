@@ -166,3 +166,40 @@ def test_system_symbols_re_exported_by_one_torch_do_not_count() -> None:
         frozenset({"_ZN3c106detail14torchCheckFailEv"}),
     )
     assert fit(wheel_needs([ext]), plain, [reexporting, plain]).status == "fits"
+
+
+def test_matrix_records_what_published_wheels_prove() -> None:
+    from buildctl.toolchain.compat import load_matrix
+
+    matrix = load_matrix()
+    rows = {r.version: r for r in matrix.published_wheels}
+    assert {"0.1.12.1", "0.1.16.2"} <= set(rows)
+    for row in rows.values():
+        assert row.requires_torch is None  # none of them pins torch
+        assert row.libsycl_soname == "libsycl.so.9"
+        assert row.runtime_fit("2025.3.2") == "no" and row.runtime_fit("2026.0.0") == "fits"
+        assert row.torch_fit("2.14.0") == "unknown"  # never audited: unknown, not a guess
+    # the user: torch 2.12 XPU learns before installing that 0.1.16.2 cannot load
+    assert rows["0.1.16.2"].torch_fit("2.12.0") == "no"
+    assert "NotImplementedError" in rows["0.1.16.2"].evidence["2.12.0"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not (PUBLISHED.is_file() and all(len(w) == 3 for w in RUNTIMES.values()) and TORCH_212),
+    reason="needs the published wheel and the runtime/torch wheels in .buildctl-cache",
+)
+def test_audit_reproduces_the_matrix_row() -> None:
+    from buildctl.toolchain.compat import load_matrix
+    from buildctl.wheel.audit import audit, runtime_candidate, torch_candidate
+
+    row = next(r for r in load_matrix().published_wheels if r.version == "0.1.16.2")
+    cache = CACHE / "audit-wheels"
+    runtimes = [runtime_candidate(v, cache) for v in ("2025.3.2", "2026.0.0")]
+    report = audit(PUBLISHED, runtimes, [torch_candidate(str(TORCH_212[0]), cache)])
+    got = {f.label.split()[-1].split("+")[0]: f.status for f in report.fits}
+    assert got == {
+        "2025.3.2": row.runtime["2025.3.2"],
+        "2026.0.0": row.runtime["2026.0.0"],
+        "2.12.0": row.torch["2.12.0"],
+    }

@@ -98,6 +98,29 @@ class Problem(_Model):
     source: list[str]
 
 
+Fit = Literal["fits", "no", "unknown"]
+
+
+class PublishedWheel(_Model):
+    """What a published wheel's ELF files prove (`buildctl audit`), per runtime and torch."""
+
+    dist: str
+    version: str
+    wheel: str
+    requires_torch: str | None  # its Requires-Dist on torch (none of them declares one)
+    libsycl_soname: str | None
+    runtime: dict[str, Fit]  # intel-sycl-rt release -> fit; releases not listed: unknown
+    torch: dict[str, Fit]  # torch release -> fit; releases not listed: unknown
+    evidence: dict[str, str] = Field(default_factory=dict)  # torch release -> why
+    source: list[str]
+
+    def torch_fit(self, release: str) -> Fit:
+        return self.torch.get(release, "unknown")
+
+    def runtime_fit(self, version: str) -> Fit:
+        return self.runtime.get(version, "unknown")
+
+
 class CompatMatrix(_Model):
     schema_: str = Field(alias="schema")
     snapshot: str
@@ -106,6 +129,7 @@ class CompatMatrix(_Model):
     torch: list[TorchRow]
     kernel_refs: list[KernelRef]
     problems: list[Problem]
+    published_wheels: list[PublishedWheel] = Field(default_factory=list)
 
     def ref(self, name: str) -> KernelRef:
         for row in self.kernel_refs:
