@@ -1,40 +1,35 @@
 """Peak-RSS profiles: every finished job's measured peak and thinned RSS curve, keyed by project,
 output, compiler identity and compile fingerprint.
 
-SQLite in WAL mode so that concurrent builds (CI building several torch versions at once) and
-crashes mid-write never corrupt it; each finished job is one short transaction. The DB is a help,
-never a reason to stop a command: a corrupt file is moved aside and replaced, and a DB that cannot
-be written (read-only, disk full) is read as far as it can be while nothing is recorded; both are
-told once through `ProfileDB.warnings`.
+What a profile means lives here: job keys and compile fingerprints, the checked export format,
+and the prediction rules (pure functions over runs); the file itself, its schema, migration and
+recovery, is profile_store's. The DB is a help, never a reason to stop a command.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import fcntl
 import hashlib
-import itertools
 import json
 import os
 import re
 import sqlite3
 import statistics
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from buildctl.errors import BadInput, BuildctlError
+from buildctl.govern.profile_store import SCHEMA_VERSION as SCHEMA_VERSION
+from buildctl.govern.profile_store import ProfileStore, split_compiler, update_job
+from buildctl.govern.profile_store import current_value as current_value
 from buildctl.govern.scheduler import cpu_share
 
 PROFILES_SCHEMA = "buildctl.profiles/2"
 ACCEPTED_SCHEMAS = ("buildctl.profiles/1", PROFILES_SCHEMA)
-SCHEMA_VERSION = 2  # PRAGMA user_version of the DB layout below
 MiB = 1024**2
 PiB = 1024**5
 # No build job runs for months; a larger time in an import is a broken file.
@@ -113,17 +108,6 @@ def family_of(output: str) -> str:
     stem = name[: -len(".o")] if name.endswith(".o") else name
     suffix = Path(stem).suffix
     return suffix or name
-
-
-# Before schema 2 a compile's fingerprint was glued onto its compiler identity: "g++ 12 #1a2b3c4d".
-_GLUED_FINGERPRINT = re.compile(r"^(.*) #([0-9a-f]{1,64})$", re.DOTALL)
-
-
-def split_compiler(compiler: str) -> tuple[str, str]:
-    """("g++: g++ 12", "1a2b3c4d") from a schema-1 compiler string "g++: g++ 12 #1a2b3c4d";
-    (compiler, "") when nothing is glued on (pure)."""
-    match = _GLUED_FINGERPRINT.match(compiler)
-    return (match.group(1), match.group(2)) if match else (compiler, "")
 
 
 def thin_curve(
@@ -337,18 +321,6 @@ def estimate_runs(runs_newest_first: Iterable[_Run], recent: int = RECENT_RUNS) 
     return _Estimate(tuple(complete), bound)
 
 
-def current_value(runs_newest_first: Iterable[tuple[int, int]]) -> int | None:
-    """Pure: one output's current value from its (peak, censored) runs, newest first: its newest
-    complete peak, raised by the bounds of runs cut short after it (an output with only
-    cut-short runs counts at its bound); None without runs."""
-    bound: int | None = None
-    for peak, censored in runs_newest_first:
-        if not censored:
-            return max(peak, bound or 0)
-        bound = max(bound or 0, peak)
-    return bound
-
-
 def _parse_curve(text: str) -> tuple[tuple[float, int], ...]:
     try:
         return tuple((float(t), int(rss)) for t, rss in json.loads(text or "[]"))
@@ -373,386 +345,32 @@ def _measured(estimate: _Estimate, source: str, bound: int, cut_short: bool) -> 
     )
 
 
-_COLUMNS_V1 = ("output", "kind", "compiler", "target", "family", "peak_rss", "wait4_rss",
-               "wall_s", "cpu_s", "recorded_at")
-_COLUMNS_V2_ADDED = {
-    "runq_s": "REAL NOT NULL DEFAULT 0",
-    "fingerprint": "TEXT NOT NULL DEFAULT ''",
-    "project": "TEXT NOT NULL DEFAULT ''",
-    "censored": "INTEGER NOT NULL DEFAULT 0",
-    "curve": "TEXT NOT NULL DEFAULT '[]'",
-    "source_bytes": "INTEGER NOT NULL DEFAULT 0",
-    "cache_hit": "INTEGER NOT NULL DEFAULT 0",
-}
-_CREATE_V2 = """
-CREATE TABLE runs (
-    id INTEGER PRIMARY KEY,
-    output TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    compiler TEXT NOT NULL,
-    target TEXT NOT NULL,
-    family TEXT NOT NULL,
-    peak_rss INTEGER NOT NULL,
-    wait4_rss INTEGER NOT NULL,
-    wall_s REAL NOT NULL,
-    cpu_s REAL NOT NULL,
-    recorded_at REAL NOT NULL,
-    runq_s REAL NOT NULL DEFAULT 0,
-    fingerprint TEXT NOT NULL DEFAULT '',
-    project TEXT NOT NULL DEFAULT '',
-    censored INTEGER NOT NULL DEFAULT 0,
-    curve TEXT NOT NULL DEFAULT '[]',
-    source_bytes INTEGER NOT NULL DEFAULT 0,
-    cache_hit INTEGER NOT NULL DEFAULT 0
-)
-"""
-# One row per project, output, compiler and kind: its current value (current_value), so the
-# target and family fallbacks read one row per neighbour instead of every run ever recorded.
-_CREATE_JOBS = """
-CREATE TABLE IF NOT EXISTS jobs (
-    project TEXT NOT NULL,
-    output TEXT NOT NULL,
-    compiler TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    target TEXT NOT NULL,
-    family TEXT NOT NULL,
-    value INTEGER NOT NULL,
-    PRIMARY KEY (project, output, compiler, kind)
-) WITHOUT ROWID
-"""
-_INDEXES_V2 = (
-    "CREATE INDEX IF NOT EXISTS jobs_by_target ON jobs(project, target, compiler, kind)",
-    "CREATE INDEX IF NOT EXISTS jobs_by_family ON jobs(project, family, compiler, kind)",
-    "CREATE INDEX IF NOT EXISTS runs_by_job ON runs(project, output, compiler, fingerprint)",
-    "CREATE INDEX IF NOT EXISTS runs_by_target ON runs(project, target, compiler, kind)",
-    "CREATE INDEX IF NOT EXISTS runs_by_family ON runs(project, family, compiler, kind)",
-)
 _RUN_COLUMNS = "output, compiler, fingerprint, peak_rss, wall_s, cpu_s, runq_s, censored, curve"
-
-# sqlite primary result codes (the low byte of an extended code).
-_SQLITE_CORRUPT = 11
-_SQLITE_NOTADB = 26
-_SQLITE_FULL = 13
-_SQLITE_BUSY = 5
-_SQLITE_LOCKED = 6
-
-
-class _Unusable(Exception):
-    """The file is an sqlite DB but not a profile DB this version can use."""
-
-
-class _NotOurs(_Unusable):
-    """Corrupt as far as we are concerned: no usable runs table."""
-
-
-class _Newer(_Unusable):
-    """Written by a newer buildctl (higher user_version): read it, never write it."""
-
-
-def _is_corrupt(exc: BaseException) -> bool:
-    if isinstance(exc, _NotOurs):
-        return True
-    if not isinstance(exc, sqlite3.DatabaseError):
-        return False
-    code = getattr(exc, "sqlite_errorcode", None)
-    if code is not None:
-        return code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
-    text = str(exc).lower()
-    return "not a database" in text or "malformed" in text
-
-
-def _is_disk_full(exc: BaseException) -> bool:
-    if isinstance(exc, OSError):
-        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
-    code = getattr(exc, "sqlite_errorcode", None)
-    return code is not None and code & 0xFF == _SQLITE_FULL
-
-
-def _why(exc: BaseException) -> str:
-    if isinstance(exc, OSError):
-        return exc.strerror or str(exc)
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-
-
-def migrate(conn: sqlite3.Connection, allow_newer: bool = False) -> None:
-    """Bring a DB to schema 2, under the write lock so two builds opening an old DB at once
-    do not both upgrade it. Schema 1 glued a compile's fingerprint onto its compiler identity;
-    it moves to its own column, so the target and family fallbacks match compile jobs."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION and not allow_newer:
-            raise _Newer(f"it has schema {version}, this buildctl knows {SCHEMA_VERSION}")
-        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        if "runs" not in tables:
-            conn.execute(_CREATE_V2)
-        else:
-            columns = {r[1] for r in conn.execute("PRAGMA table_info(runs)")}
-            missing = [c for c in _COLUMNS_V1 if c not in columns]
-            if missing:
-                raise _NotOurs(f"its runs table has no {', '.join(missing)} column")
-            for name, decl in _COLUMNS_V2_ADDED.items():
-                if name not in columns:
-                    conn.execute(f"ALTER TABLE runs ADD COLUMN {name} {decl}")
-            if version < 2:
-                glued = conn.execute(
-                    "SELECT id, compiler FROM runs WHERE kind='compile' AND fingerprint=''"
-                    " AND compiler LIKE '% #%'"
-                ).fetchall()
-                updates = [(*split_compiler(c), i) for i, c in glued if split_compiler(c)[1]]
-                conn.executemany("UPDATE runs SET compiler=?, fingerprint=? WHERE id=?", updates)
-                conn.execute("DROP INDEX IF EXISTS runs_output")
-                conn.execute("DROP INDEX IF EXISTS runs_target")
-        if "jobs" not in tables:
-            conn.execute(_CREATE_JOBS)
-            groups = conn.execute(
-                "SELECT DISTINCT project, output, compiler, kind FROM runs WHERE cache_hit=0"
-            ).fetchall()
-            for group in groups:
-                _update_job(conn, *group)
-        for statement in _INDEXES_V2:
-            conn.execute(statement)
-        if version < SCHEMA_VERSION:
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        conn.execute("COMMIT")
-    except BaseException:
-        with contextlib.suppress(sqlite3.Error):
-            conn.execute("ROLLBACK")
-        raise
-
-
-def _update_job(conn: sqlite3.Connection, project: str, output: str, compiler: str,
-                kind: str) -> None:
-    """Refresh one job's current value from its runs (inside the caller's transaction)."""
-    cursor = conn.execute(
-        "SELECT peak_rss, censored, target, family FROM runs WHERE project=? AND output=?"
-        " AND compiler=? AND kind=? AND cache_hit=0 ORDER BY recorded_at DESC, id DESC",
-        (project, output, compiler, kind),
-    )
-    first = cursor.fetchone()
-    if first is None:
-        return
-    value = current_value(itertools.chain([first[:2]], ((p, c) for p, c, *_ in cursor)))
-    conn.execute(
-        "INSERT OR REPLACE INTO jobs (project, output, compiler, kind, target, family, value)"
-        " VALUES (?,?,?,?,?,?,?)",
-        (project, output, compiler, kind, first[2], first[3], value),
-    )
-
-
-def _check(conn: sqlite3.Connection) -> None:
-    """Raise when the file is not a healthy sqlite DB (reads every page's structure) or not a
-    profile DB this version may write; reads only, so a file found bad is left as it was."""
-    result = conn.execute("PRAGMA quick_check").fetchone()
-    if not result or result[0] != "ok":
-        raise sqlite3.DatabaseError(f"database disk image is malformed ({result and result[0]})")
-    columns = {r[1] for r in conn.execute("PRAGMA table_info(runs)")}
-    missing = [c for c in _COLUMNS_V1 if c not in columns]
-    if columns and missing:
-        raise _NotOurs(f"its runs table has no {', '.join(missing)} column")
-
-
-def _connect(target: str, uri: bool = False) -> sqlite3.Connection:
-    return sqlite3.connect(
-        target, timeout=30, check_same_thread=False, isolation_level=None, uri=uri
-    )
-
-
-T = TypeVar("T")
-
 
 class ProfileDB:
     """History of measured jobs; predictions come from the most recent runs.
 
-    Never raises for the state of the file: `warnings` collects one line per problem for the
-    command to print, `record()` returns False when nothing could be written."""
+    Never raises for the state of the file (see profile_store): `warnings` collects one line per
+    problem for the command to print, `record()` returns False when nothing reached the file."""
 
     def __init__(self, path: Path | None = None, priors: dict[str, int] | None = None) -> None:
-        self.path = Path(path) if path is not None else default_db_path()
-        if os.path.isdir(self.path):
-            raise BadInput(
-                f"the profile database {self.path} is a directory",
-                f"pass a file path, e.g. --profiles {self.path / 'profiles.sqlite'}",
-            )
-        if os.path.exists(self.path) and not os.path.isfile(self.path):
-            # A device or a pipe (/dev/null): never opened as a DB, never moved aside.
-            raise BadInput(
-                f"the profile database {self.path} is not a regular file",
-                "pass a file path, e.g. --profiles ~/.cache/buildctl/profiles.sqlite",
-            )
+        self._store = ProfileStore(Path(path) if path is not None else default_db_path())
         self.priors = {**DEFAULT_PRIORS, **(priors or {})}
-        self.warnings: list[str] = []
-        self.writable = False
-        self._write_problem = ("", "")  # (why, fix) of the last failed write
-        self._inode: tuple[int, int] | None = None
-        self._lock = threading.RLock()
-        self._conn = self._open()
 
-    # -- opening, with the checks and fallbacks ------------------------------------------------
+    @property
+    def path(self) -> Path:
+        return self._store.path
 
-    def _warn(self, message: str) -> None:
-        if message not in self.warnings:
-            self.warnings.append(message)
+    @property
+    def warnings(self) -> list[str]:
+        return self._store.warnings
 
-    def _not_recording(self, why: str, full: bool = False) -> None:
-        self.writable = False
-        fix = (f"free space on the disk of {self.path}" if full
-               else f"make {self.path} and its directory writable")
-        fix += ", or pass --profiles FILE elsewhere"
-        self._write_problem = (why, fix)
-        self._warn(f"not recording profiles: {why}; fix: {fix}")
-
-    def _open(self) -> sqlite3.Connection:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            self._not_recording(f"cannot create {self.path.parent}: {_why(exc)}")
-            return self._in_memory(None)
-        try:
-            return self._open_writable()
-        except (sqlite3.Error, _Unusable, OSError) as exc:
-            if not _is_corrupt(exc):
-                if isinstance(exc, _Newer):
-                    self._not_recording(f"{self.path} was written by a newer buildctl ({exc})")
-                else:
-                    self._not_recording(f"cannot write {self.path} ({_why(exc)})",
-                                        full=_is_disk_full(exc))
-                return self._in_memory(self.path)
-            first = exc
-        try:
-            moved = self._move_aside_if_corrupt()
-        except OSError as exc:
-            self._not_recording(f"{self.path} is corrupt ({_why(first)}) and cannot be moved "
-                                f"aside ({_why(exc)})")
-            return self._in_memory(None)
-        if moved:
-            self._warn(f"profile DB {self.path} was corrupt ({_why(first)}); moved it aside to "
-                       f"{moved.name} and started a fresh one")
-        try:
-            return self._open_writable()
-        except (sqlite3.Error, _Unusable, OSError) as exc:
-            self._not_recording(f"cannot start a fresh {self.path} ({_why(exc)})")
-            return self._in_memory(None)
-
-    def _open_writable(self) -> sqlite3.Connection:
-        """Open, check and upgrade the file. Builds opening a new DB at once can meet a lock
-        that sqlite reports at once instead of waiting for it (switching to WAL); try again."""
-        for attempt in range(5):
-            try:
-                return self._open_writable_once()
-            except sqlite3.OperationalError as exc:
-                code = getattr(exc, "sqlite_errorcode", None)
-                if code is None or code & 0xFF not in (_SQLITE_BUSY, _SQLITE_LOCKED) \
-                        or attempt == 4:
-                    raise
-                time.sleep(0.05 * 2**attempt)
-        raise AssertionError("unreachable")
-
-    def _open_writable_once(self) -> sqlite3.Connection:
-        conn = _connect(str(self.path))
-        try:
-            _check(conn)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            migrate(conn)
-        except BaseException:
-            conn.close()
-            raise
-        self.writable = True
-        self._inode = self._file_identity()
-        return conn
-
-    def _file_identity(self) -> tuple[int, int] | None:
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return None
-        return (st.st_dev, st.st_ino)
-
-    def _in_memory(self, source: Path | None) -> sqlite3.Connection:
-        """What can be read of `source`, copied into memory (where predictions and this build's
-        own records live without touching the file); an empty DB when nothing can be read."""
-        memory = _connect(":memory:")
-        if source is not None and os.path.exists(source):
-            for query in ("mode=ro", "immutable=1"):
-                try:
-                    src = _connect(f"{source.resolve().as_uri()}?{query}", uri=True)
-                    try:
-                        _check(src)
-                        src.backup(memory)
-                    finally:
-                        src.close()
-                    break
-                except (sqlite3.Error, _Unusable):
-                    memory.close()
-                    memory = _connect(":memory:")
-        try:
-            migrate(memory, allow_newer=True)
-        except (sqlite3.Error, _Unusable):
-            memory.close()
-            memory = _connect(":memory:")
-            migrate(memory)
-        return memory
-
-    def _move_aside_if_corrupt(self) -> Path | None:
-        """Rename the corrupt DB (and its WAL files) to `<name>.corrupt-<time>`, unless another
-        process already replaced it: checked again under a lock, so two builds opening a corrupt
-        DB at once move it aside once and both use the same fresh one."""
-        # The directory is the lock (flock on its descriptor): no lock file is left behind.
-        lock_fd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            fcntl.flock(lock_fd, fcntl.LOCK_EX)
-            try:
-                probe = _connect(str(self.path))
-                try:
-                    _check(probe)
-                    return None  # healthy now (another process repaired it)
-                except (sqlite3.Error, _Unusable) as exc:
-                    if not _is_corrupt(exc):
-                        return None
-                finally:
-                    probe.close()
-                stamp = time.strftime("%Y%m%d-%H%M%S")
-                aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
-                serial = 1
-                while aside.exists():
-                    serial += 1
-                    aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{serial}")
-                os.replace(self.path, aside)
-                for suffix in ("-wal", "-shm", "-journal"):
-                    side = self.path.with_name(self.path.name + suffix)
-                    if side.exists():
-                        os.replace(side, aside.with_name(aside.name + suffix))
-                return aside
-            finally:
-                fcntl.flock(lock_fd, fcntl.LOCK_UN)
-        finally:
-            os.close(lock_fd)
-
-    def _reopen(self) -> None:
-        with contextlib.suppress(sqlite3.Error):
-            self._conn.close()
-        self._conn = self._open()
+    @property
+    def writable(self) -> bool:
+        return self._store.writable
 
     def close(self) -> None:
-        with self._lock, contextlib.suppress(sqlite3.Error):
-            self._conn.close()
-
-    def _read(self, query: Callable[[sqlite3.Connection], T], default: T) -> T:
-        """Run a read; a DB corrupted or replaced under us is reopened (moved aside if need be)
-        and the read tried once more; anything else gives `default` and a warning."""
-        with self._lock:
-            for attempt in range(2):
-                try:
-                    return query(self._conn)
-                except sqlite3.Error as exc:
-                    if attempt == 0 and _is_corrupt(exc):
-                        self._reopen()
-                        continue
-                    self._warn(f"profile DB {self.path} could not be read ({_why(exc)}); "
-                               "using priors")
-                    return default
-            return default
+        self._store.close()
 
     # -- writing --------------------------------------------------------------------------------
 
@@ -766,47 +384,19 @@ class ProfileDB:
         rows = [row for row in (self._row(e) for e in entries) if row is not None]
         if not rows:
             return 0
-        with self._lock:
-            if self.writable and self._file_identity() != self._inode:
-                # The file was replaced or deleted under us: write to what is there now.
-                self._reopen()
-            for attempt in range(2):
-                try:
-                    self._conn.execute("BEGIN IMMEDIATE")
-                    try:
-                        self._conn.executemany(
-                            "INSERT INTO runs (output, kind, compiler, fingerprint, project,"
-                            " target, family, peak_rss, wait4_rss, wall_s, cpu_s, recorded_at,"
-                            " runq_s, censored, curve, source_bytes, cache_hit)"
-                            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                            rows,
-                        )
-                        # (project, output, compiler, kind) of each row, once
-                        for group in dict.fromkeys((r[4], r[0], r[2], r[1]) for r in rows):
-                            _update_job(self._conn, *group)
-                        self._conn.execute("COMMIT")
-                    except BaseException:
-                        with contextlib.suppress(sqlite3.Error):
-                            self._conn.execute("ROLLBACK")
-                        raise
-                    return len(rows) if self.writable else 0
-                except (sqlite3.Error, OverflowError) as exc:
-                    if attempt == 0 and _is_corrupt(exc):
-                        self._reopen()  # overwritten under us: moved aside, fresh DB
-                        continue
-                    self._not_recording(f"writing {self.path} failed ({_why(exc)})",
-                                        full=_is_disk_full(exc))
-                    if self._conn_is_file():
-                        with contextlib.suppress(sqlite3.Error):
-                            self._conn.close()
-                        self._conn = self._in_memory(self.path)
-                    return 0
-            return 0
 
-    def _conn_is_file(self) -> bool:
-        with contextlib.suppress(sqlite3.Error):
-            return any(row[2] for row in self._conn.execute("PRAGMA database_list"))
-        return False
+        def insert(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "INSERT INTO runs (output, kind, compiler, fingerprint, project, target, family,"
+                " peak_rss, wait4_rss, wall_s, cpu_s, recorded_at, runq_s, censored, curve,"
+                " source_bytes, cache_hit) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                rows,
+            )
+            # (project, output, compiler, kind) of each row, once
+            for group in dict.fromkeys((r[4], r[0], r[2], r[1]) for r in rows):
+                update_job(conn, *group)
+
+        return len(rows) if self._store.write(insert) else 0
 
     @staticmethod
     def _row(entry: ProfileEntry) -> tuple[Any, ...] | None:
@@ -843,7 +433,7 @@ class ProfileDB:
         with other flags or another compiler ("output"), the same target, the same source family,
         and finally a conservative prior. Cache hits are never measurements; a run cut short
         only ever raises a prediction."""
-        return self._read(lambda conn: self._predict(conn, key), self._prior(key, 0, False))
+        return self._store.read(lambda conn: self._predict(conn, key), self._prior(key, 0, False))
 
     def _prior(self, key: JobKey, bound: int, censored: bool) -> Prediction:
         prior = self.priors.get(key.kind, self.priors["other"])
@@ -898,7 +488,7 @@ class ProfileDB:
         """The most recent complete run of every output (whatever compiler or flags it ran
         with), one entry per project and output, as a plan needs. Its peak is raised by any run
         cut short since (then `censored` is set); cache hits are left out."""
-        return self._read(lambda conn: self._latest(conn, project), [])
+        return self._store.read(lambda conn: self._latest(conn, project), [])
 
     def _latest(self, conn: sqlite3.Connection, project: str | None) -> list[ProfileEntry]:
         where, params = ("AND project=?", (project,)) if project is not None else ("", ())
@@ -939,7 +529,7 @@ class ProfileDB:
         return sorted(entries, key=lambda e: (e.project, e.target, e.output))
 
     def projects(self) -> list[str]:
-        return self._read(
+        return self._store.read(
             lambda conn: [r[0] for r in conn.execute(
                 "SELECT DISTINCT project FROM runs ORDER BY project")],
             [],
@@ -959,7 +549,7 @@ class ProfileDB:
             return 0
         stored = self.record_many(entries)
         if stored != len(entries):
-            why, fix = self._write_problem
+            why, fix = self._store.write_problem
             raise BuildctlError(
                 f"could not store the profiles of {source} in {self.path}"
                 + (f": {why}" if why else ""),
