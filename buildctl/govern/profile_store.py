@@ -103,6 +103,7 @@ _INDEXES_V2 = (
     "CREATE INDEX IF NOT EXISTS jobs_by_family ON jobs(project, family, compiler, kind)",
     "CREATE INDEX IF NOT EXISTS runs_by_job ON runs(project, output, compiler, fingerprint)",
 )
+
 # sqlite primary result codes (the low byte of an extended code).
 _SQLITE_CORRUPT = 11
 _SQLITE_NOTADB = 26
