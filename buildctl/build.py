@@ -294,7 +294,7 @@ def cmd_build(args: argparse.Namespace, console: Console) -> int:
         req = settings.build_request(source, build_dir, extra)
         opts = govern.session_options(
             req.build_dir, f"buildctl build {source.name}", str(source), executor=executor,
-            project=source.name,
+            project=source.name, console=console,
         )
         console.print(
             f"[bold]buildctl[/bold] {__version__}: budget {host.format_size(govern.mem_budget)}, "

@@ -525,7 +525,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _verbosity_args(parser: argparse.ArgumentParser, default: object) -> None:
     parser.add_argument("-q", "--quiet", action="count", default=default,
-                        help="less output: errors only")
+                        help="less output: buildctl's own lines are left out (errors and the "
+                        "build's output, compiler messages included, stay)")
     parser.add_argument("-v", "--verbose", action="count", default=default,
                         help="more output: the settings and where they came from")
 

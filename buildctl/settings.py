@@ -191,12 +191,12 @@ class GovernSettings(Settings):
     force: bool = flag_only(False)
 
     def session_options(self, build_dir: Path, title: str, source_dir: str, *,
-                        executor: Any = None, project: str = "",
-                        report: Path | None = None) -> Any:
+                        executor: Any = None, project: str = "", report: Path | None = None,
+                        console: Any = None) -> Any:
         """The governed session's options: the one place budget and guards pass to it."""
         from buildctl.govern.session import SessionOptions
 
-        values = dict(
+        return SessionOptions(
             build_dir=build_dir, budget_bytes=self.mem_budget, slots=self.jobs,
             report_path=report or self.report, profile_db=self.profiles,
             prior_bytes=self.prior_rss, share_priors=self.share_priors,
@@ -204,10 +204,8 @@ class GovernSettings(Settings):
             low_water_bytes=self.low_water, critical_bytes=self.critical,
             hang_after_s=self.hang_after, retries=self.retries,
             sample_interval_s=SAMPLE_INTERVAL_S, command=list(sys.argv), source_dir=source_dir,
-            executor=executor, project=project,
+            executor=executor, project=project, console=console,
         )
-        known = {f.name for f in dataclasses.fields(SessionOptions)}
-        return SessionOptions(**{k: v for k, v in values.items() if k in known})
 
 
 class BuildSettings(Settings):

@@ -234,3 +234,18 @@ def test_a_matrix_entry_runs_with_the_settings_the_matrix_resolved(tmp_path: Pat
     assert rows["out"][0] == str(tmp_path / "wh")
     bad = buildctl(tmp_path, "wheel", "--torch", "2.14.1", "--settings-json", "{", "-q")
     assert_bad_input(bad, "--settings-json")
+
+
+def test_quiet_leaves_out_buildctls_lines_and_verbose_shows_settings(tmp_path: Path) -> None:
+    quiet = buildctl(tmp_path, "build", "--source", str(FIXTURES / "cxxproj"), "--build-dir",
+                     str(tmp_path / "b"), "-q", "--plain", timeout=300)
+    assert quiet.returncode == 0, quiet.stderr
+    # buildctl's own lines are left out; the build's output (compiler errors) never is
+    assert "budget" not in quiet.stdout and "buildctl: ok" not in quiet.stdout
+    assert "Linking CXX shared library" in quiet.stdout
+    assert (tmp_path / "b" / ".buildctl" / "report.json").is_file()
+    verbose = buildctl(tmp_path, "build", "--source", str(FIXTURES / "cxxproj"), "--build-dir",
+                       str(tmp_path / "b"), "-v", "--plain", "-j", "2", timeout=300)
+    assert verbose.returncode == 0, verbose.stderr
+    assert any(line.split()[:3] == ["jobs", "2", "--jobs"] for line in
+               verbose.stdout.splitlines())

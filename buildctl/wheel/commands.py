@@ -80,7 +80,7 @@ def cmd_wheel(args: argparse.Namespace, console: Console) -> int:
         govern = settings.govern
         opts = govern.session_options(
             req.cache_dir, f"buildctl wheel {req.project} torch {torch}", str(req.source_dir),
-            executor=executor, project=req.project,
+            executor=executor, project=req.project, console=console,
         )
         console.print(
             f"[bold]buildctl wheel[/bold]: {req.project} for torch {torch}, budget "
@@ -126,7 +126,7 @@ def cmd_matrix(args: argparse.Namespace, console: Console) -> int:
         opts = settings.govern.session_options(
             req.cache_dir, f"buildctl matrix {req.project} torch {spec}",
             str(req.source_dir), project=req.project,
-            report=_entry_report(settings.govern.report, spec),
+            report=_entry_report(settings.govern.report, spec), console=console,
         )
         try:
             out = build_wheel(req, opts)
