@@ -262,3 +262,8 @@ def test_export_import_keeps_censoring_curves_and_projects(
     assert entry.source_bytes == 123_456 and 3 <= len(entry.curve) <= 64
     p = b.predict(JobKey("k.cu.o", "compile", "nvcc 13", "ab", "cutlass"))
     assert p.bytes == 5000 * M and p.censored
+    b.close()
+    code, out, _ = _cli(capsys, "profile", "--profiles", str(tmp_path / "b.sqlite"), "show",
+                        "--jobs")
+    (row,) = [line for line in out.splitlines() if " k.cu.o " in line and "compile" in line]
+    assert code == 0 and ">=4.9 GiB" in row  # only a lower bound is known
