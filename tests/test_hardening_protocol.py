@@ -24,6 +24,7 @@ from buildctl.govern.protocol import (
     MAX_LINE_BYTES,
     ProtocolError,
     bad_client_line,
+    check_child_pid,
     parse_message,
 )
 from buildctl.govern.session import LAUNCHER
@@ -256,3 +257,18 @@ def test_governor_survives_garbage_logs_one_line_per_bad_client_and_still_admits
     # The jobs bad clients registered before misbehaving hold no slot or budget.
     assert all(j.state == "done" for j in governor.jobs.values() if j.output.startswith("bad-"))
     assert os.path.exists(governor.opts.socket_path)
+
+
+def test_a_started_pid_must_be_the_launchers_child() -> None:
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        check_child_pid(child.pid, os.getpid())  # ours: fine
+        check_child_pid(0, os.getpid())  # the command could not start
+        with pytest.raises(ProtocolError, match="not a child of the launcher"):
+            check_child_pid(child.pid, os.getppid())
+        with pytest.raises(ProtocolError, match="pid 1 is not a child"):
+            check_child_pid(1, os.getpid())  # init: never ours to kill
+    finally:
+        child.kill()
+        child.wait()
+    check_child_pid(child.pid, 12345)  # gone (reaped): nothing left to signal

@@ -18,6 +18,7 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Annotated, Literal
 
+import psutil
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -216,6 +217,23 @@ def parse_message(line: bytes, expect: Collection[str] | None = None) -> dict:
         if isinstance(value, float) and not math.isfinite(value):
             raise ProtocolError(f"{op}: {key}: not a finite number")
     return data
+
+
+def check_child_pid(pid: int, launcher_pid: int) -> None:
+    """A `started` pid must be the launcher's own child (0: the command could not start): the
+    governor signals that process tree later, so a client must not name someone else's.
+    `launcher_pid` is the peer's pid from SO_PEERCRED, not one the client wrote. A pid that is
+    gone already (a quick command the launcher has reaped) is accepted: there is nothing to hit."""
+    if pid == 0:
+        return
+    try:
+        parent = psutil.Process(pid).ppid()
+    except psutil.Error:
+        return
+    if parent != launcher_pid:
+        raise ProtocolError(
+            f"started: pid {pid} is not a child of the launcher (pid {launcher_pid})"
+        )
 
 
 def _short(value: object) -> str:
