@@ -1,12 +1,17 @@
 """What the profile DB's readers outside the governor get from schema-2 entries: the simulator's
-jobs (one per project and output, no cache hits) and the split hook's measured peaks."""
+jobs (one per project and output, no cache hits), the split hook's measured peaks, and the
+warnings of `plan` and `doctor` when the DB had to be moved aside."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+
 from buildctl.build import split_hints, write_split_hints
+from buildctl.cli import main
 from buildctl.govern.profiles import ProfileDB, ProfileEntry
 from buildctl.govern.simulate import jobs_from_profiles
 
@@ -53,3 +58,18 @@ def test_split_hints_come_from_the_project_being_built(tmp_path: Path) -> None:
     session = SimpleNamespace(profiles=db, opts=SimpleNamespace(project="pagedattn"))
     path = write_split_hints(session, tmp_path / "b", "attn.cpp")  # type: ignore[arg-type]
     assert path.read_text().split() == ["{", '"attn.cpp":', f"{900 * M}", "}"]
+
+
+def test_plan_and_doctor_say_when_they_moved_a_corrupt_db_aside(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for command in (["plan", "--cores", "2", "--mem", "4G"], ["doctor"]):
+        db_path = tmp_path / command[0] / "profiles.sqlite"
+        db_path.parent.mkdir()
+        db_path.write_bytes(os.urandom(4096))
+        code = main([*command, "--profiles", str(db_path)])
+        _, err = capsys.readouterr()
+        warnings = [line for line in err.splitlines() if line.startswith("warning: ")]
+        assert code in (0, 1, 2) and "Traceback" not in err
+        assert len(warnings) == 1 and "moved it aside" in warnings[0], err
+        assert len(list(db_path.parent.glob("profiles.sqlite.corrupt-*"))) == 1

@@ -135,10 +135,13 @@ def load_export_jobs(path: Path) -> list[SimJob]:
 
 
 def load_db_jobs(path: Path | None) -> tuple[list[SimJob], str]:
+    from buildctl.govern.profile_cmd import print_warnings
+
     db = ProfileDB(path)
     try:
         return jobs_from_profiles(db.latest()), str(db.path)
     finally:
+        print_warnings(db.warnings)
         db.close()
 
 

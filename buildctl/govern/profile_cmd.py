@@ -95,7 +95,8 @@ def add_profile_parser(sub: Any) -> argparse.ArgumentParser:
     return p
 
 
-def _print_warnings(warnings: list[str]) -> None:
+def print_warnings(warnings: list[str]) -> None:
+    """The profile DB's warnings (moved aside, not recording), one line each on stderr."""
     err = Console(stderr=True)
     for line in warnings:
         err.print(f"warning: {line}", highlight=False, markup=False, soft_wrap=True)
@@ -126,7 +127,7 @@ def cmd_profile(args: argparse.Namespace, console: Console) -> int:
             count = db.import_json(text, str(args.file), project=getattr(args, "project", None))
             console.print(f"imported {count} job profiles into {db.path}", highlight=False)
     finally:
-        _print_warnings(db.warnings)
+        print_warnings(db.warnings)
         db.close()
     return 0
 

@@ -178,6 +178,8 @@ class GovernedSession:
         self.governor.event_listeners.append(self.view.event)
         self.governor.start()
         self.view.start()
+        for warning in self.profiles.warnings:  # moved aside when corrupt, or not writable
+            self.governor.event("info", None, warning)
         return self
 
     def __exit__(

@@ -11,6 +11,7 @@ from rich.console import Console
 
 def cmd_doctor(args: argparse.Namespace, console: Console) -> int:
     from buildctl.data import PROFILES_DIR
+    from buildctl.govern.profile_cmd import print_warnings
     from buildctl.govern.profiles import ProfileDB
     from buildctl.toolchain.compat import resolve
     from buildctl.toolchain.doctor import (
@@ -35,6 +36,7 @@ def cmd_doctor(args: argparse.Namespace, console: Console) -> int:
             shipped_path.name if shipped_path else "",
         )
     finally:
+        print_warnings(db.warnings)
         db.close()
     report = run_doctor(
         args.torch,
