@@ -110,21 +110,20 @@ def cmd_profile(args: argparse.Namespace, console: Console) -> int:
         if args.profile_cmd == "show":
             _show(db, args, console)
         elif args.profile_cmd == "export":
-            text = db.export_json(getattr(args, "project", None))
+            text = db.export_json(args.project)
             if args.file is None or str(args.file) == "-":
                 sys.stdout.write(text + "\n")
             else:
                 from buildctl.report import write_text_atomic
 
                 write_text_atomic(args.file, text + "\n")
-                console.print(f"exported {len(db.latest(getattr(args, 'project', None)))} job "
-                              f"profiles to "
-                              f"{args.file}", highlight=False)
+                count = len(db.latest(args.project))
+                console.print(f"exported {count} job profiles to {args.file}", highlight=False)
         elif args.profile_cmd == "import":
             from buildctl.govern.profiles import read_export_text
 
             text = read_export_text(args.file)
-            count = db.import_json(text, str(args.file), project=getattr(args, "project", None))
+            count = db.import_json(text, str(args.file), project=args.project)
             console.print(f"imported {count} job profiles into {db.path}", highlight=False)
     finally:
         print_warnings(db.warnings)
@@ -136,12 +135,11 @@ def _show(db: Any, args: argparse.Namespace, console: Console) -> None:
     from buildctl.govern.profiles import summarize_by_target
     from buildctl.govern.scheduler import cpu_share
 
-    # getattr: the options this parser adds, read safely under an older parser too.
-    project = getattr(args, "project", None)
+    project = args.project
     entries = db.latest(project)
     if args.filter:
         entries = [e for e in entries if args.filter in e.output]
-    if getattr(args, "json", False):
+    if args.json:
         if args.jobs_detail:
             rows: list[dict[str, Any]] = [
                 {**e.model_dump(exclude={"curve"}),
