@@ -104,7 +104,7 @@ def test_what_counts_as_a_crash() -> None:
     assert classify_exit(1, 0, killed_child, None).kind == "killed"
     assert classify_exit(1, 0, killed_child, None, oom_killed=True).kind == "crash"
     # buildctl's own kills are never crashes, whatever the compiler said while dying.
-    for reason in ("oom-guard", "hang", "spin", "interrupt", "launcher-gone"):
+    for reason in ("memory", "hang", "spin", "interrupt", "launcher-gone"):
         assert classify_exit(139, signal.SIGSEGV, ice, reason, oom_killed=True).kind != "crash"
     assert classify_exit(139, signal.SIGSEGV, ice, None, interrupting=True).kind == "interrupted"
     assert classify_exit(1, 0, "error: expected ';'", None).kind == "failed"

@@ -568,7 +568,7 @@ class Governor:
             job.unknown_group = f"{job.compiler}|{job.kind}|{profiles.family_of(job.output)}"
             if self.opts.cap_priors:
                 capped = scheduler.capped_prior(
-                    prediction.bytes, self.opts.budget_bytes, self.opts.slots
+                    prediction.bytes, self._admission_budget(), self.opts.slots
                 )
                 if capped < prediction.bytes:
                     job.capped_from = prediction.bytes
@@ -626,7 +626,7 @@ class Governor:
             decision = scheduler.decide(
                 waiting,
                 running,
-                self.opts.budget_bytes,
+                self._admission_budget(),
                 self.opts.slots,
                 paused=paused,
                 now=now,
@@ -654,6 +654,10 @@ class Governor:
                 job.frozen_s = 0.0
                 job.go.set()
                 self._admitted_any = True
+
+    def _admission_budget(self) -> int:
+        """Admission packs below the freeze mark, so that it never causes a freeze itself."""
+        return int(self.opts.budget_bytes * policy.FREEZE_AT)
 
     def _share(self, job: Job) -> float:
         return job.prediction.cpu_share if self.opts.cpu_shares else 1.0
@@ -973,11 +977,16 @@ class Governor:
         growth = job.growth_at_freeze if job.frozen else policy.growth_rate(
             [(s.t, s.rss) for s in job.samples]
         )
-        ahead = 0
+        ahead = soon = 0
         if job.prediction.curve:
-            ahead = policy.running_envelope(
+            envelope = policy.running_envelope(
                 job.prediction.curve, job.prediction.bytes, job.current_rss, job.running_s(now)
-            ).peak_ahead()
+            )
+            ahead = envelope.peak_ahead()
+            if job.prediction.source in ("exact", "output"):  # its own curve, not a sibling's
+                soon = policy.expected_soon(
+                    job.prediction.curve, job.running_s(now), policy.GROWTH_HORIZON_S
+                )
         elif job.prediction.source not in ("prior",) and not job.capped_from:
             ahead = max(job.prediction.bytes, job.current_rss)
         return policy.LiveJob(
@@ -989,6 +998,7 @@ class Governor:
             frozen=job.frozen,
             protected=job.protected,
             peak_ahead=ahead,
+            soon=soon,
         )
 
     def _memory_guard(self, avail: int, running: list[Job]) -> None:

@@ -106,6 +106,15 @@ class Envelope:
         return max(self.floor, int(_max_over(self.curve, start, math.inf) * self.scale))
 
 
+def expected_soon(curve: Curve, elapsed_s: float, horizon_s: float) -> int:
+    """What a job's own recorded curve reaches over the next `horizon_s`, from where the wall
+    clock puts it (no margin, no blur: the freeze check wants what comes next, and admission
+    already allowed for a shifted curve)."""
+    if not curve:
+        return 0
+    return _max_over(curve, elapsed_s, elapsed_s + horizon_s)
+
+
 def running_envelope(
     curve: Curve,
     predicted: int,
@@ -193,6 +202,7 @@ class LiveJob:
     frozen: bool = False
     protected: bool = False  # a re-run after a memory kill: never frozen or killed again
     peak_ahead: int = 0  # what its profile says it will still reach (0: unknown)
+    soon: int = 0  # what its profile's curve says it reaches within the horizon (0: unknown)
 
 
 @dataclass(frozen=True)
@@ -212,7 +222,8 @@ def _growth(job: LiveJob, horizon_s: float) -> int:
     grow = max(0.0, job.growth_bps) * horizon_s
     if job.peak_ahead and job.rss <= job.peak_ahead:
         grow = min(grow, job.peak_ahead - job.rss)
-    return int(grow)
+    # A recorded curve may know a rise is coming before the rate shows it.
+    return int(max(grow, job.soon - job.rss))
 
 
 def projected_total(jobs: Sequence[LiveJob], horizon_s: float = GROWTH_HORIZON_S) -> int:
@@ -272,7 +283,9 @@ def pressure_actions(
             (
                 job
                 for job in running
-                if job.growth_bps > 0 and not job.protected and job is not oldest
+                if (job.growth_bps > 0 or job.soon > job.rss)
+                and not job.protected
+                and job is not oldest
             ),
             key=lambda j: (j.rss, -j.started_at),
         )
