@@ -203,3 +203,39 @@ def test_a_db_without_the_jobs_summary_gets_it_filled(tmp_path: Path) -> None:
     assert sorted(conn.execute("SELECT output, value FROM jobs").fetchall()) == summary
     assert len(summary) == len(V1_ROWS)
     conn.close()
+
+
+# (key with a project, source, MiB): runs recorded before projects existed are used only where the
+# fingerprint (flags and source content) says it is the same compile.
+UNATTRIBUTED = {
+    "the same compile, now in a project": (
+        JobKey("CMakeFiles/ops.dir/gen/a.cpp.o", "compile", GXX, "1a2b3c4d", "ops"), "exact", 300),
+    "other flags: not shared": (
+        JobKey("CMakeFiles/ops.dir/gen/a.cpp.o", "compile", GXX, "ffffffff", "ops"), "prior",
+        1024),
+    "a new file of their target: not shared": (
+        JobKey("CMakeFiles/ops.dir/gen/new.cpp.o", "compile", GXX, "12345678", "ops"), "prior",
+        1024),
+    "a link has no fingerprint: not shared": (JobKey("libops.so", "link", GXX, "", "ops"),
+                                              "prior", 1536),
+}
+
+
+@pytest.mark.parametrize("key,source,mb", UNATTRIBUTED.values(), ids=UNATTRIBUTED.keys())
+def test_runs_from_before_projects_serve_only_the_same_compile(
+    tmp_path: Path, key: JobKey, source: str, mb: int
+) -> None:
+    path = tmp_path / "profiles.sqlite"
+    write_v1_db(path)
+    prediction = ProfileDB(path).predict(key)
+    assert (prediction.source, prediction.bytes) == (source, mb * M)
+
+
+def test_a_projects_own_runs_come_before_unattributed_ones(tmp_path: Path) -> None:
+    path = tmp_path / "profiles.sqlite"
+    write_v1_db(path)
+    db = ProfileDB(path)
+    key = JobKey("CMakeFiles/ops.dir/gen/a.cpp.o", "compile", GXX, "1a2b3c4d", "ops")
+    db.record(ProfileEntry(output=key.output, kind="compile", compiler=GXX,
+                           fingerprint=key.fingerprint, project="ops", peak_rss_bytes=280 * M))
+    assert db.predict(key).bytes == 280 * M

@@ -440,22 +440,26 @@ class ProfileDB:
         return Prediction(max(prior, bound), "prior", censored=censored, bound=bound)
 
     def _predict(self, conn: sqlite3.Connection, key: JobKey) -> Prediction:
-        def runs(where: str, params: tuple[str, ...]) -> Iterator[_Run]:
+        def runs(project: str, where: str, params: tuple[str, ...]) -> Iterator[_Run]:
             cursor = conn.execute(
                 f"SELECT {_RUN_COLUMNS} FROM runs WHERE project=? AND cache_hit=0 AND {where}"
                 " ORDER BY recorded_at DESC, id DESC",
-                (key.project, *params),
+                (project, *params),
             )
             return (_Run(*row) for row in cursor)
 
         bound = 0
-        levels = (
-            ("exact", "output=? AND compiler=? AND fingerprint=?",
-             (key.output, key.compiler, key.fingerprint)),
-            ("output", "output=?", (key.output,)),
-        )
-        for source, where, params in levels:
-            estimate = estimate_runs(runs(where, params))
+        exact = ("output=? AND compiler=? AND fingerprint=?",
+                 (key.output, key.compiler, key.fingerprint))
+        levels = [("exact", key.project, *exact)]
+        if key.project and key.fingerprint:
+            # Runs recorded before jobs had a project (schema 1) name none. The same output
+            # compiled with the same flags from the same source content (the fingerprint) is
+            # the same compile, whatever project it was part of.
+            levels.append(("exact", "", *exact))
+        levels.append(("output", key.project, "output=?", (key.output,)))
+        for source, project, where, params in levels:
+            estimate = estimate_runs(runs(project, where, params))
             if estimate.measured:
                 return _measured(estimate, source, bound, cut_short=bound > 0)
             bound = max(bound, estimate.bound)
