@@ -16,6 +16,10 @@ resolved here, once; `ProjectBuild`, `WheelRequest`, `SessionOptions` and, throu
 
 Sizes follow one rule (`buildctl.host.parse_size`): K/M/G/T are binary (G = GiB), KB/MB/GB/TB are
 decimal, KiB/MiB/GiB/TiB binary. Durations are seconds, or a number with s/m/h.
+
+About 600 lines: the models, the layers that fill them and the resolution belong together (the
+field declarations are the one list of settings, env vars and config keys); the checks against
+the host live in `settings_checks.py`.
 """
 
 from __future__ import annotations
