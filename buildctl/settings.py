@@ -121,7 +121,7 @@ class Settings(BaseModel):
         value = _show(getattr(self, name), type(self).model_fields[name])
         if origin.startswith("--"):
             return f"{origin} {value}"
-        if origin.startswith(("BUILDCTL_", "MAX_JOBS", "CMAKE_BUILD_PARALLEL_LEVEL")):
+        if _is_env(origin):
             return f"{origin}={value}"
         if origin.startswith("/") or origin.startswith("~"):
             return f"{name.replace('_', '-')} = {value} in {origin}"
@@ -140,6 +140,11 @@ class Settings(BaseModel):
             out.append((prefix + name.replace("_", "-"), _show(value, field),
                         self.origins.get(name, DEFAULT)))
         return out
+
+
+def _is_env(origin: str) -> bool:
+    """An environment variable's name (BUILDCTL_JOBS, MAX_JOBS), not a file or a default."""
+    return origin.replace("_", "").isalnum() and origin.isupper()
 
 
 def _is_settings(annotation: Any) -> bool:
@@ -484,7 +489,7 @@ def _validated(model: type[S], values: dict[str, Any], origins: dict[str, str]) 
         name = str(error["loc"][0]) if error["loc"] else ""
         field = model.model_fields.get(name)
         origin = origins.get(name, DEFAULT)
-        shown = origin if origin.startswith(("--", "BUILDCTL_")) else f"{name} in {origin}"
+        shown = origin if origin.startswith("--") or _is_env(origin) else f"{name} in {origin}"
         raise BadInput(
             f"{shown}: {error['msg']} (got {values.get(name)!r})",
             f"fix or remove it; {name.replace('_', '-')} is "

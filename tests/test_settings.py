@@ -121,6 +121,7 @@ def test_relative_paths_in_a_file_are_relative_to_it(tmp_path: Path) -> None:
     [
         ({"env": {"BUILDCTL_JOBS": "many"}}, "BUILDCTL_JOBS"),
         ({"env": {"BUILDCTL_MEM_BUDGET": "12 parsecs"}}, "BUILDCTL_MEM_BUDGET"),
+        ({"env": {"MAX_JOBS": "lots"}}, "MAX_JOBS: "),
         ({"user": "jobz = 3\n"}, "unknown setting 'jobz'"),
         ({"user": "jobs = [\n"}, "cannot read settings"),
         ({"project": "[tool.buildctl]\nexecutor = 'slurm'\n"}, "executor in"),
