@@ -16,6 +16,7 @@ from buildctl.govern.cache import (
     CacheEvidence,
     chain_launchers,
     compiler_argv,
+    evidence_from_done,
     is_cache_hit,
     split_cache_wrapper,
     stats_log_says_hit,
@@ -136,6 +137,20 @@ def test_is_cache_hit(kw: dict, hit: bool) -> None:
 def test_stats_log_that_names_neither_leaves_the_decision_to_the_numbers() -> None:
     assert stats_log_says_hit("# a.o\n") is None
     assert stats_log_says_hit("# a.o\ncalled_for_link\n") is False
+
+
+def test_evidence_from_a_done_message_uses_only_the_jobs_own_history() -> None:
+    done = {"rc": 0, "cpu_s": 0.02, "maxrss": 5 * MiB, "cache_log": None}
+    own = evidence_from_done(CCACHE_COMPILE, "compile", done, 5 * MiB, 500 * MiB, 20.0, "exact")
+    assert is_cache_hit(own) is True  # sccache-like: numbers far below its own history
+    prior = evidence_from_done(CCACHE_COMPILE, "compile", done, 5 * MiB, 1024 * MiB, None, "prior")
+    assert is_cache_hit(prior) is False  # a prior is no history
+    family = evidence_from_done(CCACHE_COMPILE, "compile", done, 5 * MiB, 500 * MiB, 20.0,
+                                "family")
+    assert is_cache_hit(family) is False  # nor is a neighbour's
+    logged = evidence_from_done(CCACHE_COMPILE, "compile", {**done, "cache_log": MISS_LOG},
+                                5 * MiB, 500 * MiB, 20.0, "exact")
+    assert is_cache_hit(logged) is False  # ccache's own word wins
 
 
 # --- real ccache -------------------------------------------------------------------------------

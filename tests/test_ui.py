@@ -131,3 +131,22 @@ def test_summary_names_heaviest_kills_retries_and_falls_back_to_wait4_peaks() ->
     data = json.loads(json_line(summary))
     assert data["kills"] == 1 and data["retries"] == 2 and data["jobs"] == 4
     assert data["peak_total_rss_bytes"] == 50 * MiB
+
+
+def test_plan_from_a_previous_report_replays_its_jobs(tmp_path) -> None:
+    from buildctl.ui.eta import plan_from_report
+
+    report = BuildReport(
+        budget_bytes=1024 * MiB, slots=2, status="ok",
+        jobs=[job(f"CMakeFiles/t.dir/{n}.cc.o", 300 * MiB, 0.0, wall) for n, wall in
+              (("a", 10.0), ("b", 4.0), ("c", 4.0))],
+    )
+    path = tmp_path / "report.json"
+    report.write(path)
+    plan = plan_from_report(path, slots=2, budget_bytes=1024 * MiB)
+    assert plan is not None and plan.jobs == 3
+    assert plan.makespan_s == pytest.approx(10.0, abs=0.5)  # a beside b then c
+    # Half the memory: the 300 MiB jobs run one at a time.
+    alone = plan_from_report(path, slots=2, budget_bytes=400 * MiB)
+    assert alone is not None and alone.makespan_s == pytest.approx(18.0, abs=0.5)
+    assert plan_from_report(tmp_path / "missing.json", 2, 1024 * MiB) is None

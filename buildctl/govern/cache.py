@@ -114,6 +114,35 @@ def is_cache_hit(evidence: CacheEvidence) -> bool:
     )
 
 
+MEASURED_SOURCES = ("exact", "output")  # predictions from this very job's own earlier runs
+
+
+def evidence_from_done(
+    argv: Sequence[str],
+    kind: str,
+    done: Mapping[str, object],
+    peak_rss_bytes: int,
+    prediction_bytes: int,
+    prediction_wall_s: float | None,
+    prediction_source: str,
+) -> CacheEvidence:
+    """The evidence for `is_cache_hit` from what the governor holds when a job finishes: its
+    argv and kind, the launcher's `done` message (`cpu_s`, and `cache_log` when ccache ran),
+    the job's peak RSS, and its prediction (history only when measured from this job's own
+    runs, never a prior or a neighbour's)."""
+    measured = prediction_source in MEASURED_SOURCES
+    log = done.get("cache_log")
+    return CacheEvidence(
+        argv=list(argv),
+        kind=kind,
+        cpu_s=float(done.get("cpu_s", 0.0) or 0.0),  # type: ignore[arg-type]
+        peak_rss_bytes=peak_rss_bytes,
+        stats_log=str(log) if log else None,
+        history_peak_bytes=prediction_bytes if measured else None,
+        history_wall_s=prediction_wall_s if measured else None,
+    )
+
+
 # --- chaining user launchers after buildctl's --------------------------------------------------
 
 
