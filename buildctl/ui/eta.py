@@ -106,9 +106,12 @@ def plan_from_report(report_path: Path, slots: int, budget_bytes: int) -> EtaPla
         report = BuildReport.read(report_path)
     except (OSError, ValueError, json.JSONDecodeError):
         return None
-    jobs = jobs_from_report(report)
-    if not jobs:
+    try:
+        jobs = jobs_from_report(report)
+        if not jobs:
+            return None
+        result = simulate(jobs, HostShape(cores=slots, budget_bytes=budget_bytes, slots=slots))
+    except Exception:  # an ETA is never worth failing a build for
         return None
-    result = simulate(jobs, HostShape(cores=slots, budget_bytes=budget_bytes, slots=slots))
     ends = tuple(sorted(item.end_s for item in result.schedule))
     return EtaPlan(makespan_s=result.makespan_s, end_times=ends)
