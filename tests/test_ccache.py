@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import FIXTURES, isolated_env, read_report, run_buildctl
+from helpers import FIXTURES, ROOT, isolated_env, read_report, run_buildctl
 
 from buildctl.govern import launcher
 from buildctl.govern.cache import (
@@ -248,3 +248,27 @@ def test_ccache_from_environment_keeps_buildctls_launcher(tmp_path: Path) -> Non
     assert len([j for j in report["jobs"] if j["kind"] == "compile"]) == 3
     # CMake's compiler check also goes through the environment's launcher: at least 3 misses.
     assert _ccache_counters(tmp_path / "ccache").get("cache_miss", 0) >= 3
+
+
+@needs_ccache
+@pytest.mark.slow
+def test_wheel_chains_a_ccache_define_after_buildctls_launcher(tmp_path: Path) -> None:
+    env = isolated_env(tmp_path)
+    env["CCACHE_DIR"] = str(tmp_path / "ccache")
+    report = tmp_path / "wheel.json"
+    # A cold build dir of its own; the torch env shared with the other wheel tests.
+    cache = tmp_path / "cache"
+    (cache / "envs").mkdir(parents=True)
+    shared_envs = ROOT / ".buildctl-cache" / "envs"
+    shared_envs.mkdir(parents=True, exist_ok=True)
+    (cache / "envs" / "2.13.0+cpu").symlink_to(shared_envs / "2.13.0+cpu", True)
+    proc = run_buildctl(
+        "wheel", "--torch", "2.13.0+cpu", "--source", str(FIXTURES / "run_skbuild"), "--plain",
+        "--out", str(tmp_path / "out"), "--cache-dir", str(cache),
+        "-D", "CMAKE_CXX_COMPILER_LAUNCHER=ccache", "--report", str(report), env=env,
+        timeout=1800,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    compiles = [j["output"] for j in read_report(report)["jobs"] if j["kind"] == "compile"]
+    assert {Path(o).name for o in compiles} >= {"alpha.cc.o", "beta.cc.o"}  # governed
+    assert _ccache_counters(tmp_path / "ccache").get("cache_miss", 0) >= 2  # and cached

@@ -24,6 +24,7 @@ from pathlib import Path
 from buildctl import host
 from buildctl.build import find_tool
 from buildctl.errors import BadInput, BuildFailed
+from buildctl.govern.cache import chain_launchers, user_launchers
 from buildctl.govern.session import GovernedSession, SessionOptions
 from buildctl.kernels import fill_build_python
 from buildctl.wheel.guard import add_import_guard
@@ -238,8 +239,13 @@ def build_wheel(req: WheelRequest, opts: SessionOptions, console: object = None)
     try:
         raw_dir = staging / "raw"
         with GovernedSession(opts) as session:
+            # A user launcher (ccache, from -D or the environment) runs after buildctl's.
+            theirs = user_launchers([f"-D{k}={v}" for k, v in req.cmake_defines.items()],
+                                    os.environ)
+            project_defines = {k: v for k, v in req.cmake_defines.items() if k not in theirs}
             defines = fill_build_python(
-                {**session.cmake_defines(), **req.cmake_defines}, str(env.python)
+                {**chain_launchers(session.cmake_defines(), theirs), **project_defines},
+                str(env.python),
             )
             env_vars = {
                 **os.environ,
