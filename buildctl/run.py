@@ -33,8 +33,10 @@ from buildctl.errors import BadInput
 from buildctl.govern.cache import (
     ARGS_VARS,
     chain_launchers,
+    compiler_argv,
     strip_launcher_defines,
     user_launchers,
+    wrapper_name,
 )
 
 COMPILER_LANGS = ("C", "CXX", "CUDA")
@@ -162,9 +164,11 @@ def write_compiler_wrappers(
     out = {}
     for var, default, folder in (("CC", "cc", "cc-wrap"), ("CXX", "c++", "cxx-wrap")):
         real = _real_compiler(env, var, default)
-        path = state_dir / ".buildctl" / folder / os.path.basename(real[0])
+        named = compiler_argv(real) or real  # `ccache gcc` is named gcc
+        path = state_dir / ".buildctl" / folder / os.path.basename(named[0])
         path.parent.mkdir(parents=True, exist_ok=True)
-        text = wrapper_script(real, launcher, cache)
+        # CC="ccache gcc": the user's cache is already in front of the compiler.
+        text = wrapper_script(real, launcher, () if wrapper_name(real[0]) else cache)
         if not path.exists() or path.read_text() != text:
             tmp = path.with_suffix(".tmp")
             tmp.write_text(text)

@@ -101,3 +101,10 @@ def test_a_compiler_cache_runs_after_the_launcher(tmp_path: Path) -> None:
     env.pop("BUILDCTL_IN_JOB", None)
     subprocess.run([cxx, "-c", str(source), "-o", str(tmp_path / "a.o")], env=env, check=True)
     assert mark.read_text().splitlines() == ["launcher", "cache"]
+
+
+def test_a_cache_in_cc_is_not_doubled(tmp_path: Path) -> None:
+    wrappers = write_compiler_wrappers(tmp_path, LAUNCHER, {"CC": "ccache gcc"}, ["/x/ccache"])
+    last = Path(wrappers["CC"]).read_text().strip().splitlines()[-1]
+    assert last.count("ccache") == 1 and last.index("launcher.py") < last.index("ccache")
+    assert Path(wrappers["CC"]).name == "gcc"
