@@ -69,6 +69,11 @@ def working_tree_copy(dest: Path) -> Path:
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     base = tmp_path_factory.mktemp("outside")
     source = working_tree_copy(base / "src")
+    # what a local build leaves in a clone (git ignores it): the wheel must not carry it
+    stale = source / "kernels" / "pagedattn" / "build" / "stale"
+    stale.mkdir(parents=True)
+    (stale / "split-plan.json").write_text("{}\n")
+    (stale / "x.o").write_bytes(b"\0")
     wheels = base / "wheels"
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
@@ -105,7 +110,7 @@ def test_buildctl_imports_from_the_install(installed: Installed) -> None:
     assert kernels.is_relative_to(installed.venv) and not kernels.is_symlink(), kernels
     assert not kernels.resolve().is_relative_to(ROOT)
     assert (kernels / "pagedattn" / "CMakeLists.txt").is_file()
-    assert not (kernels / "pagedattn" / "build").exists()
+    assert not (kernels / "pagedattn" / "build").exists()  # the clone's build tree stayed out
 
 
 def test_bundled_build_from_the_install(installed: Installed) -> None:
