@@ -170,8 +170,8 @@ def _fake_staged_deps(cache: Path, ref: str) -> None:
 
 def test_xpu_wheel_through_the_cli_reaches_the_torch_env(tmp_path: Path) -> None:
     """An upstream-like checkout without a scikit-build-core pyproject: the adapter's name,
-    version and scikit-build table must reach the wheel pipeline (they were dropped, and the
-    build stopped with "no manifest"). Here it goes on to install the XPU torch, which this
+    version and scikit-build table must reach the wheel pipeline (without them the build stops
+    with "no manifest"). Here it goes on to install the XPU torch, which this
     machine cannot (no network): that is as far as it can go."""
     sys.path.insert(0, str(FIXTURES))
     from oneapi_trees import make_field_trap_tree
