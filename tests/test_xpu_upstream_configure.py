@@ -193,3 +193,44 @@ def test_cli_wheel_refuses_a_torch_the_tag_does_not_build(tmp_path: Path) -> Non
     assert proc.returncode == 2, out
     assert "v0.1.13.1" in out and "v0.1.9" in out and "Traceback" not in out
     assert tree_state(checkout) == before
+
+
+@pytest.mark.slow
+def test_cli_wheel_on_a_real_checkout_leaves_it_alone(tmp_path: Path, oneapi_root: Path) -> None:
+    """`buildctl wheel` with the torch the tag builds with: the copy, patches and links are made
+    in the cache; here no XPU torch can be installed, so it stops at the torch env (exit 1)."""
+    assert UPSTREAM is not None
+    checkout = checkout_tag(UPSTREAM, "v0.1.9.1", tmp_path / "vllm-xpu-kernels")
+    before = tree_state(checkout)
+    cache = tmp_path / "cache"
+    prestage_standins(cache, "v0.1.9.1")
+    proc = subprocess.run(
+        buildctl_cmd(
+            "wheel",
+            "--project",
+            "vllm-xpu-kernels",
+            "--source",
+            str(checkout),
+            "--torch",
+            "2.12.0+xpu",
+            "--cache-dir",
+            str(cache),
+            "--out",
+            str(tmp_path / "wh"),
+            "--oneapi-root",
+            str(oneapi_root),
+            "--aot",
+            "B70",
+            "--low-ram",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode in (1, 2) and "Traceback" not in out, out[-3000:]
+    assert "torch" in out
+    copies = list((cache / "sources").glob("vllm-xpu-kernels-*"))
+    assert copies and (copies[0] / "third_party" / "oneDNN").is_symlink()  # staged in the copy
+    assert tree_state(checkout) == before
