@@ -52,6 +52,13 @@ from buildctl.govern.outcome import (  # re-exported: tests and executors classi
     oom_kills,
 )
 from buildctl.govern.profiles import JobKey, Prediction, ProfileDB, ProfileEntry, target_of
+from buildctl.govern.protocol import (
+    ProtocolError,
+    bad_client_line,
+    check_child_pid,
+    parse_message,
+    prepare_socket_dir,
+)
 from buildctl.govern.runner import JobRunner, LocalRunner
 from buildctl.govern.snapshot import RunningView, Snapshot
 from buildctl.report import BuildReport, Event, JobRecord
@@ -279,7 +286,7 @@ class Governor:
 
     async def _serve(self) -> None:
         path = self.opts.socket_path
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        prepare_socket_dir(path.parent)
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
         old_umask = os.umask(0o177)  # the socket is born 0600
@@ -343,14 +350,14 @@ class Governor:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         sock = writer.get_extra_info("socket")
         creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        _pid, uid, _gid = struct.unpack("3i", creds)
+        peer_pid, uid, _gid = struct.unpack("3i", creds)
         if uid != os.getuid():
             writer.close()  # only our own user's launchers may ask for memory
             return
         job: Job | None = None
         try:
-            msg = await self._read(reader)
-            if msg is None or msg.get("op") != "admit":
+            msg = await self._read(reader, ("admit",))
+            if msg is None:
                 return
             job = await self._register(msg)
             while True:
@@ -373,9 +380,10 @@ class Governor:
                     return
                 job.oom_at_start = oom_kills()
                 await self._send(writer, op="go", attempt=job.attempts)
-                started = await self._read(reader)
+                started = await self._read(reader, ("started",))
                 if started is None:
                     return
+                check_child_pid(started["pid"], peer_pid)
                 with self._lock:
                     job.child_pid = int(started["pid"])
                 done = await self._read_until_done(job, reader)
@@ -387,8 +395,10 @@ class Governor:
                 await self._send(writer, **reply)
                 if reply["op"] != "retry":
                     return
-        except (ConnectionError, asyncio.IncompleteReadError, ValueError):
-            pass  # ValueError: an over-long or garbled line; the launcher sees EOF and says so
+        except ProtocolError as exc:  # one line per bad client; the launcher sees EOF
+            self.event("info", job.output if job else None, bad_client_line(str(exc), peer_pid))
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
         finally:
             # At stop, running trees are already killed and the report takes jobs as they are.
             if job is not None and job.state != "done" and not self._stopping:
@@ -398,17 +408,23 @@ class Governor:
     async def _read_until_done(self, job: Job, reader: asyncio.StreamReader) -> dict | None:
         """Messages while the job runs: output tails (kept for a stall bundle), then `done`."""
         while True:
-            msg = await self._read(reader)
+            msg = await self._read(reader, ("output", "done"))
             if msg is None or msg.get("op") == "done":
                 return msg
             if msg.get("op") == "output":
                 job.output_tail = str(msg.get("tail", ""))
 
-    async def _read(self, reader: asyncio.StreamReader) -> dict | None:
-        line = await reader.readline()
+    async def _read(self, reader: asyncio.StreamReader, expect: tuple[str, ...]) -> dict | None:
+        """The next launcher message (None at EOF); ProtocolError for anything else."""
+        try:
+            line = await reader.readline()
+        except ValueError:  # asyncio's limit: the rest of the line is not read
+            raise ProtocolError(f"a line longer than {LINE_LIMIT} bytes") from None
         if not line:
             return None
-        return json.loads(line)
+        if not line.endswith(b"\n"):
+            raise ProtocolError("connection closed in the middle of a line")
+        return parse_message(line, expect)
 
     async def _send(self, writer: asyncio.StreamWriter, **msg: object) -> None:
         writer.write(json.dumps(msg).encode() + b"\n")
@@ -560,7 +576,7 @@ class Governor:
         guess = policy.sibling_prediction(self._sibling(job), siblings)
         if guess is not None:
             estimate, source, curve = guess
-            floor = prediction.bytes if prediction.censored else 0
+            floor = prediction.bound  # a cut-short run of this job: its lower bound
             prediction = dataclasses.replace(
                 prediction, bytes=max(estimate, floor), source=source, curve=curve
             )

@@ -8,16 +8,13 @@ no local tree: the local runner samples nothing for them and cannot freeze them.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import psutil
-
 from buildctl.govern.monitor import ProcInfo, TreeSample, sample_tree
+from buildctl.process import kill_tree, signal_tree
 
 
 class RunningJob(Protocol):
@@ -35,25 +32,6 @@ class JobRunner(Protocol):
     def thaw(self, job: RunningJob) -> None: ...
 
     def kill(self, job: RunningJob) -> None: ...
-
-
-def _tree(pid: int) -> list[psutil.Process]:
-    try:
-        root = psutil.Process(pid)
-        return [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return []
-
-
-def signal_tree(pid: int, sig: int) -> None:
-    """Signal the process group the launcher made the job's leader, then every process of the
-    tree one by one: a process that left the group (setsid) is reached too."""
-    procs = _tree(pid)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)
-    for proc in procs:
-        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-            proc.send_signal(sig)
 
 
 class LocalRunner:
@@ -74,9 +52,7 @@ class LocalRunner:
 
     def kill(self, job: RunningJob) -> None:
         if job.child_pid:
-            # A stopped process only dies once it runs again: continue it after the kill.
-            signal_tree(job.child_pid, signal.SIGKILL)
-            signal_tree(job.child_pid, signal.SIGCONT)
+            kill_tree(job.child_pid)  # continues it too: a frozen tree dies only once it runs
 
 
 @dataclass
