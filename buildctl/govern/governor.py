@@ -25,6 +25,7 @@ import psutil
 
 from buildctl import host
 from buildctl.govern import policy, profiles, scheduler
+from buildctl.govern.cache import compiler_argv, evidence_from_done, is_cache_hit
 from buildctl.govern.diagnostics import (
     Cancelled,
     collect_tree,
@@ -466,10 +467,11 @@ class Governor:
         output = str(msg.get("output", ""))
         if os.path.isabs(output) and cwd and output.startswith(cwd.rstrip("/") + "/"):
             output = os.path.relpath(output, cwd)
-        compiler = await self._compiler_id(argv[0])
+        real = compiler_argv(argv) or argv  # the compiler under a ccache/sccache wrapper
+        compiler = await self._compiler_id(real[0])
         kind = msg.get("kind", "other")
         fingerprint, source_bytes = (
-            _compile_fingerprint(argv, cwd) if kind == "compile" else ("", 0)
+            _compile_fingerprint(real, cwd) if kind == "compile" else ("", 0)
         )
         return self.enqueue(
             output,
@@ -897,9 +899,13 @@ class Governor:
             self._refresh_guesses()  # this build now knows more about the job's siblings
         self._admit()  # the slot is free: admit before the profile write, not after it
         if rc == 0:
-            self._record_profile(
-                self._profile_entry(job, peak, maxrss, elapsed, record.cpu_s, censored=False)
-            )
+            entry = self._profile_entry(job, peak, maxrss, elapsed, record.cpu_s, censored=False)
+            # A compiler-cache hit measured the cache, not the compile: kept, never a peak.
+            entry.cache_hit = is_cache_hit(evidence_from_done(
+                job.argv, job.kind, done, peak, job.prediction.bytes, job.prediction.wall_s,
+                job.prediction.source,
+            ))
+            self._record_profile(entry)
         if kind in ("hang", "spin"):
             what = "stalled" if kind == "hang" else "kept spinning"
             return {"op": "fail", "detail": (
