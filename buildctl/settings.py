@@ -585,6 +585,16 @@ def plan_settings(layers: Layers) -> PlanSettings:
         if getattr(s, name) is not None and getattr(s, name) <= 0:
             raise BadInput(f"{s.where(name)} is not a memory size",
                            "pass a size above 0, e.g. 32G (G = GiB)")
+    if s.mem_budget is not None:
+        import psutil
+
+        host_mem = s.mem or (psutil.virtual_memory().total + psutil.swap_memory().total)
+        if s.mem_budget > host_mem:
+            raise BadInput(
+                f"{s.where('mem_budget')} is above the planned host's memory "
+                f"({host.format_size(host_mem)})",
+                "pass a smaller --mem-budget, or plan for a bigger host with --mem",
+            )
     return s
 
 
