@@ -65,7 +65,7 @@ def old_rule_would_kill(running: list[Job], budget: int) -> bool:
     return reserved > budget and bool(above)
 
 
-def replay(db: ProfileDB, tmp_path: Path, slots: int = 16) -> Replay:
+def replay(db: ProfileDB, tmp_path: Path, slots: int = 16, budget: int = BUDGET) -> Replay:
     trace = json.loads(TRACE.read_text())
     jobs = {job["name"]: job for job in trace["jobs"]}
     runner = FakeRunner({f"CMakeFiles/gemm.dir/{name}": rss_script(job["rss"])
@@ -74,7 +74,7 @@ def replay(db: ProfileDB, tmp_path: Path, slots: int = 16) -> Replay:
     governor = Governor(
         GovernorOptions(
             socket_path=tmp_path / "unused.sock",
-            budget_bytes=BUDGET,
+            budget_bytes=budget,
             slots=slots,
             build_dir=tmp_path,
             sample_interval_s=STEP_S,
@@ -109,7 +109,7 @@ def replay(db: ProfileDB, tmp_path: Path, slots: int = 16) -> Replay:
         runner.advance(STEP_S)
         governor.tick()
         running = [j for j in governor.jobs.values() if j.state == "running" and j.child_pid]
-        old_fired += old_rule_would_kill(running, BUDGET)
+        old_fired += old_rule_would_kill(running, budget)
         for job in running:
             proc = runner.processes[job.id]
             name = job.output.rsplit("/", 1)[1]
@@ -183,12 +183,6 @@ def test_a_job_is_killed_at_most_once_and_its_rerun_is_protected(tmp_path: Path)
     """A budget far below what jobs need side by side: kills may happen, but never twice to
     one job, and every job still finishes (re-runs are protected)."""
     db = ProfileDB(tmp_path / "p.sqlite")
-    global BUDGET
-    saved = BUDGET
-    BUDGET = 7 * GiB
-    try:
-        result = replay(db, tmp_path / "tight")
-    finally:
-        BUDGET = saved
+    result = replay(db, tmp_path / "tight", budget=7 * GiB)
     assert result.ok == 20
     assert result.max_kills_per_job <= 1
