@@ -97,6 +97,14 @@ PRESSURE_TABLE = [
     ("projected near budget pauses", [live(1, 7), live(2, 7.5, 50, 1)], True, (), (), None),
     ("growth into the budget freezes the cheapest growing job, not the oldest",
      [live(1, 6, 500, 0), live(2, 5, 500, 1), live(3, 4, 500, 2)], True, (3, 2), (), None),
+    # The ggml run on 16 cores: noisy rates projected 2x the live total and froze jobs for
+    # tens of seconds while memory was plentiful. A rate alone only pauses admission there.
+    ("growth projected over budget with live far below only pauses",
+     [live(1, 4, 2000, 0), live(2, 4, 2000, 1), live(3, 3, 2000, 2)], True, (), (), None),
+    ("a job's own curve passing the budget within the horizon freezes at any live level",
+     [live(1, 6, 0, 0), live(2, 4, 0, 1, soon=11 * GiB)], True, (2,), (), None),
+    ("a curve that rises but stays under the budget does not freeze",
+     [live(1, 6, 0, 0), live(2, 4, 0, 1, soon=9 * GiB)], True, (), (), None),
     ("over budget kills the least work per byte",
      [live(1, 6, 0, 0, cpu=100), live(2, 6, 0, 1, cpu=10), live(3, 5, 0, 2, cpu=50)],
      True, (), (), 2),
@@ -160,9 +168,11 @@ def test_growth_is_capped_by_what_the_profile_says_is_ahead() -> None:
     [
         ([], 0.0),
         ([(0.0, 0)], 0.0),
-        ([(0.0, 0), (1.0, 100), (2.0, 300)], 150.0),  # 1.5 s back reaches the sample at t=0
-        ([(0.0, 0), (1.0, 100), (2.0, 300), (2.5, 400)], 200.0),  # from t=1: 300 B in 1.5 s
-        ([(0.0, 1000), (1.0, 500), (2.0, 0)], -500.0),
+        ([(0.0, 0), (1.0, 100), (2.0, 300)], 0.0),  # 2 s do not cover two 1.5 s windows
+        ([(0.0, 0), (1.5, 150), (3.0, 450)], 100.0),  # the slower of 100 and 200 B/s
+        ([(0.0, 0), (1.0, 100), (2.0, 200), (3.0, 300)], 100.0),  # a steady climb
+        ([(0.0, 0), (0.5, 0), (1.0, 0), (1.5, 0), (2.0, 0), (2.5, 900), (3.0, 900)], 0.0),  # a step
+        ([(0.0, 1000), (1.5, 500), (3.0, 0)], -1000 / 3),
     ],
 )
 def test_growth_rate(samples: list[tuple[float, int]], rate: float) -> None:

@@ -194,7 +194,14 @@ def ray_cluster() -> Iterator[RayTestCluster]:
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     import ray
+    from ray._private import ray_constants
     from ray.cluster_utils import Cluster
+
+    # Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER once, when it is first imported; another test
+    # module may have imported it before this fixture ran. With the flag on, ray.init rewrites
+    # 127.0.0.1 to the host's outward address, where a loopback-bound GCS never answers.
+    saved_cluster_flag = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
 
     name, cpus, memory = NODES[0]
     cluster = Cluster(initialize_head=True, shutdown_at_exit=True, head_node_args=dict(
@@ -209,6 +216,7 @@ def ray_cluster() -> Iterator[RayTestCluster]:
         yield tc
     finally:
         tc.shutdown()  # remembers every process first
+        ray_constants.ENABLE_RAY_CLUSTER = saved_cluster_flag
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)

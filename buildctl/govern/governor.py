@@ -799,6 +799,8 @@ class Governor:
         if job.frozen_since is not None:  # it ended while frozen (a kill continues the tree)
             job.frozen_s += self.now() - job.frozen_since
             job.frozen_since = None
+            # Every freeze has its thaw in the log, so readers can pair them.
+            self.event("thaw", job.output, "it ended while frozen")
         maxrss = int(done.get("maxrss", 0))
         peak = max(job.peak_rss, maxrss)
         with self._lock:
@@ -1038,16 +1040,17 @@ class Governor:
         )
         reason = actions.pause
         if not reason:
-            pressure = host.memory_pressure()
-            if pressure and pressure[1] >= self.opts.psi_full_pause:
-                reason = f"memory pressure: PSI full avg10 {pressure[1]:.1f}%"
-        if not reason:
-            # A thrashing job needs memory, not company: shed load instead of killing it.
+            # A thrashing job needs memory, not company: shed load instead of killing it. It is
+            # named before host-wide PSI, which its own faults raise.
             for job in running:
                 if job.verdict and job.verdict.state == "thrashing":
                     reason = (f"{job.output} is thrashing "
                               f"({job.verdict.faults_per_s:.0f} major faults/s)")
                     break
+        if not reason:
+            pressure = host.memory_pressure()
+            if pressure and pressure[1] >= self.opts.psi_full_pause:
+                reason = f"memory pressure: PSI full avg10 {pressure[1]:.1f}%"
         if reason and not self.paused:
             self.event("throttle", None, f"admission paused: {reason}", available=avail)
         elif not reason and self.paused:

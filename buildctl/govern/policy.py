@@ -11,10 +11,11 @@ return; nothing here reads /proc, sends signals or touches the clock. Four decis
   the budget, so jobs whose peaks do not coincide may overlap.
 - **The safety net, in order of cost** (`pressure_actions`). Act on the live total with a
   short-horizon growth estimate, never on a sum of worst cases: (1) pause admission when the
-  projected total nears the budget or the host runs low; (2) freeze (SIGSTOP) the growing job
-  that costs least to hold, keeping the oldest job running so the build always progresses, and
-  thaw when memory returns; (3) only when the live total is over the budget (or the host is at
-  its critical mark) kill the job whose death loses the least work per byte freed.
+  projected total nears the budget or the host runs low; (2) once the live total itself is near
+  the budget (or a job's own curve says the budget is passed within seconds), freeze (SIGSTOP)
+  the growing job that costs least to hold, keeping the oldest job running so the build always
+  progresses, and thaw when memory returns; (3) only when the live total is over the budget (or
+  the host is at its critical mark) kill the job whose death loses the least work per byte freed.
 - **Retry and censoring** (`after_memory_kill`, `censored_record`). A job is killed for memory at
   most once per build; its re-run is protected (never frozen or killed again) and reserved at
   least at what the killed run reached. A run cut short gives a lower bound, never a peak.
@@ -185,7 +186,8 @@ def fits_beside(running: Sequence[Envelope], candidate: Envelope, budget: int) -
 
 GROWTH_HORIZON_S = 2.0  # how far ahead the growth estimate looks
 PAUSE_AT = 0.90  # projected total / budget that pauses admission
-FREEZE_AT = 0.97  # projected total / budget that freezes a growing job
+FREEZE_AT = 0.97  # projected total / budget that freezes a growing job...
+FREEZE_LIVE_AT = 0.85  # ...once the live total is this near the budget (below: pausing is enough)
 THAW_BELOW = 0.85  # a frozen job resumes when the total plus what it may still grow fits this
 THAW_HORIZON_S = 10.0  # an unprofiled frozen job may grow this long at its rate before the freeze
 
@@ -257,8 +259,10 @@ def pressure_actions(
 ) -> PressureActions:
     """What to do about memory now.
 
-    Freeze growing jobs (cheapest to hold first: least RSS pinned) until the projected total
-    fits, always keeping the oldest job running; kill only when the live total is over the
+    Pause admission when the projected total nears the budget. Freeze growing jobs (cheapest
+    to hold first: least RSS pinned) until the projected total fits, always keeping the oldest
+    job running, but only once the live total is near the budget or the jobs' own curves say
+    it passes the budget within the horizon; kill only when the live total is over the
     budget or the host is at its critical mark; thaw frozen jobs, earliest started first,
     when the total plus what each may still grow (its profile's remaining peak, else its
     growth rate before the freeze over THAW_HORIZON_S) fits under THAW_BELOW of the budget."""
@@ -275,9 +279,16 @@ def pressure_actions(
 
     frozen_ids = {job.job_id for job in jobs if job.frozen}
     running = [job for job in jobs if not job.frozen]
+    # A growth rate is an estimate; a frozen job holds its memory and its slot and does no work.
+    # So a rate alone freezes only when the live total is already near the budget. A job's own
+    # recorded curve saying the total passes the budget within the horizon freezes at any level.
+    imminent = live + sum(max(0, job.soon - job.rss) for job in running)
     freeze: list[int] = []
     after_freeze = projected
-    if can_freeze and (projected > FREEZE_AT * budget or host_critical):
+    must_make_room = (
+        projected > FREEZE_AT * budget and live >= FREEZE_LIVE_AT * budget
+    ) or imminent > budget or host_critical
+    if can_freeze and must_make_room:
         oldest = min(running, key=lambda j: (j.started_at, j.job_id), default=None)
         growing = sorted(
             (
@@ -320,18 +331,31 @@ def pressure_actions(
     return PressureActions(pause, thaw=tuple(thaw))
 
 
+def _rss_at(samples: Sequence[tuple[float, int]], t: float) -> float:
+    """The RSS at time `t`, interpolated between the samples around it."""
+    before = samples[0]
+    for when, rss in samples:
+        if when >= t:
+            if when == before[0]:
+                return float(rss)
+            return before[1] + (rss - before[1]) * (t - before[0]) / (when - before[0])
+        before = (when, rss)
+    return float(before[1])
+
+
 def growth_rate(samples: Sequence[tuple[float, int]], window_s: float = 1.5) -> float:
-    """RSS slope (bytes/s) over the last `window_s` of (t, rss) samples; 0 with too few."""
+    """Sustained RSS slope (bytes/s): the lower of the slopes over the last `window_s` of
+    (t, rss) samples and over the window before it. A step (a compiler phase mapping its binary,
+    one late sample) shows in one window only and is not a trend to project; a real climb shows
+    in both. 0 until the samples cover both windows."""
     if len(samples) < 2:
         return 0.0
     t_end, rss_end = samples[-1]
-    start = samples[0]
-    for t, rss in reversed(samples):
-        start = (t, rss)
-        if t_end - t >= window_s:
-            break
-    dt = t_end - start[0]
-    return (rss_end - start[1]) / dt if dt > 0 else 0.0
+    if t_end - samples[0][0] < 2 * window_s:
+        return 0.0
+    middle = _rss_at(samples, t_end - window_s)
+    start = _rss_at(samples, t_end - 2 * window_s)
+    return min(rss_end - middle, middle - start) / window_s
 
 
 # --- retry and censoring ----------------------------------------------------------------------
