@@ -133,11 +133,16 @@ def test_gathering_is_only_at_start_up(tmp_path: Path) -> None:
 
 
 def _hog(
-    sock: Path, cwd: Path, output: str, mb: int, hold_s: float, delay_s: float = 0.0
+    sock: Path, cwd: Path, output: str, mb: int, hold_s: float, delay_s: float = 0.0,
+    ramp_s: float = 0.0,
 ) -> subprocess.Popen[str]:
-    """A job that holds `mb` MiB for `hold_s` seconds, after `delay_s` seconds holding little."""
+    """A job that holds `mb` MiB for `hold_s` seconds, after `delay_s` seconds holding little;
+    with `ramp_s` it climbs to `mb` in 16 steps over that time, as a compiler grows."""
     code = (
-        f"import time; time.sleep({delay_s}); block = bytearray(b'1') * ({mb} << 20); "
+        f"import time; time.sleep({delay_s}); block = []\n"
+        f"for _ in range(16 if {ramp_s} else 1):\n"
+        f"    block.append(bytearray(b'1') * (({mb} << 20) // (16 if {ramp_s} else 1)))\n"
+        f"    time.sleep({ramp_s} / 16)\n"
         f"time.sleep({hold_s})"
     )
     env = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -167,7 +172,8 @@ def _run_hogs(
     tmp_path: Path,
     db: ProfileDB,
     budget_mib: int,
-    hogs: list[tuple[str, int, float]] | list[tuple[str, int, float, float]],
+    hogs: list[tuple[str, int, float]] | list[tuple[str, int, float, float]]
+    | list[tuple[str, int, float, float, float]],
     **opts: object,
 ) -> BuildReport:
     """One governed 'build' of memory hogs (output, MB held, seconds[, delay]), 2 slots; closes
@@ -190,12 +196,14 @@ def test_unknown_jobs_that_outgrow_the_budget_together_are_frozen_not_killed(
     tmp_path: Path,
 ) -> None:
     # Budget 450 MiB, 2 slots, nothing measured: the 1 GiB prior is capped at half of what
-    # admission packs (97 % of the budget), so the two unknown jobs start together; each grows
-    # to 260 MiB, together over the budget. The
-    # guard sees the total heading for the budget and freezes the younger one while the older
-    # finishes, then resumes it: no work thrown away.
+    # admission packs (97 % of the budget), so the two unknown jobs start together; each climbs
+    # to 260 MiB over 2 s, as a compiler does, together over the budget. The guard sees the
+    # total heading for the budget and freezes the younger one while the older finishes, then
+    # resumes it: no work thrown away. (A jump faster than the sampling period cannot be frozen
+    # in time; that is what the one memory kill per job is for.)
     db = ProfileDB(tmp_path / "profiles.sqlite")
-    report = _run_hogs(tmp_path, db, 450, [("a.o", 260, 2.0), ("b.o", 260, 2.0)], cap_priors=True)
+    report = _run_hogs(tmp_path, db, 450, [("a.o", 260, 2.0, 0.0, 2.0),
+                                           ("b.o", 260, 2.0, 0.0, 2.0)], cap_priors=True)
     jobs = {j.output: j for j in report.jobs}
     assert all(j.status == "ok" and j.attempts == 1 for j in jobs.values()), jobs
     assert not [e for e in report.events if e.kind == "oom-guard-kill"]

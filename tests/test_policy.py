@@ -97,14 +97,18 @@ PRESSURE_TABLE = [
     ("projected near budget pauses", [live(1, 7), live(2, 7.5, 50, 1)], True, (), (), None),
     ("growth into the budget freezes the cheapest growing job, not the oldest",
      [live(1, 6, 500, 0), live(2, 5, 500, 1), live(3, 4, 500, 2)], True, (3, 2), (), None),
-    # The ggml run on 16 cores: noisy rates projected 2x the live total and froze jobs for
-    # tens of seconds while memory was plentiful. A rate alone only pauses admission there.
-    ("growth projected over budget with live far below only pauses",
-     [live(1, 4, 2000, 0), live(2, 4, 2000, 1), live(3, 3, 2000, 2)], True, (), (), None),
-    ("a job's own curve passing the budget within the horizon freezes at any live level",
-     [live(1, 6, 0, 0), live(2, 4, 0, 1, soon=11 * GiB)], True, (2,), (), None),
-    ("a curve that rises but stays under the budget does not freeze",
-     [live(1, 6, 0, 0), live(2, 4, 0, 1, soon=9 * GiB)], True, (), (), None),
+    # The ggml run on 16 cores: steps (new compiler phases) projected forward froze jobs at half
+    # the budget for tens of seconds. Far from the budget a step is no trend.
+    ("steps far from the budget neither pause nor freeze",
+     [live(1, 4, 0, 0, recent_bps=2 * GiB), live(2, 4, 0, 1, recent_bps=2 * GiB),
+      live(3, 3, 0, 2, recent_bps=2 * GiB)], False, (), (), None),
+    ("a sustained climb into the budget freezes at any live level",
+     [live(1, 4, 2000, 0), live(2, 4, 2000, 1), live(3, 3, 2000, 2)], True, (3, 2), (), None),
+    ("a job's own curve passing the budget within the horizon freezes it",
+     [live(1, 6, 0, 0), live(2, 4, 0, 1, soon=11 * GiB, own_curve=True)], True, (2,), (), None),
+    ("its own curve rising, but not into the budget: no freeze, whatever its rate",
+     [live(1, 6, 0, 0), live(2, 4, 3000, 1, soon=8 * GiB, peak_ahead=9 * GiB, own_curve=True)],
+     False, (), (), None),
     ("over budget kills the least work per byte",
      [live(1, 6, 0, 0, cpu=100), live(2, 6, 0, 1, cpu=10), live(3, 5, 0, 2, cpu=50)],
      True, (), (), 2),
@@ -168,7 +172,9 @@ def test_growth_is_capped_by_what_the_profile_says_is_ahead() -> None:
     [
         ([], 0.0),
         ([(0.0, 0)], 0.0),
-        ([(0.0, 0), (1.0, 100), (2.0, 300)], 0.0),  # 2 s do not cover two 1.5 s windows
+        ([(0.0, 0), (1.0, 100)], 0.0),  # two samples are no trend
+        ([(0.0, 0), (1.0, 100), (2.0, 300)], 100.0),  # young: halves of 1 s, 100 and 200 B/s
+        ([(0.0, 0), (1.0, 0), (2.0, 300)], 0.0),  # young, and a step
         ([(0.0, 0), (1.5, 150), (3.0, 450)], 100.0),  # the slower of 100 and 200 B/s
         ([(0.0, 0), (1.0, 100), (2.0, 200), (3.0, 300)], 100.0),  # a steady climb
         ([(0.0, 0), (0.5, 0), (1.0, 0), (1.5, 0), (2.0, 0), (2.5, 900), (3.0, 900)], 0.0),  # a step
@@ -177,6 +183,33 @@ def test_growth_is_capped_by_what_the_profile_says_is_ahead() -> None:
 )
 def test_growth_rate(samples: list[tuple[float, int]], rate: float) -> None:
     assert policy.growth_rate(samples, window_s=1.5) == pytest.approx(rate)
+
+
+def test_recent_rate_counts_a_step() -> None:
+    step = [(0.0, 0), (0.5, 0), (1.0, 0), (1.5, 0), (2.0, 0), (2.5, 900), (3.0, 900)]
+    assert policy.growth_rate(step, window_s=1.5) == 0.0
+    assert policy.recent_rate(step, window_s=1.5) == pytest.approx(600.0)
+    assert policy.recent_rate([(0.0, 0)]) == 0.0
+    assert policy.recent_rate([(0.0, 0), (0.5, 100)], window_s=1.5) == pytest.approx(200.0)
+
+
+def test_a_job_with_its_own_curve_is_projected_by_the_curve_not_its_rate() -> None:
+    """Far from the budget a job running within its record grows as its curve says (the phase
+    steps of nvcc are in it), whatever its rate; near the budget the rate counts too."""
+    job = live(1, 1, 3000, peak_ahead=3 * GiB, soon=int(1.5 * GiB), own_curve=True)
+    assert policy.projected_total([job]) == int(1.5 * GiB)
+    assert policy.projected_total([job], steps=True) == 3 * GiB
+    above_record = live(1, 4, 500, peak_ahead=3 * GiB, soon=3 * GiB, own_curve=True)
+    assert policy.projected_total([above_record]) == 4 * GiB + 1000 * MiB
+
+
+def test_near_the_budget_a_step_freezes() -> None:
+    """Live 14 of 16 GiB and the youngest job just jumped: no sustained rate yet, but near
+    the budget any rise counts. Far from the budget the same jump only pauses admission."""
+    near = [live(1, 8, 0, 0), live(2, 6, 0, 1, recent_bps=2 * GiB)]
+    assert policy.pressure_actions(near, B).freeze == (2,)
+    far = [live(1, 4, 0, 0), live(2, 4, 0, 1, recent_bps=2 * GiB)]
+    assert policy.pressure_actions(far, B).freeze == ()
 
 
 # --- retry and censoring -----------------------------------------------------------------------

@@ -998,16 +998,18 @@ class Governor:
         self._admit()
 
     def _live(self, job: Job, now: float) -> policy.LiveJob:
-        growth = job.growth_at_freeze if job.frozen else policy.growth_rate(
-            [(s.t, s.rss) for s in job.samples]
-        )
+        points = [(s.t, s.rss) for s in job.samples]
+        growth = job.growth_at_freeze if job.frozen else policy.growth_rate(points)
+        recent = None if job.frozen else policy.recent_rate(points)
         ahead = soon = 0
+        own_curve = False
         if job.prediction.curve:
             envelope = policy.running_envelope(
                 job.prediction.curve, job.prediction.bytes, job.current_rss, job.running_s(now)
             )
             ahead = envelope.peak_ahead()
             if job.prediction.source in ("exact", "output"):  # its own curve, not a sibling's
+                own_curve = True
                 soon = policy.expected_soon(
                     job.prediction.curve, job.running_s(now), policy.GROWTH_HORIZON_S
                 )
@@ -1023,6 +1025,8 @@ class Governor:
             protected=job.protected,
             peak_ahead=ahead,
             soon=soon,
+            recent_bps=recent,
+            own_curve=own_curve,
         )
 
     def _memory_guard(self, avail: int, running: list[Job]) -> None:
@@ -1062,7 +1066,9 @@ class Governor:
             if self.runner.freeze(job):
                 with self._lock:
                     job.frozen_since = now
-                    job.growth_at_freeze = policy.growth_rate([(s.t, s.rss) for s in job.samples])
+                    points = [(s.t, s.rss) for s in job.samples]
+                    job.growth_at_freeze = max(policy.growth_rate(points),
+                                               policy.recent_rate(points))
                 self.event("freeze", job.output,
                            f"froze it at {host.format_size(job.current_rss)}: {actions.why} "
                            f"(live {host.format_size(live_total)})", job_rss=job.current_rss,

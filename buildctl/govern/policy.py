@@ -10,11 +10,11 @@ return; nothing here reads /proc, sends signals or touches the clock. Four decis
   machine shifts every curve; a waiting job is admitted when the jobs' future total stays under
   the budget, so jobs whose peaks do not coincide may overlap.
 - **The safety net, in order of cost** (`pressure_actions`). Act on the live total with a
-  short-horizon growth estimate, never on a sum of worst cases: (1) pause admission when the
-  projected total nears the budget or the host runs low; (2) once the live total itself is near
-  the budget (or a job's own curve says the budget is passed within seconds), freeze (SIGSTOP)
-  the growing job that costs least to hold, keeping the oldest job running so the build always
-  progresses, and thaw when memory returns; (3) only when the live total is over the budget (or
+  short-horizon growth estimate (a job's own curve where it has one, else a sustained rate;
+  steps count only near the budget), never on a sum of worst cases: (1) pause admission when the
+  projected total nears the budget or the host runs low; (2) freeze (SIGSTOP) the growing job
+  that costs least to hold, keeping the oldest job running so the build always progresses, and
+  thaw when memory returns; (3) only when the live total is over the budget (or
   the host is at its critical mark) kill the job whose death loses the least work per byte freed.
 - **Retry and censoring** (`after_memory_kill`, `censored_record`). A job is killed for memory at
   most once per build; its re-run is protected (never frozen or killed again) and reserved at
@@ -186,8 +186,8 @@ def fits_beside(running: Sequence[Envelope], candidate: Envelope, budget: int) -
 
 GROWTH_HORIZON_S = 2.0  # how far ahead the growth estimate looks
 PAUSE_AT = 0.90  # projected total / budget that pauses admission
-FREEZE_AT = 0.97  # projected total / budget that freezes a growing job...
-FREEZE_LIVE_AT = 0.85  # ...once the live total is this near the budget (below: pausing is enough)
+FREEZE_AT = 0.97  # projected total / budget that freezes a growing job
+FREEZE_LIVE_AT = 0.85  # live total / budget from which a step in RSS counts as growth
 THAW_BELOW = 0.85  # a frozen job resumes when the total plus what it may still grow fits this
 THAW_HORIZON_S = 10.0  # an unprofiled frozen job may grow this long at its rate before the freeze
 
@@ -198,13 +198,15 @@ class LiveJob:
 
     job_id: int
     rss: int
-    growth_bps: float  # recent RSS slope (bytes/s); frozen: the slope before the freeze
+    growth_bps: float  # sustained RSS slope (bytes/s); frozen: the slope before the freeze
     started_at: float
     cpu_s: float  # work done so far: what a kill throws away
     frozen: bool = False
     protected: bool = False  # a re-run after a memory kill: never frozen or killed again
     peak_ahead: int = 0  # what its profile says it will still reach (0: unknown)
     soon: int = 0  # what its profile's curve says it reaches within the horizon (0: unknown)
+    recent_bps: float | None = None  # the last window's slope, steps included (None: growth_bps)
+    own_curve: bool = False  # `soon` comes from this job's own recorded curve
 
 
 @dataclass(frozen=True)
@@ -216,21 +218,30 @@ class PressureActions:
     why: str = ""  # the evidence for a freeze or kill, for the event log
 
 
-def _growth(job: LiveJob, horizon_s: float) -> int:
-    """What a running job adds over the horizon at its recent rate, never past what its
-    profile says it will still reach."""
+def _growth(job: LiveJob, horizon_s: float, *, steps: bool = False) -> int:
+    """What a running job adds over the horizon: what its own curve says comes next, when it has
+    one and runs within it; else its sustained rate (with `steps`: the faster of that and its
+    last window's, a step included), never past what its profile says it will still reach."""
     if job.frozen:
         return 0
-    grow = max(0.0, job.growth_bps) * horizon_s
-    if job.peak_ahead and job.rss <= job.peak_ahead:
+    if job.own_curve and not steps and (not job.peak_ahead or job.rss < job.peak_ahead):
+        # Its own record says what comes next; a compiler's phase steps are in it already,
+        # and a rate would count each of them again as a trend.
+        return max(0, job.soon - job.rss)
+    rate = job.growth_bps
+    if steps and job.recent_bps is not None:
+        rate = max(rate, job.recent_bps)
+    grow = max(0.0, rate) * horizon_s
+    if job.peak_ahead and job.rss < job.peak_ahead:  # at or past it, the profile is wrong
         grow = min(grow, job.peak_ahead - job.rss)
     # A recorded curve may know a rise is coming before the rate shows it.
     return int(max(grow, job.soon - job.rss))
 
 
-def projected_total(jobs: Sequence[LiveJob], horizon_s: float = GROWTH_HORIZON_S) -> int:
+def projected_total(jobs: Sequence[LiveJob], horizon_s: float = GROWTH_HORIZON_S, *,
+                    steps: bool = False) -> int:
     """Live total plus each running (not frozen) job's growth over the horizon."""
-    return sum(job.rss + _growth(job, horizon_s) for job in jobs)
+    return sum(job.rss + _growth(job, horizon_s, steps=steps) for job in jobs)
 
 
 def kill_victim(jobs: Sequence[LiveJob]) -> int | None:
@@ -261,13 +272,18 @@ def pressure_actions(
 
     Pause admission when the projected total nears the budget. Freeze growing jobs (cheapest
     to hold first: least RSS pinned) until the projected total fits, always keeping the oldest
-    job running, but only once the live total is near the budget or the jobs' own curves say
-    it passes the budget within the horizon; kill only when the live total is over the
+    job running; kill only when the live total is over the
     budget or the host is at its critical mark; thaw frozen jobs, earliest started first,
     when the total plus what each may still grow (its profile's remaining peak, else its
     growth rate before the freeze over THAW_HORIZON_S) fits under THAW_BELOW of the budget."""
     live = sum(job.rss for job in jobs)
-    projected = projected_total(jobs, horizon_s)
+    # What the jobs add next: a job with its own curve grows as the curve says, others at their
+    # sustained rate; a step (a new compiler phase, one late sample) is no trend and counts only
+    # once the live total is near the budget, where missing it costs a kill. On a real 16-core
+    # nvcc build, projecting every step forward froze jobs at half the budget for tens of
+    # seconds: a frozen job holds its memory and its slot and does no work.
+    near = live >= FREEZE_LIVE_AT * budget
+    projected = projected_total(jobs, horizon_s, steps=near)
     host_low = host_available is not None and host_available < low_water
     host_critical = host_available is not None and host_available < critical
 
@@ -279,22 +295,16 @@ def pressure_actions(
 
     frozen_ids = {job.job_id for job in jobs if job.frozen}
     running = [job for job in jobs if not job.frozen]
-    # A growth rate is an estimate; a frozen job holds its memory and its slot and does no work.
-    # So a rate alone freezes only when the live total is already near the budget. A job's own
-    # recorded curve saying the total passes the budget within the horizon freezes at any level.
-    imminent = live + sum(max(0, job.soon - job.rss) for job in running)
     freeze: list[int] = []
     after_freeze = projected
-    must_make_room = (
-        projected > FREEZE_AT * budget and live >= FREEZE_LIVE_AT * budget
-    ) or imminent > budget or host_critical
+    must_make_room = projected > FREEZE_AT * budget or host_critical
     if can_freeze and must_make_room:
         oldest = min(running, key=lambda j: (j.started_at, j.job_id), default=None)
         growing = sorted(
             (
                 job
                 for job in running
-                if (job.growth_bps > 0 or job.soon > job.rss)
+                if _growth(job, horizon_s, steps=near) > 0
                 and not job.protected
                 and job is not oldest
             ),
@@ -304,7 +314,7 @@ def pressure_actions(
             if after_freeze <= FREEZE_AT * budget:
                 break
             freeze.append(job.job_id)
-            after_freeze -= _growth(job, horizon_s)
+            after_freeze -= _growth(job, horizon_s, steps=near)
 
     # The last step, on what is, never on a projection: the live total is over the budget,
     # or the host is at its critical mark. A growth estimate is only good enough to freeze on.
@@ -343,19 +353,32 @@ def _rss_at(samples: Sequence[tuple[float, int]], t: float) -> float:
     return float(before[1])
 
 
-def growth_rate(samples: Sequence[tuple[float, int]], window_s: float = 1.5) -> float:
+def growth_rate(samples: Sequence[tuple[float, int]], window_s: float = 0.75) -> float:
     """Sustained RSS slope (bytes/s): the lower of the slopes over the last `window_s` of
-    (t, rss) samples and over the window before it. A step (a compiler phase mapping its binary,
-    one late sample) shows in one window only and is not a trend to project; a real climb shows
-    in both. 0 until the samples cover both windows."""
-    if len(samples) < 2:
+    (t, rss) samples and over the window before it (`recent_rate`: the last one alone). A step
+    (a compiler phase mapping its binary, one late sample) shows in one window only and is no
+    trend to project; a real climb shows in both. A job younger than two windows is split in
+    two halves of what it has; 0 with fewer than three samples."""
+    if len(samples) < 3:
         return 0.0
     t_end, rss_end = samples[-1]
-    if t_end - samples[0][0] < 2 * window_s:
+    window_s = min(window_s, (t_end - samples[0][0]) / 2)  # a young job: halves of its history
+    if window_s <= 0:
         return 0.0
     middle = _rss_at(samples, t_end - window_s)
     start = _rss_at(samples, t_end - 2 * window_s)
     return min(rss_end - middle, middle - start) / window_s
+
+
+def recent_rate(samples: Sequence[tuple[float, int]], window_s: float = 0.75) -> float:
+    """RSS slope (bytes/s) over the last `window_s` (or what the samples cover), steps and
+    all; 0 with fewer than two samples."""
+    if len(samples) < 2:
+        return 0.0
+    t_end, rss_end = samples[-1]
+    start = max(samples[0][0], t_end - window_s)
+    dt = t_end - start
+    return (rss_end - _rss_at(samples, start)) / dt if dt > 0 else 0.0
 
 
 # --- retry and censoring ----------------------------------------------------------------------
