@@ -17,9 +17,8 @@ resolved here, once; `ProjectBuild`, `WheelRequest`, `SessionOptions` and, throu
 Sizes follow one rule (`buildctl.host.parse_size`): K/M/G/T are binary (G = GiB), KB/MB/GB/TB are
 decimal, KiB/MiB/GiB/TiB binary. Durations are seconds, or a number with s/m/h.
 
-About 600 lines: the models, the layers that fill them and the resolution belong together (the
-field declarations are the one list of settings, env vars and config keys); the checks against
-the host live in `settings_checks.py`.
+The value types and the `Settings` base are in `settings_base.py`; the checks against the host
+and between values in `settings_checks.py`.
 """
 
 from __future__ import annotations
@@ -30,145 +29,28 @@ import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar, get_args
+from typing import Annotated, Any, Literal, TypeVar
 
 import tomllib
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    TypeAdapter,
-    ValidationError,
-)
+from pydantic import TypeAdapter, ValidationError
 
 from buildctl import host
 from buildctl.errors import BadInput
 from buildctl.report import check_output_path
-from buildctl.settings_checks import SAMPLE_INTERVAL_S, check_govern
-
-DEFAULT = "default"
-
-
-# --- value types ------------------------------------------------------------------------------
-
-
-def _to_bytes(value: Any) -> Any:
-    if isinstance(value, str):
-        try:
-            return host.parse_size(value)
-        except BadInput as exc:
-            raise ValueError(f"{exc.what} ({exc.fix})") from None
-    return value
-
-
-def parse_duration(text: str) -> float:
-    """`90`, `90s`, `10m`, `1h` -> seconds."""
-    units = {"s": 1, "m": 60, "h": 3600}
-    text = text.strip()
-    try:
-        if text and text[-1] in units:
-            return float(text[:-1]) * units[text[-1]]
-        return float(text)
-    except ValueError:
-        raise BadInput(
-            f"cannot read duration {text!r}", "write seconds or a unit, e.g. 90s, 10m, 1h"
-        ) from None
-
-
-def _to_seconds(value: Any) -> Any:
-    if isinstance(value, str):
-        try:
-            return parse_duration(value)
-        except BadInput as exc:
-            raise ValueError(f"{exc.what} ({exc.fix})") from None
-    return value
-
-
-SizeBytes = Annotated[int, BeforeValidator(_to_bytes)]
-Seconds = Annotated[float, BeforeValidator(_to_seconds)]
-
-
-def setting(default: Any = ..., *, env: str | None = None, layered: bool = True,
-            flag: str | None = None, help: str = "") -> Any:
-    """A field that flags set and, when `layered`, env var `env` and config files set too."""
-    extra: dict[str, Any] = {"layered": layered}
-    if env:
-        extra["env"] = env
-    if flag:
-        extra["flag"] = flag
-    return Field(default, description=help, json_schema_extra=extra)
-
-
-def flag_only(default: Any = ..., *, flag: str | None = None, help: str = "") -> Any:
-    return setting(default, layered=False, flag=flag, help=help)
-
-
-class Settings(BaseModel):
-    """Base: frozen, no unknown fields, and where every value came from."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    origins: dict[str, str] = Field(default_factory=dict)
-
-    @classmethod
-    def option_fields(cls) -> dict[str, Any]:
-        return {n: f for n, f in cls.model_fields.items() if n != "origins"
-                and not _is_settings(f.annotation)}
-
-    def where(self, name: str) -> str:
-        """How the user set `name`, e.g. `--jobs 0`, `BUILDCTL_JOBS=0`, `jobs = 0 in FILE`."""
-        origin = self.origins.get(name, DEFAULT)
-        value = _show(getattr(self, name), type(self).model_fields[name])
-        if origin.startswith("--"):
-            return f"{origin} {value}"
-        if _is_env(origin):
-            return f"{origin}={value}"
-        if origin.startswith("/") or origin.startswith("~"):
-            return f"{name.replace('_', '-')} = {value} in {origin}"
-        return f"{name.replace('_', '-')} {value} ({origin})"
-
-    def rows(self, prefix: str = "") -> list[tuple[str, str, str]]:
-        """(name, value, origin) of every value, nested settings included (for --show-settings)."""
-        out: list[tuple[str, str, str]] = []
-        for name, field in type(self).model_fields.items():
-            if name == "origins":
-                continue
-            value = getattr(self, name)
-            if isinstance(value, Settings):
-                out.extend(value.rows(prefix))
-                continue
-            out.append((prefix + name.replace("_", "-"), _show(value, field),
-                        self.origins.get(name, DEFAULT)))
-        return out
-
-
-def _is_env(origin: str) -> bool:
-    """An environment variable's name (BUILDCTL_JOBS, MAX_JOBS), not a file or a default."""
-    return origin.replace("_", "").isalnum() and origin.isupper()
-
-
-def _is_settings(annotation: Any) -> bool:
-    return isinstance(annotation, type) and issubclass(annotation, Settings)
-
-
-def _is_size(field: Any) -> bool:
-    return _has(field.annotation, SizeBytes) or any(
-        getattr(m, "func", None) is _to_bytes for m in field.metadata)
-
-
-def _show(value: Any, field: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, int) and not isinstance(value, bool) and _is_size(field):
-        return host.format_size(value)
-    if isinstance(value, tuple):
-        return " ".join(map(str, value)) or "-"
-    return str(value)
-
-
-def _has(annotation: Any, wanted: Any) -> bool:
-    return annotation == wanted or any(_has(a, wanted) for a in get_args(annotation))
-
+from buildctl.settings_base import (
+    DEFAULT,
+    Seconds,
+    Settings,
+    SizeBytes,
+    _extra,
+    _has,
+    _is_env,
+    flag_name,
+    flag_only,
+    setting,
+)
+from buildctl.settings_base import parse_duration as parse_duration  # re-exported for the CLI
+from buildctl.settings_checks import SAMPLE_INTERVAL_S, check_build, check_govern, check_plan
 
 # --- the settings of each command ---------------------------------------------------------
 
@@ -330,14 +212,6 @@ class PlanSettings(Settings):
 LAYERED_MODELS: tuple[type[Settings], ...] = (GovernSettings, BuildSettings, WheelSettings,
                                               PlanSettings)
 S = TypeVar("S", bound=Settings)
-
-
-def _extra(field: Any, key: str, default: Any = None) -> Any:
-    return (field.json_schema_extra or {}).get(key, default)
-
-
-def flag_name(name: str, field: Any) -> str:
-    return _extra(field, "flag") or "--" + name.replace("_", "-")
 
 
 def config_keys() -> set[str]:
@@ -568,34 +442,15 @@ def command_settings(model: type[S], layers: Layers, govern: GovernSettings | No
     if govern is not None:
         values["govern"] = govern
     settings = _validated(model, values, origins)
-    if isinstance(settings, BuildSettings) and settings.ninja_width is not None \
-            and settings.ninja_width < 1:
-        raise BadInput(f"{settings.where('ninja_width')} is not a number of jobs",
-                       "pass --ninja-width 1 or more")
+    if isinstance(settings, BuildSettings):
+        check_build(settings)
     return settings
 
 
 def plan_settings(layers: Layers) -> PlanSettings:
-    s = command_settings(PlanSettings, layers, None)
-    for name, what in (("cores", "number of cores"), ("jobs", "number of CPU slots")):
-        if getattr(s, name) is not None and getattr(s, name) < 1:
-            raise BadInput(f"{s.where(name)} is not a {what}",
-                           f"pass {flag_name(name, PlanSettings.model_fields[name])} 1 or more")
-    for name in ("mem", "mem_budget"):
-        if getattr(s, name) is not None and getattr(s, name) <= 0:
-            raise BadInput(f"{s.where(name)} is not a memory size",
-                           "pass a size above 0, e.g. 32G (G = GiB)")
-    if s.mem_budget is not None:
-        import psutil
-
-        host_mem = s.mem or (psutil.virtual_memory().total + psutil.swap_memory().total)
-        if s.mem_budget > host_mem:
-            raise BadInput(
-                f"{s.where('mem_budget')} is above the planned host's memory "
-                f"({host.format_size(host_mem)})",
-                "pass a smaller --mem-budget, or plan for a bigger host with --mem",
-            )
-    return s
+    settings = command_settings(PlanSettings, layers, None)
+    check_plan(settings)
+    return settings
 
 
 def join_cluster(address: str | None, build_dir: Path, check_paths: list[Path],

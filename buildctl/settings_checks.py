@@ -10,7 +10,7 @@ from buildctl import host
 from buildctl.errors import BadInput
 
 if TYPE_CHECKING:
-    from buildctl.settings import Capacity, GovernSettings
+    from buildctl.settings import BuildSettings, Capacity, GovernSettings, PlanSettings
 
 MIN_BUDGET = 64 * 1024**2  # a C++ compile needs ~100 MB and up
 SAMPLE_INTERVAL_S = 0.25  # the governor's sampling period
@@ -70,6 +70,34 @@ def check_govern(s: GovernSettings, capacity: Capacity) -> None:
     if s.executor == "ray" and not s.ray_address:
         raise BadInput("--executor ray needs --ray-address HOST:PORT",
                        "start a cluster with `ray start --head --port 6379` and pass its address")
+
+
+def check_build(s: BuildSettings) -> None:
+    if s.ninja_width is not None and s.ninja_width < 1:
+        raise BadInput(f"{s.where('ninja_width')} is not a number of jobs",
+                       "pass --ninja-width 1 or more")
+
+
+def check_plan(s: PlanSettings) -> None:
+    """`buildctl plan`'s host shape: positive counts and sizes, and a budget that fits it."""
+    for name, what, flag in (("cores", "number of cores", "--cores"),
+                             ("jobs", "number of CPU slots", "--jobs")):
+        if getattr(s, name) is not None and getattr(s, name) < 1:
+            raise BadInput(f"{s.where(name)} is not a {what}", f"pass {flag} 1 or more")
+    for name in ("mem", "mem_budget"):
+        if getattr(s, name) is not None and getattr(s, name) <= 0:
+            raise BadInput(f"{s.where(name)} is not a memory size",
+                           "pass a size above 0, e.g. 32G (G = GiB)")
+    if s.mem_budget is not None:
+        import psutil
+
+        host_mem = s.mem or (psutil.virtual_memory().total + psutil.swap_memory().total)
+        if s.mem_budget > host_mem:
+            raise BadInput(
+                f"{s.where('mem_budget')} is above the planned host's memory "
+                f"({host.format_size(host_mem)})",
+                "pass a smaller --mem-budget, or plan for a bigger host with --mem",
+            )
 
 
 def _default_low_water(ram: int) -> int:
