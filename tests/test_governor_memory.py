@@ -186,3 +186,25 @@ def test_a_job_is_killed_at_most_once_and_its_rerun_is_protected(tmp_path: Path)
     result = replay(db, tmp_path / "tight", budget=7 * GiB)
     assert result.ok == 20
     assert result.max_kills_per_job <= 1
+
+
+def test_a_thawed_job_resumes_its_climb_in_the_projection(db: ProfileDB, tmp_path: Path) -> None:
+    """A thaw clears a job's samples; until new ones show a rate, the guard projects the climb
+    it was frozen in, so thawing several jobs at once cannot walk the total past the budget
+    unseen."""
+    from buildctl.process import TreeSample
+
+    governor = Governor(
+        GovernorOptions(socket_path=tmp_path / "unused.sock", budget_bytes=BUDGET, slots=2,
+                        build_dir=tmp_path),
+        db, runner=FakeRunner({}), clock=lambda: 10.0, available=lambda: 1 << 50,
+    )
+    governor.enqueue("a.o", "compile", "g++ 12", fingerprint="a", source_bytes=100)
+    (job,) = governor.jobs.values()
+    job.growth_at_freeze = 300.0 * MiB
+    job.samples.append(TreeSample(t=9.9, rss=1 * GiB, cpu_s=1.0, io_bytes=0, major_faults=0))
+    assert governor._live(job, 10.0).growth_bps == 300.0 * MiB
+    for i in range(3):  # new samples show it flat now: they win
+        job.samples.append(TreeSample(t=10.0 + i, rss=1 * GiB, cpu_s=1.0, io_bytes=0,
+                                      major_faults=0))
+    assert governor._live(job, 12.0).growth_bps == 0.0

@@ -204,6 +204,7 @@ class Admission(GovernorState):
                 job.child_pid = None
                 job.frozen_since = None
                 job.frozen_s = 0.0
+                job.growth_at_freeze = 0.0
                 job.go.set()
                 self._admitted_any = True
 

@@ -21,6 +21,10 @@ class Guard(GovernorState):
     def _live(self, job: Job, now: float) -> policy.LiveJob:
         points = [(s.t, s.rss) for s in job.samples]
         growth = job.growth_at_freeze if job.frozen else policy.growth_rate(points)
+        if len(points) < 3:
+            # Just thawed (its samples start again): it resumes the climb it was frozen in,
+            # long before its new samples can show a rate.
+            growth = max(growth, job.growth_at_freeze)
         recent = None if job.frozen else policy.recent_rate(points)
         ahead = soon = 0
         own_curve = False
