@@ -447,6 +447,16 @@ def command_settings(model: type[S], layers: Layers, govern: GovernSettings | No
     return settings
 
 
+def from_flags(model: type[S], args: argparse.Namespace, **renamed: Any) -> S:
+    """The settings of a command whose every setting is a flag (`profile`, `repro`, `doctor`,
+    `env`, `verify`): the Namespace's values as given, validated into `model`; no environment
+    or config file is read (each reads none today). `renamed` maps a field to its value where
+    the field's name differs from the argparse dest (`as_json=args.json`)."""
+    flags = {k: v for k, v in {**vars(args), **renamed}.items() if v is not None}
+    values, origins = Layers(flags=flags, env={}).gather(model)
+    return _validated(model, values, origins)
+
+
 def plan_settings(layers: Layers) -> PlanSettings:
     settings = command_settings(PlanSettings, layers, None)
     check_plan(settings)

@@ -6,12 +6,14 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from rich.console import Console
 from rich.table import Table
 
 from buildctl import host
+from buildctl.settings import from_flags
+from buildctl.settings_base import Settings, flag_only
 
 DESCRIPTION = """\
 Every governed build records each job's measured peak memory, CPU time and RSS curve in a
@@ -102,28 +104,45 @@ def print_warnings(warnings: list[str]) -> None:
         err.print(f"warning: {line}", highlight=False, markup=False, soft_wrap=True)
 
 
+class ProfileSettings(Settings):
+    """`buildctl profile`'s settings: flags only (the database path falls back to
+    $BUILDCTL_PROFILE_DB inside `ProfileDB`, as for every command)."""
+
+    profiles: Path | None = flag_only(None)
+    action: Literal["show", "export", "import"] = flag_only(flag="ACTION")
+    project: str | None = flag_only(None)
+    jobs_detail: bool = flag_only(False, flag="--jobs")
+    filter: str | None = flag_only(None)
+    as_json: bool = flag_only(False, flag="--json")
+    file: Path | None = flag_only(None)
+
+
 def cmd_profile(args: argparse.Namespace, console: Console) -> int:
+    settings = from_flags(ProfileSettings, args, action=args.profile_cmd,
+                          as_json=getattr(args, "json", None))
     from buildctl.govern.profiles import ProfileDB
 
-    db = ProfileDB(args.profiles)
+    db = ProfileDB(settings.profiles)
     try:
-        if args.profile_cmd == "show":
-            _show(db, args, console)
-        elif args.profile_cmd == "export":
-            text = db.export_json(args.project)
-            if args.file is None or str(args.file) == "-":
+        if settings.action == "show":
+            _show(db, settings, console)
+        elif settings.action == "export":
+            text = db.export_json(settings.project)
+            if settings.file is None or str(settings.file) == "-":
                 sys.stdout.write(text + "\n")
             else:
                 from buildctl.report import write_text_atomic
 
-                write_text_atomic(args.file, text + "\n")
-                count = len(db.latest(args.project))
-                console.print(f"exported {count} job profiles to {args.file}", highlight=False)
-        elif args.profile_cmd == "import":
+                write_text_atomic(settings.file, text + "\n")
+                count = len(db.latest(settings.project))
+                console.print(f"exported {count} job profiles to {settings.file}",
+                              highlight=False)
+        else:
             from buildctl.govern.profiles import read_export_text
 
-            text = read_export_text(args.file)
-            count = db.import_json(text, str(args.file), project=args.project)
+            assert settings.file is not None  # argparse requires it for import
+            text = read_export_text(settings.file)
+            count = db.import_json(text, str(settings.file), project=settings.project)
             console.print(f"imported {count} job profiles into {db.path}", highlight=False)
     finally:
         print_warnings(db.warnings)
@@ -131,16 +150,16 @@ def cmd_profile(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def _show(db: Any, args: argparse.Namespace, console: Console) -> None:
+def _show(db: Any, settings: ProfileSettings, console: Console) -> None:
     from buildctl.govern.profiles import summarize_by_target
     from buildctl.govern.scheduler import cpu_share
 
-    project = args.project
+    project = settings.project
     entries = db.latest(project)
-    if args.filter:
-        entries = [e for e in entries if args.filter in e.output]
-    if args.json:
-        if args.jobs_detail:
+    if settings.filter:
+        entries = [e for e in entries if settings.filter in e.output]
+    if settings.as_json:
+        if settings.jobs_detail:
             rows: list[dict[str, Any]] = [
                 {**e.model_dump(exclude={"curve"}),
                  "cpu_slot_share": cpu_share(e.cpu_s, e.wall_s, e.runq_wait_s),
@@ -180,7 +199,7 @@ def _show(db: Any, args: argparse.Namespace, console: Console) -> None:
             s.heaviest_output,
         )
     console.print(table)
-    if args.jobs_detail:
+    if settings.jobs_detail:
         jt = Table(title="per job (latest complete run)")
         for col in ("project", "output", "kind", "peak", "wall s", "CPU slot", "compiler"):
             jt.add_column(col)

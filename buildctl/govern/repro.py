@@ -8,12 +8,15 @@ import argparse
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 from rich.console import Console
 
 from buildctl.errors import BadInput
 from buildctl.govern.diagnostics import MANIFESTS
 from buildctl.report import BuildReport
+from buildctl.settings import from_flags
+from buildctl.settings_base import Settings, flag_only
 
 REPRO_SUBDIR = Path(".buildctl") / "repro"
 
@@ -154,14 +157,25 @@ def failure_lines(report: BuildReport) -> list[str]:
     return lines
 
 
+class ReproSettings(Settings):
+    """`buildctl repro`'s settings: flags only."""
+
+    build_dir: Path = flag_only(flag="--build-dir")  # argparse defaults it to the cwd
+    action: Literal["list", "show"] = flag_only(flag="ACTION")
+    as_json: bool = flag_only(False, flag="--json")
+    ref: str | None = flag_only(None, flag="REF")
+
+
 def cmd_repro(args: argparse.Namespace, console: Console) -> int:
-    if args.build_dir.exists() and not args.build_dir.is_dir():
-        raise BadInput(f"--build-dir {args.build_dir} is not a directory",
+    settings = from_flags(ReproSettings, args, action=args.repro_cmd,
+                          as_json=getattr(args, "json", None))
+    if settings.build_dir.exists() and not settings.build_dir.is_dir():
+        raise BadInput(f"--build-dir {settings.build_dir} is not a directory",
                        "pass the build directory of a governed build")
-    root = default_root(args.build_dir.resolve())
-    if args.repro_cmd == "list":
+    root = default_root(settings.build_dir.resolve())
+    if settings.action == "list":
         items = list_repros(root)
-        if getattr(args, "json", False):
+        if settings.as_json:
             print(json.dumps([{**asdict(it), "path": str(it.path)} for it in items], indent=1))
             return 0
         if not items:
@@ -173,5 +187,7 @@ def cmd_repro(args: argparse.Namespace, console: Console) -> int:
                 markup=False,
             )
     else:
-        console.print(show_repro(resolve_repro(root, args.ref)), highlight=False, markup=False)
+        assert settings.ref is not None  # argparse requires it for show
+        console.print(show_repro(resolve_repro(root, settings.ref)), highlight=False,
+                      markup=False)
     return 0

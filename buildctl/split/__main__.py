@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -87,92 +87,122 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+@dataclass(frozen=True)
+class SplitSettings:
+    """The hook's settings, from its flags alone (CMake passes everything; no environment or
+    config file is read). A frozen dataclass, not a pydantic model: the hook runs once per split
+    target at configure time and imports nothing it does not need."""
+
+    source: Path
+    out_dir: Path
+    budget: str | None = None  # a size, parsed where the budget is resolved
+    slots: int | None = None
+    compiler: str | None = None
+    compiler_id: str | None = None
+    flags_file: Path | None = None
+    shards: int | None = None
+    whole_peak: str | None = None  # a size
+    hints: Path | None = None
+    max_shards: int = DEFAULT_MAX_SHARDS
+    probe_entries: int | None = None
+    safety: float = 0.8
+    no_line_directives: bool = False
+    no_probe_cache: bool = False
+    no_gcc_gc: bool = False
+    format: str = "lines"
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> SplitSettings:
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+
+
 def _say(line: str) -> None:
     print(f"buildctl: {line}", file=sys.stderr)
 
 
-def _whole_peak_hint(args: argparse.Namespace, source: Path) -> int | None:
-    if args.whole_peak:
-        return parse_size(args.whole_peak)
-    if args.hints is None:
+def _whole_peak_hint(settings: SplitSettings, source: Path) -> int | None:
+    if settings.whole_peak:
+        return parse_size(settings.whole_peak)
+    if settings.hints is None:
         return None
     try:
-        hints = json.loads(args.hints.read_text())
+        hints = json.loads(settings.hints.read_text())
     except OSError as exc:
         raise BadInput(
-            f"cannot read {args.hints}: {exc.strerror}", "pass an existing file"
+            f"cannot read {settings.hints}: {exc.strerror}", "pass an existing file"
         ) from exc
     except ValueError as exc:
-        raise BadInput(f"{args.hints}: not JSON ({exc})", 'write {"file.cpp": 1234567}') from exc
+        raise BadInput(f"{settings.hints}: not JSON ({exc})",
+                       'write {"file.cpp": 1234567}') from exc
     if not isinstance(hints, dict):
-        raise BadInput(f"{args.hints}: expected a JSON object", 'write {"file.cpp": 1234567}')
+        raise BadInput(f"{settings.hints}: expected a JSON object", 'write {"file.cpp": 1234567}')
     value = hints.get(str(source), hints.get(source.name))
     if value is None:
         return None
     return parse_size(str(value))
 
 
-def _host_defaults(args: argparse.Namespace) -> tuple[int, int]:
+def _host_defaults(settings: SplitSettings) -> tuple[int, int]:
     from buildctl import host
 
     info = None
-    if args.budget is None or args.slots is None:
+    if settings.budget is None or settings.slots is None:
         info = host.probe()
-    if args.budget is not None:
-        budget = parse_size(args.budget)
+    if settings.budget is not None:
+        budget = parse_size(settings.budget)
     else:
         assert info is not None
         budget = host.default_budget(info.total_ram_bytes, info.cgroup_limit_bytes)
-    slots = args.slots if args.slots is not None else (info.cores if info else 1)
+    slots = settings.slots if settings.slots is not None else (info.cores if info else 1)
     return budget, slots
 
 
-def _flags(args: argparse.Namespace) -> list[str]:
-    return read_flags_file(args.flags_file) if args.flags_file else []
+def _flags(settings: SplitSettings) -> list[str]:
+    return read_flags_file(settings.flags_file) if settings.flags_file else []
 
 
-def _gc_sizing(args: argparse.Namespace, flags: Sequence[str], target: int) -> GccGcSizing:
-    if args.compiler_id:
-        gnu = is_gnu_compiler(compiler_id=args.compiler_id)
-    elif args.compiler and not args.no_gcc_gc:
-        gnu = is_gnu_compiler(version_text=compiler_version_text(args.compiler))
+def _gc_sizing(settings: SplitSettings, flags: Sequence[str], target: int) -> GccGcSizing:
+    if settings.compiler_id:
+        gnu = is_gnu_compiler(compiler_id=settings.compiler_id)
+    elif settings.compiler and not settings.no_gcc_gc:
+        gnu = is_gnu_compiler(version_text=compiler_version_text(settings.compiler))
     else:
         gnu = False
     return gcc_gc_sizing(
-        enabled=not args.no_gcc_gc, gnu=gnu, flags=flags, shard_target_bytes=target
+        enabled=not settings.no_gcc_gc, gnu=gnu, flags=flags, shard_target_bytes=target
     )
 
 
 def _probe(
-    args: argparse.Namespace,
+    settings: SplitSettings,
     parsed: GeneratedSource,
     origin: Path,
     budget: int,
     flags: Sequence[str],
 ) -> ProbeResult | None:
-    if not args.compiler:
+    if not settings.compiler:
         return None
     pre, epi = localized_parts(parsed, origin)
     try:
         result = probe_source(
             parsed,
-            compiler=args.compiler,
+            compiler=settings.compiler,
             flags=flags,
-            work_dir=args.out_dir / "probe",
+            work_dir=settings.out_dir / "probe",
             preamble=pre,
             epilogue=epi,
-            k=args.probe_entries,
+            k=settings.probe_entries,
             # The probe is one job under the same budget: a sample predicted above it is
             # skipped (the model then draws its line from the preamble-only compile).
-            max_probe_peak=int(budget * args.safety),
-            use_cache=not args.no_probe_cache,
+            max_probe_peak=int(budget * settings.safety),
+            use_cache=not settings.no_probe_cache,
         )
     except ProbeFailed as exc:
         first = next((ln for ln in exc.stderr.splitlines() if "error" in ln), "")
         _say(f"warning: {exc} ({first.strip()[:200]}); cannot predict memory for {origin.name}")
         return None
     except OSError as exc:
-        _say(f"warning: cannot run the probe compiler {args.compiler}: {exc.strerror}")
+        _say(f"warning: cannot run the probe compiler {settings.compiler}: {exc.strerror}")
         return None
     if result.preamble_globals:
         shown = ", ".join(result.preamble_globals[:5])
@@ -185,7 +215,7 @@ def _probe(
 
 
 def _record(
-    args: argparse.Namespace,
+    settings: SplitSettings,
     parsed: GeneratedSource,
     origin: Path,
     budget: int,
@@ -226,38 +256,38 @@ def _record(
     }
 
 
-def run(args: argparse.Namespace) -> list[Path]:
-    origin = args.source.resolve()
+def run(settings: SplitSettings) -> list[Path]:
+    origin = settings.source.resolve()
     try:
         text = origin.read_text()
     except FileNotFoundError as exc:
         raise BadInput(f"{origin}: no such file", "generate it before splitting") from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise BadInput(f"{origin}: cannot read ({exc})", "pass a readable text source") from exc
-    if args.shards is not None and args.shards < 1:
-        raise BadInput(f"--shards must be at least 1, got {args.shards}", "pass --shards 4")
-    if args.max_shards < 1:
-        raise BadInput(f"--max-shards must be at least 1, got {args.max_shards}", "")
-    if args.probe_entries is not None and args.probe_entries < 1:
-        raise BadInput(f"--probe-entries must be at least 1, got {args.probe_entries}", "")
+    if settings.shards is not None and settings.shards < 1:
+        raise BadInput(f"--shards must be at least 1, got {settings.shards}", "pass --shards 4")
+    if settings.max_shards < 1:
+        raise BadInput(f"--max-shards must be at least 1, got {settings.max_shards}", "")
+    if settings.probe_entries is not None and settings.probe_entries < 1:
+        raise BadInput(f"--probe-entries must be at least 1, got {settings.probe_entries}", "")
     parsed = parse_generated_source(text, str(origin))
     n_entries = len(parsed.entries)
-    budget, slots = _host_defaults(args)
-    target = shard_target_from_budget(budget, slots, args.safety)
-    whole_hint = _whole_peak_hint(args, origin)
-    if args.shards is None and args.compiler is None and whole_hint is None:
+    budget, slots = _host_defaults(settings)
+    target = shard_target_from_budget(budget, slots, settings.safety)
+    whole_hint = _whole_peak_hint(settings, origin)
+    if settings.shards is None and settings.compiler is None and whole_hint is None:
         raise BadInput(
             "nothing to plan from: no --compiler for the probe, no --whole-peak or --hints",
             "pass --compiler (and --flags-file), a known --whole-peak, or force --shards N",
         )
-    args.out_dir.mkdir(parents=True, exist_ok=True)
+    settings.out_dir.mkdir(parents=True, exist_ok=True)
 
-    forced = args.shards is not None
-    flags = _flags(args)
-    gc = _gc_sizing(args, flags, target)
+    forced = settings.shards is not None
+    flags = _flags(settings)
+    gc = _gc_sizing(settings, flags, target)
     # A forced N needs no prediction: skip the probe's compiles (that is why one forces N).
     # The probe compiles with the GC sizing the shards get: it measures what will be built.
-    probe = None if forced else _probe(args, parsed, origin, budget, [*flags, *gc.options])
+    probe = None if forced else _probe(settings, parsed, origin, budget, [*flags, *gc.options])
     whole_hint, hint_warning = usable_hint(whole_hint, probe)
     if hint_warning:
         _say(f"warning: {hint_warning}")
@@ -265,9 +295,10 @@ def run(args: argparse.Namespace) -> list[Path]:
     if model is not None and model.source == "profile" and not forced:
         _say("warning: no probe numbers: shard peaks are predicted without the preamble's cost")
     if forced:
-        n = min(args.shards, n_entries)
-        if n < args.shards:
-            _say(f"warning: --shards {args.shards} capped at the {n_entries} entries of the list")
+        n = min(settings.shards, n_entries)
+        if n < settings.shards:
+            _say(f"warning: --shards {settings.shards} capped at the {n_entries} entries of "
+                 "the list")
         sizes = balanced_sizes(n_entries, n)
         peak = predict_peak(model.base_peak, model.per_entry_peak, sizes[0]) if model else 0
         plan = ShardPlan(n, sizes, peak, peak <= target, f"forced {n} shards")
@@ -279,18 +310,17 @@ def run(args: argparse.Namespace) -> list[Path]:
             model.base_peak,
             n_entries,
             target,
-            max_shards=args.max_shards,
+            max_shards=settings.max_shards,
             base_cpu_s=model.base_cpu_s,
             whole_cpu_s=model.whole_cpu_s,
         )
     result = write_shards(
-        parsed, plan.n, args.out_dir, origin, line_directives=not args.no_line_directives
+        parsed, plan.n, settings.out_dir, origin, line_directives=not settings.no_line_directives
     )
-    write_compile_options(args.out_dir, gc.options)
+    write_compile_options(settings.out_dir, gc.options)
     write_plan_record(
-        args.out_dir,
-        _record(
-            args,
+        settings.out_dir,
+        _record(settings,
             parsed,
             origin,
             budget,
@@ -332,13 +362,13 @@ def _summary(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    settings = SplitSettings.from_args(_parser().parse_args(argv))
     try:
-        paths = run(args)
+        paths = run(settings)
     except BadInput as exc:
         print(exc.render(), file=sys.stderr)
         return EXIT_BAD_INPUT
-    if args.format == "cmake":
+    if settings.format == "cmake":
         print(";".join(str(p) for p in paths))
     else:
         for path in paths:

@@ -18,10 +18,12 @@ from buildctl.settings import (
     Layers,
     WheelSettings,
     command_settings,
+    from_flags,
     govern_settings,
     join_cluster,
     show,
 )
+from buildctl.settings_base import Settings, flag_only
 
 
 def _check_torch(specs: tuple[str, ...], allow: bool) -> None:
@@ -31,32 +33,36 @@ def _check_torch(specs: tuple[str, ...], allow: bool) -> None:
         parse_torch(spec, allow_prerelease=allow)  # bad versions: exit 2 before any work
 
 
-def _layers(args: argparse.Namespace, specs: tuple[str, ...]) -> Layers:
-    source = args.source if args.source is not None and args.source.is_dir() else None
-    return Layers.collect(args, project_dir=source, torch=specs)
+def _project_dir(source: Path | None) -> Path | None:
+    """The directory whose pyproject.toml `[tool.buildctl]` is read (none for a missing one)."""
+    return source if source is not None and source.is_dir() else None
 
 
 def _entry_report(report: Path | None, spec: str) -> Path | None:
     return report.with_name(f"{report.stem}-{spec}{report.suffix}") if report else None
 
 
-def wheel_settings(args: argparse.Namespace) -> tuple[WheelSettings, Any]:
+def entry_settings(settings_json: str) -> WheelSettings:
+    """A matrix entry's settings, resolved once by the matrix and passed as JSON."""
+    try:
+        settings = WheelSettings.model_validate_json(settings_json)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise BadInput(f"--settings-json is not a matrix entry's settings: {first['msg']}",
+                       "let `buildctl matrix --executor ray` write it") from None
+    _check_torch(settings.torch, settings.allow_prerelease)
+    return settings
+
+
+def wheel_settings(layers: Layers) -> tuple[WheelSettings, Any]:
     """`buildctl wheel`'s settings and, for --executor ray, the executor of its jobs."""
-    if args.settings_json:  # a matrix entry: resolved once, by the matrix
-        try:
-            settings = WheelSettings.model_validate_json(args.settings_json)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            raise BadInput(f"--settings-json is not a matrix entry's settings: {first['msg']}",
-                           "let `buildctl matrix --executor ray` write it") from None
-        _check_torch(settings.torch, settings.allow_prerelease)
-        return settings, None
-    layers = _layers(args, (args.torch,))
-    _check_torch((args.torch,), bool(layers.get(WheelSettings, "allow_prerelease")))
+    _check_torch(layers.get(WheelSettings, "torch"),
+                 bool(layers.get(WheelSettings, "allow_prerelease")))
     from buildctl.kernels import BUNDLED, KERNELS_DIR
 
     cache_dir = layers.get(WheelSettings, "cache_dir")
-    shared = [args.source.resolve() if args.source else KERNELS_DIR / BUNDLED]
+    source = layers.get(WheelSettings, "source")
+    shared = [source.resolve() if source else KERNELS_DIR / BUNDLED]
     executor, capacity = join_cluster(layers.ray_address(), cache_dir, shared, host.probe())
     try:
         return command_settings(WheelSettings, layers, govern_settings(layers, capacity)), executor
@@ -69,7 +75,10 @@ def wheel_settings(args: argparse.Namespace) -> tuple[WheelSettings, Any]:
 def cmd_wheel(args: argparse.Namespace, console: Console) -> int:
     from buildctl.wheel.pipeline import build_wheel, describe
 
-    settings, executor = wheel_settings(args)
+    settings, executor = (
+        (entry_settings(args.settings_json), None) if args.settings_json
+        else wheel_settings(Layers.collect(args, project_dir=_project_dir(args.source),
+                                           torch=(args.torch,))))
     try:
         if args.show_settings or args.verbose:
             console.print(show(settings), highlight=False, markup=False)
@@ -103,8 +112,8 @@ def cmd_matrix(args: argparse.Namespace, console: Console) -> int:
     from buildctl.wheel.index import SummaryTable, WheelSummary
     from buildctl.wheel.pipeline import build_wheel
 
-    specs = tuple(args.torch)
-    layers = _layers(args, specs)
+    layers = Layers.collect(args, project_dir=_project_dir(args.source), torch=tuple(args.torch))
+    specs: tuple[str, ...] = layers.get(WheelSettings, "torch")
     _check_torch(specs, bool(layers.get(WheelSettings, "allow_prerelease")))
     ray_address = layers.ray_address()
     # Each entry is a whole wheel build: the budget is per build, from this host (or the flags),
@@ -202,10 +211,22 @@ def _matrix_on_ray(settings: WheelSettings, address: str, console: Console) -> i
     return 0 if all(r.verify == "pass" for r in rows) else 1
 
 
+class VerifySettings(Settings):
+    """`buildctl verify`'s settings: flags only (its --cache-dir reads no environment variable,
+    unlike wheel's)."""
+
+    wheel: Path = flag_only(flag="WHEEL")
+    torch: str | None = flag_only(None)
+    against: Path | None = flag_only(None)
+    runtime: tuple[str, ...] = flag_only(())
+    cache_dir: Path = flag_only(Path(".buildctl-cache"), flag="--cache-dir")
+
+
 def cmd_verify(args: argparse.Namespace, console: Console) -> int:
+    settings = from_flags(VerifySettings, args)
     from buildctl.wheel.verify import TorchLibs, verify_wheel
 
-    if bool(args.torch) == bool(args.against):
+    if bool(settings.torch) == bool(settings.against):
         raise BadInput(
             "verify needs exactly one of --torch VERSION or --against PATH",
             "e.g. --against /path/to/torch-2.14.1-...whl or --against .venv/bin/python",
@@ -213,8 +234,8 @@ def cmd_verify(args: argparse.Namespace, console: Console) -> int:
     from buildctl.wheel.runtime_libs import load_runtime
 
     python = None
-    if args.against:
-        path = args.against
+    if settings.against:
+        path = settings.against
         if path.suffix == ".whl":
             libs = TorchLibs.from_wheel(path)
         elif path.is_dir():
@@ -226,11 +247,12 @@ def cmd_verify(args: argparse.Namespace, console: Console) -> int:
         from buildctl.wheel.smoke import ensure_torch_env
         from buildctl.wheel.torchspec import parse_torch
 
-        target = parse_torch(args.torch, allow_prerelease=True)
-        env = ensure_torch_env(args.cache_dir / "envs" / target.spec, target)
+        assert settings.torch is not None
+        target = parse_torch(settings.torch, allow_prerelease=True)
+        env = ensure_torch_env(settings.cache_dir / "envs" / target.spec, target)
         libs = TorchLibs.from_installed(env.python)
         python = env.python
-    runtime = load_runtime(args.runtime, python=python)
-    result = verify_wheel(args.wheel, libs, runtime=runtime)
+    runtime = load_runtime(list(settings.runtime), python=python)
+    result = verify_wheel(settings.wheel, libs, runtime=runtime)
     console.print(result.render(), highlight=False, markup=False)
     return 0 if result.ok else 1
