@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from buildctl.split.__main__ import main
-from buildctl.split.plan import gcc_gc_sizing
+from buildctl.split.gcc_gc import gcc_gc_sizing
 from buildctl.split.probe import run_measured, wait_measured
 
 GXX = shutil.which("g++")

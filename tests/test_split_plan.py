@@ -7,14 +7,16 @@ import itertools
 import pytest
 
 from buildctl.errors import BadInput
-from buildctl.split.plan import (
+from buildctl.split.gcc_gc import (
     GCC_GC_HEAPSIZE_MAX_KIB,
     GCC_GC_HEAPSIZE_MIN_KIB,
-    balanced_sizes,
-    balanced_slices,
     gcc_gc_heapsize_kib,
     gcc_gc_sizing,
     is_gnu_compiler,
+)
+from buildctl.split.plan import (
+    balanced_sizes,
+    balanced_slices,
     parse_generated_source,
     plan_shards,
     probe_picks,

@@ -1,6 +1,7 @@
 """Splitting heavy generated sources into shards sized for the memory budget.
 
 - `plan`: pure policy (recognise preamble + list + epilogue, plan N, slice, render shards)
+- `gcc_gc`: GCC's garbage collector sized for the managed sources (pure)
 - `probe`: configure-time probe compiles measured with `os.wait4`
 - `writer`: shards + `split-plan.json`, rewriting only what changed
 - `__main__`: the CLI the CMake hook runs; `hook.cmake`: the hook itself

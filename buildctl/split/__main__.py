@@ -17,13 +17,11 @@ from typing import Any
 
 from buildctl.errors import EXIT_BAD_INPUT, EXIT_OK, BadInput
 from buildctl.host import format_size, parse_size
+from buildctl.split.gcc_gc import GccGcSizing, gcc_gc_sizing, is_gnu_compiler
 from buildctl.split.plan import (
-    GccGcSizing,
     GeneratedSource,
     ShardPlan,
     balanced_sizes,
-    gcc_gc_sizing,
-    is_gnu_compiler,
     parse_generated_source,
     plan_shards,
     predict_peak,

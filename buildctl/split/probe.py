@@ -1,7 +1,7 @@
 """Cheap configure-time probe: what the preamble and a sample of the entries cost.
 
 Two compiles with the real compiler and flags (including the GC sizing the managed source will
-be built with, see `plan.gcc_gc_sizing`), run at once: the preamble alone, and the preamble
+be built with, see `gcc_gc.gcc_gc_sizing`), run at once: the preamble alone, and the preamble
 plus `k` entries spread evenly over the list (`k` = a quarter of the list, 2..20). `estimate`
 turns them into the model `plan.plan_shards` uses.
 
