@@ -15,6 +15,7 @@ from fixtures.oneapi_trees import (
 
 from buildctl.errors import BadInput, BuildFailed
 from buildctl.toolchain import oneapi
+from buildctl.toolchain.runtime_wheels import compare_runtime_wheels
 
 NO_DEFAULT_ROOTS = {"HOME": "/nonexistent"}  # no $ONEAPI_ROOT; /opt/intel/oneapi absent here
 
@@ -308,11 +309,11 @@ def test_custom_root_versions_detected() -> None:
 
 def test_runtime_wheels_compared_to_compiler() -> None:
     ok = {"intel-sycl-rt": "2025.3.2", "intel-cmplr-lib-ur": "2025.3.2", "intel-pti": "0.16.0"}
-    assert oneapi.compare_runtime_wheels(ok, "2025.3.1", {"intel-sycl-rt": "2025.3.2"}) == []
+    assert compare_runtime_wheels(ok, "2025.3.1", {"intel-sycl-rt": "2025.3.2"}) == []
     wrong = {"intel-sycl-rt": "2026.0.0", "dpcpp-cpp-rt": "2025.3.1"}
-    problems = oneapi.compare_runtime_wheels(wrong, "2025.3", {"intel-sycl-rt": "2025.3.2"})
+    problems = compare_runtime_wheels(wrong, "2025.3", {"intel-sycl-rt": "2025.3.2"})
     assert [(p.dist, p.severity) for p in problems] == [("intel-sycl-rt", "fail")]
-    drift = oneapi.compare_runtime_wheels(
+    drift = compare_runtime_wheels(
         {"intel-sycl-rt": "2025.3.1"}, "2025.3", {"intel-sycl-rt": "2025.3.2"}
     )
     assert [(p.dist, p.severity) for p in drift] == [("intel-sycl-rt", "warn")]

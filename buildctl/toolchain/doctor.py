@@ -30,7 +30,7 @@ from rich.table import Table
 from buildctl import host as hostmod
 from buildctl.errors import BuildctlError
 from buildctl.host import HostInfo, format_size
-from buildctl.toolchain import oneapi
+from buildctl.toolchain import oneapi, runtime_wheels
 from buildctl.toolchain.compat import Resolution, resolve
 from buildctl.toolchain.oneapi import env_command
 from buildctl.toolchain.probes import LevelZeroProbe, TorchProbe, probe_level_zero, probe_torch
@@ -459,7 +459,7 @@ def check_torch(probe: TorchProbe, resolution: Resolution | None) -> list[Check]
 def check_runtime_wheels(
     dists: Mapping[str, str], compiler: str | None, expected: Mapping[str, str] | None
 ) -> Check:
-    runtime = {k: v for k, v in dists.items() if k in oneapi.COMPILER_RUNTIME_DISTS}
+    runtime = {k: v for k, v in dists.items() if k in runtime_wheels.COMPILER_RUNTIME_DISTS}
     if not runtime:
         return _check(
             "sycl-runtime",
@@ -472,7 +472,7 @@ def check_runtime_wheels(
         return _check(
             "sycl-runtime", "skip", f"not checked: {listed} installed, but no compiler pinned"
         )
-    problems = oneapi.compare_runtime_wheels(runtime, compiler, expected)
+    problems = runtime_wheels.compare_runtime_wheels(runtime, compiler, expected)
     listed = ", ".join(f"{k} {v}" for k, v in sorted(runtime.items()))
     if not problems:
         return _check("sycl-runtime", "pass", f"{listed} match oneAPI {compiler}")

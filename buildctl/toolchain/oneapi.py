@@ -10,10 +10,11 @@ and silently does nothing when `SETVARS_COMPLETED` is inherited. Instead one pin
 vars script is sourced in a clean `env -i bash` and the resulting environment is diffed.
 
 Pure functions: `parse_icpx_version`, `version_key`, `xpu_version_to_compiler`, `export_lines`,
-`pinned_environ`, `find_mixed_versions`, `compare_runtime_wheels`, `pin`.
+`pinned_environ`, `find_mixed_versions`, `pin`. The runtime wheels torch pulls in are checked
+against the compiler in `runtime_wheels.py`.
 I/O: `discover`, `read_icpx_version`, `capture_env`, `env_command`.
 
-Why one module of about 650 lines: discovery, pinning, environment capture and mixed-version
+Why these stay one module: discovery, pinning, environment capture and mixed-version
 detection all apply the same rules about the two layouts (version keys, `latest` links, which
 vars script belongs to which version), and the mixed-version check has to agree with discovery
 on what one install is. Split apart, each part would need the others' rules.
@@ -587,69 +588,3 @@ def find_mixed_versions(
             )
         )
     return conflicts
-
-
-# ----------------------------------------------------------------------------- runtime wheels
-
-# Wheels that carry pieces of the DPC++ runtime; their version follows the compiler's.
-COMPILER_RUNTIME_DISTS = (
-    "intel-sycl-rt",
-    "intel-cmplr-lib-rt",
-    "intel-cmplr-lib-ur",
-    "intel-cmplr-lic-rt",
-    "dpcpp-cpp-rt",
-    "intel-opencl-rt",
-    "intel-openmp",
-)
-
-
-@dataclass(frozen=True)
-class RuntimeMismatch:
-    dist: str
-    installed: str
-    expected: str
-    severity: Literal["fail", "warn"]
-    message: str
-    fix: str
-
-
-def compare_runtime_wheels(
-    installed: Mapping[str, str], compiler_version: str, expected: Mapping[str, str] | None = None
-) -> list[RuntimeMismatch]:
-    """Intel runtime wheels (pulled in by torch) whose toolkit version differs from the compiler.
-
-    `expected` holds exact pins where known (torch 2.11 pins intel-sycl-rt 2025.3.2); the
-    toolkit (year.minor) must match in any case: a 2026 runtime is libsycl.so.9, 2025 is .so.8.
-    """
-    want = version_key(compiler_version)
-    out: list[RuntimeMismatch] = []
-    for dist in COMPILER_RUNTIME_DISTS:
-        have = installed.get(dist)
-        if not have:
-            continue
-        exact = (expected or {}).get(dist)
-        if version_key(have) != want:
-            out.append(
-                RuntimeMismatch(
-                    dist,
-                    have,
-                    exact or want,
-                    "fail",
-                    f"{dist} {have} belongs to oneAPI {version_key(have)}, the compiler is {want}",
-                    f"build with oneAPI {version_key(have)} (the torch runtime) or install "
-                    f"the torch build that pins {dist} {want}.x",
-                )
-            )
-        elif exact and have != exact:
-            out.append(
-                RuntimeMismatch(
-                    dist,
-                    have,
-                    exact,
-                    "warn",
-                    f"{dist} {have} differs from the {exact} torch pins (same toolkit {want})",
-                    f"pip install {dist}=={exact} (or reinstall torch) to match what torch was "
-                    "tested with",
-                )
-            )
-    return out

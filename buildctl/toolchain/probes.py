@@ -12,7 +12,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 
-from buildctl.toolchain.oneapi import COMPILER_RUNTIME_DISTS
+from buildctl.toolchain.runtime_wheels import COMPILER_RUNTIME_DISTS
 
 # Extra wheels worth showing next to the compiler runtime (not version-coupled to the compiler).
 OTHER_RUNTIME_DISTS = ("intel-pti", "oneccl", "oneccl-devel", "impi-rt", "tcmlib", "umf")
