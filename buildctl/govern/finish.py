@@ -108,6 +108,8 @@ class JobEnd(GovernorState):
     def _finish(
         self, job: Job, done: dict, outcome: Outcome | None = None, repro: str | None = None
     ) -> dict:
+        """An attempt ended: a cut-short run is recorded as a lower bound, then the job runs
+        again (`retry`) or is recorded, its profile written, and the launcher answered."""
         rc, sig = exit_of(done)
         tail = str(done.get("stderr_tail", ""))
         if outcome is None:  # remote executors: classify (and capture) in line
@@ -135,6 +137,34 @@ class JobEnd(GovernorState):
             self._record_profile(self._profile_entry(
                 job, peak, maxrss, elapsed, float(done.get("cpu_s", 0.0)), censored=True
             ))
+        retry = self._retry(job, outcome, peak, rc, sig, repro)
+        if retry is not None:
+            return retry
+        record = self._job_record(job, done, kind, peak, maxrss, elapsed, rc, sig)
+        with self._lock:
+            job.record = record
+            self.finished.append(record)
+            job.env = None  # a finished job's environment is not needed any more
+            job.output_tail = ""
+        if rc == 0:
+            self._refresh_guesses()  # this build now knows more about the job's siblings
+        self._admit()  # the slot is free: admit before the profile write, not after it
+        if rc == 0:
+            entry = self._profile_entry(job, peak, maxrss, elapsed, record.cpu_s, censored=False)
+            # A compiler-cache hit measured the cache, not the compile: kept, never a peak.
+            entry.cache_hit = is_cache_hit(evidence_from_done(
+                job.argv, job.kind, done, peak, job.prediction.bytes, job.prediction.wall_s,
+                job.prediction.source,
+            ))
+            self._record_profile(entry)
+        return self._reply(job, outcome, repro)
+
+    def _retry(
+        self, job: Job, outcome: Outcome, peak: int, rc: int, sig: int, repro: str | None
+    ) -> dict | None:
+        """The retry policy: the reply when the job runs again (its events logged), else None
+        (a last crash logged; a crash that passed on a re-run noted in its repro dir)."""
+        kind = outcome.kind
         rerun = policy.after_memory_kill(job.prediction.bytes, peak, job.memory_kills)
         if kind == "guard" and rerun is not None:
             job.prediction = dataclasses.replace(
@@ -178,6 +208,11 @@ class JobEnd(GovernorState):
         elif kind == "ok" and job.crashes and job.repro_dir:
             # Crashed before, passed now: a flaky compiler is worth knowing about.
             note_attempt(Path(job.repro_dir), job.attempts, "succeeded (the crash is flaky)")
+        return None
+
+    def _job_record(self, job: Job, done: dict, kind: str, peak: int, maxrss: int,
+                    elapsed: float, rc: int, sig: int) -> JobRecord:
+        """The job's line in the report."""
         status = {
             "ok": "ok",
             "hang": "hung",
@@ -187,7 +222,7 @@ class JobEnd(GovernorState):
             "interrupted": "interrupted",
         }.get(kind, "failed")
         last = job.verdict
-        record = JobRecord(
+        return JobRecord(
             output=job.output,
             kind=job.kind,  # type: ignore[arg-type]
             target=target_of(job.output),
@@ -215,22 +250,11 @@ class JobEnd(GovernorState):
             curve=list(policy_curve(job.curve)),
             predicted_curve=list(job.prediction.curve),
         )
-        with self._lock:
-            job.record = record
-            self.finished.append(record)
-            job.env = None  # a finished job's environment is not needed any more
-            job.output_tail = ""
-        if rc == 0:
-            self._refresh_guesses()  # this build now knows more about the job's siblings
-        self._admit()  # the slot is free: admit before the profile write, not after it
-        if rc == 0:
-            entry = self._profile_entry(job, peak, maxrss, elapsed, record.cpu_s, censored=False)
-            # A compiler-cache hit measured the cache, not the compile: kept, never a peak.
-            entry.cache_hit = is_cache_hit(evidence_from_done(
-                job.argv, job.kind, done, peak, job.prediction.bytes, job.prediction.wall_s,
-                job.prediction.source,
-            ))
-            self._record_profile(entry)
+
+    def _reply(self, job: Job, outcome: Outcome, repro: str | None) -> dict:
+        """The launcher's answer for a job that does not run again: ok, or fail with why."""
+        kind = outcome.kind
+        last = job.verdict
         if kind in ("hang", "spin"):
             what = "stalled" if kind == "hang" else "kept spinning"
             return {"op": "fail", "detail": (
