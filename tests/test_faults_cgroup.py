@@ -139,9 +139,12 @@ def test_real_thrash_is_reported_with_evidence_sheds_load_and_is_not_killed(
     paused = [e for e in report["events"]
               if e["kind"] == "throttle" and "thrashing" in e["detail"]]
     assert paused, report["events"]
-    resumed = [e for e in report["events"]
-               if e["kind"] == "throttle" and e["detail"] == "admission resumed"]
-    assert resumed and resumed[0]["t_s"] > paused[0]["t_s"]
+    # The pause ends when memory comes back, or, when the host's pressure (PSI avg10 decays over
+    # seconds) outlasts the pager, once nothing runs: then the build goes on one job at a time.
+    resumed = [e["t_s"] for e in report["events"] if e["kind"] == "throttle"
+               and e["detail"] == "admission resumed" and e["t_s"] > paused[0]["t_s"]]
+    pager_end = pager["started_at_s"] + pager["wall_s"]
+    go_on = min([*resumed, pager_end])
     for name in ("late0.cpp.o", "late1.cpp.o"):
-        assert jobs[name]["started_at_s"] >= resumed[0]["t_s"] - 0.3, (name, report["jobs"])
+        assert jobs[name]["started_at_s"] >= go_on - 0.3, (name, report["events"], report["jobs"])
         assert jobs[name]["queued_s"] > 1.0

@@ -199,8 +199,23 @@ def test_a_job_with_its_own_curve_is_projected_by_the_curve_not_its_rate() -> No
     job = live(1, 1, 3000, peak_ahead=3 * GiB, soon=int(1.5 * GiB), own_curve=True)
     assert policy.projected_total([job]) == int(1.5 * GiB)
     assert policy.projected_total([job], steps=True) == 3 * GiB
-    above_record = live(1, 4, 500, peak_ahead=3 * GiB, soon=3 * GiB, own_curve=True)
+    above_record = live(1, 4, 500, peak_ahead=4 * GiB, soon=3 * GiB, own_curve=True,
+                        predicted=3 * GiB)
     assert policy.projected_total([above_record]) == 4 * GiB + 1000 * MiB
+
+
+def test_a_job_on_its_recorded_plateau_is_not_projected_past_it() -> None:
+    """The ggml run on 16 cores (second build): five jobs reached ~320 MiB in 2.5 s, at their
+    recorded plateaus, live 86 % of the budget. Their recent rates, projected uncapped, froze four
+    of them for up to 47 s. Within its prediction a job grows no further than its profile says;
+    only a job above its predicted peak has outgrown it."""
+    plateau = [live(i, 3, 0, i, recent_bps=150 * MiB, peak_ahead=3 * GiB, soon=3 * GiB,
+                    own_curve=True, predicted=3 * GiB) for i in range(1, 6)]
+    actions = policy.pressure_actions(plateau, B)
+    assert actions.freeze == () and actions.kill is None
+    outgrown = [*plateau[:4], live(5, 3.5, 0, 5, recent_bps=150 * MiB, peak_ahead=int(3.5 * GiB),
+                                   own_curve=True, predicted=3 * GiB)]
+    assert policy.projected_total(outgrown, steps=True) == int(15.5 * GiB) + 300 * MiB
 
 
 def test_near_the_budget_a_step_freezes() -> None:
@@ -239,7 +254,7 @@ def test_censored_record(status: str, censored: bool) -> None:
 # --- siblings ----------------------------------------------------------------------------------
 
 
-def sib(peak_mib: int, size: int = 1000, directory: str = "CMakeFiles/k.dir",
+def sib(peak_mib: int, size: int = 40_000, directory: str = "CMakeFiles/k.dir",
         family: str = ".cu", finished: bool = True, compiler: str = "nvcc",
         kind: str = "compile") -> Sibling:
     return Sibling(compiler, kind, directory, family, size, peak_mib * MiB, finished)
@@ -253,8 +268,9 @@ SIBLING_TABLE = [
      (400, "sibling-dir")),
     ("a running sibling raises the estimate", [sib(300), sib(900, finished=False)],
      (900, "sibling-dir")),
-    ("size scaling, capped at 2x", [sib(300, size=100)], (600, "sibling-dir")),
-    ("size scaling down, floored at 0.5x", [sib(300, size=100_000)], (150, "sibling-dir")),
+    ("size scaling, capped at 2x", [sib(300, size=17_000)], (600, "sibling-dir")),
+    ("size scaling down, floored at 0.5x", [sib(300, size=400_000)], (150, "sibling-dir")),
+    ("an include shell's size says nothing", [sib(300, size=2_000)], (300, "sibling-dir")),
     ("other directory, same family", [sib(700, directory="CMakeFiles/other.dir")],
      (700, "sibling")),
     ("another compiler is no sibling", [sib(700, compiler="g++")], None),

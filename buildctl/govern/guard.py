@@ -52,6 +52,7 @@ class Guard(GovernorState):
             soon=soon,
             recent_bps=recent,
             own_curve=own_curve,
+            predicted=0 if job.prediction.source == "prior" else job.prediction.bytes,
         )
 
     def _memory_guard(self, avail: int, running: list[Job]) -> None:
@@ -82,6 +83,8 @@ class Guard(GovernorState):
                 reason = f"memory pressure: PSI full avg10 {pressure[1]:.1f}%"
         if reason and not self.paused:
             self.event("throttle", None, f"admission paused: {reason}", available=avail)
+        elif reason and _cause(reason) != _cause(self.paused):
+            self.event("throttle", None, f"admission still paused: {reason}", available=avail)
         elif not reason and self.paused:
             self.event("throttle", None, "admission resumed", available=avail)
         self.paused = reason
@@ -198,3 +201,8 @@ class Guard(GovernorState):
                    attempt=job.attempts, **result.data())
         self.event("hang", job.output, f"killed the tree ({result.state}, attempt "
                    f"{job.attempts})", bundle=bundle, attempt=job.attempts)
+
+
+def _cause(reason: str) -> str:
+    """A pause reason without its changing figures (faults/s, PSI %), to tell causes apart."""
+    return reason.split(":")[0].split(" (")[0]

@@ -189,6 +189,7 @@ PAUSE_AT = 0.90  # projected total / budget that pauses admission
 FREEZE_AT = 0.97  # projected total / budget that freezes a growing job
 FREEZE_LIVE_AT = 0.85  # live total / budget from which a step in RSS counts as growth
 THAW_BELOW = 0.85  # a frozen job resumes when the total plus what it may still grow fits this
+PREDICTION_SLACK = 1.05  # a job this far above its predicted peak has outgrown its profile
 THAW_HORIZON_S = 10.0  # an unprofiled frozen job may grow this long at its rate before the freeze
 
 
@@ -207,6 +208,7 @@ class LiveJob:
     soon: int = 0  # what its profile's curve says it reaches within the horizon (0: unknown)
     recent_bps: float | None = None  # the last window's slope, steps included (None: growth_bps)
     own_curve: bool = False  # `soon` comes from this job's own recorded curve
+    predicted: int = 0  # its predicted peak (0: a prior, no real prediction)
 
 
 @dataclass(frozen=True)
@@ -218,13 +220,32 @@ class PressureActions:
     why: str = ""  # the evidence for a freeze or kill, for the event log
 
 
+def _within(job: LiveJob) -> bool:
+    """Not above its predicted peak (with slack): above it the profile was wrong."""
+    return not job.predicted or job.rss <= job.predicted * PREDICTION_SLACK
+
+
+def _ceiling(job: LiveJob) -> int | None:
+    """The most a running job is expected to reach, or None when nothing says (no prediction,
+    or it outgrew the one it had). Within its prediction: its own curve's remaining peak (a
+    plateau included), else the predicted peak; a sibling's curve is another job's shape and
+    timing, and scaled to this job's live RSS it overstates what is left."""
+    if job.predicted:
+        if not _within(job):
+            return None
+        return job.peak_ahead if job.own_curve and job.peak_ahead else job.predicted
+    if job.peak_ahead and job.rss <= job.peak_ahead:
+        return job.peak_ahead
+    return None
+
+
 def _growth(job: LiveJob, horizon_s: float, *, steps: bool = False) -> int:
     """What a running job adds over the horizon: what its own curve says comes next, when it has
     one and runs within it; else its sustained rate (with `steps`: the faster of that and its
-    last window's, a step included), never past what its profile says it will still reach."""
+    last window's, a step included), never past its ceiling (`_ceiling`)."""
     if job.frozen:
         return 0
-    if job.own_curve and not steps and (not job.peak_ahead or job.rss < job.peak_ahead):
+    if job.own_curve and not steps and _within(job):
         # Its own record says what comes next; a compiler's phase steps are in it already,
         # and a rate would count each of them again as a trend.
         return max(0, job.soon - job.rss)
@@ -232,8 +253,9 @@ def _growth(job: LiveJob, horizon_s: float, *, steps: bool = False) -> int:
     if steps and job.recent_bps is not None:
         rate = max(rate, job.recent_bps)
     grow = max(0.0, rate) * horizon_s
-    if job.peak_ahead and job.rss < job.peak_ahead:  # at or past it, the profile is wrong
-        grow = min(grow, job.peak_ahead - job.rss)
+    ceiling = _ceiling(job)
+    if ceiling is not None:
+        grow = min(grow, max(0, ceiling - job.rss))
     # A recorded curve may know a rise is coming before the rate shows it.
     return int(max(grow, job.soon - job.rss))
 
@@ -332,7 +354,8 @@ def pressure_actions(
         room = int(THAW_BELOW * budget) - projected
         nothing_runs = not running
         for job in sorted((j for j in jobs if j.frozen), key=lambda j: (j.started_at, j.job_id)):
-            may_grow = max(0, job.peak_ahead - job.rss) if job.peak_ahead else int(
+            ceiling = _ceiling(job)
+            may_grow = max(0, ceiling - job.rss) if ceiling is not None else int(
                 max(0.0, job.growth_bps) * THAW_HORIZON_S
             )
             if may_grow <= room or (nothing_runs and not thaw):
@@ -426,10 +449,13 @@ class Sibling:
 
 
 SIZE_SCALE_LIMITS = (0.5, 2.0)  # a source's size moves its sibling-based prediction at most this
+# Below this a source is a shell around its includes (ggml's template instances: 0.3-2 KiB, each
+# compile 320-380 MiB): its size says nothing about its compile, and scaling doubled predictions.
+SIZE_SCALE_MIN_BYTES = 16 * 1024
 
 
 def _scaled(peak: int, size: int, sibling_size: int) -> int:
-    if size <= 0 or sibling_size <= 0:
+    if min(size, sibling_size) < SIZE_SCALE_MIN_BYTES:
         return peak
     low, high = SIZE_SCALE_LIMITS
     return int(peak * min(high, max(low, size / sibling_size)))
