@@ -63,6 +63,11 @@ class JobRecord(BaseModel):
     # Crash repro or stall bundle of this job (kept even when a retry succeeded).
     repro_dir: str | None = None
     signal: int | None = None  # the signal the command died of, if any
+    # Its RSS curve, (seconds since start, tree RSS) thinned to <= 64 points, and the curve it
+    # was admitted on (a profile's, a sibling's; empty for a prior): the simulator replays
+    # admission with them. Empty in reports from before curves.
+    curve: list[tuple[float, int]] = Field(default_factory=list)
+    predicted_curve: list[tuple[float, int]] = Field(default_factory=list)
 
 
 class Event(BaseModel):

@@ -124,8 +124,9 @@ def test_simulator_packs_waiting_jobs_like_the_governor() -> None:
     # The slot term of the lower bound weighs jobs by their share too.
     assert lower_bound(jobs, 1, 4096 * MiB, 1) == 8.0
     assert lower_bound(jobs, 1, 4096 * MiB, 1, whole_slots=True) == 32.0
-    # Memory still binds: 150 MiB for 50 MiB jobs leaves room for three.
-    tight = simulate(jobs, HostShape(cores=1, budget_bytes=150 * MiB))
+    # Memory still binds: admission packs to 97 % (policy.FREEZE_AT) of 160 MiB, room for three
+    # 50 MiB jobs.
+    tight = simulate(jobs, HostShape(cores=1, budget_bytes=160 * MiB))
     assert tight.busy_peak_slots == 3
 
 

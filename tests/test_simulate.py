@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -15,13 +16,15 @@ from buildctl.govern.simulate import (
     jobs_from_report,
     link_target_candidates,
     lower_bound,
+    peak_total,
     simulate,
 )
-from buildctl.report import BuildReport, JobRecord
+from buildctl.report import BuildReport, Event, JobRecord
 
 M = 1024**2
 G = 1024**3
-EXACT = {"dispatch_s": 0.0, "settle_s": 0.0}  # no launcher/bookkeeping latency: exact arithmetic
+EXACT = {"dispatch_s": 0.0, "settle_s": 0.0, "admission_fraction": 1.0}  # exact arithmetic
+# (no launcher/bookkeeping latency; admission packs to the whole budget, not FREEZE_AT of it)
 
 
 def c(name: str, mb: int, wall: float, target: str = "t", cpu: float | None = None) -> SimJob:
@@ -311,3 +314,178 @@ def test_jobs_from_profiles_keeps_the_latest_entry_per_output() -> None:
     jobs = {j.output: j for j in jobs_from_profiles(entries)}
     assert jobs["a.o"].peak_bytes == 2 * M and jobs["a.o"].wall_s == 2.0
     assert jobs["x"].kind == "other"
+
+
+# --- RSS curves: admission over time, as scheduler.decide sees it --------------------------------
+
+EARLY = ((0.0, 100 * M), (1.0, 600 * M), (4.0, 600 * M), (5.0, 100 * M), (10.0, 100 * M))
+LATE = ((0.0, 100 * M), (6.0, 100 * M), (7.0, 600 * M), (9.0, 600 * M), (10.0, 100 * M))
+FLAT = ((0.0, 600 * M), (10.0, 600 * M))
+
+
+@pytest.mark.parametrize(
+    ("curve", "b_starts", "peak_mb"),
+    [
+        # Peaks early: b joins once a is past its peak (found mid-run, at no start or end).
+        (EARLY, (4.0, 6.0), 700),
+        # Peaks late: b joins early enough that its own peak comes after a's.
+        (LATE, (3.0, 5.0), 700),
+        # Peak held throughout: the peaks always coincide, as a sum of peaks says.
+        (FLAT, (10.0, 10.0), 600),
+        # No curve: the job holds its peak for its whole run.
+        ((), (10.0, 10.0), 600),
+    ],
+)
+def test_jobs_whose_peaks_do_not_coincide_overlap(
+    curve: tuple[tuple[float, int], ...], b_starts: tuple[float, float], peak_mb: int
+) -> None:
+    # Two 600 MB jobs under 1000 MB: a sum of peaks never lets them run together.
+    jobs = [SimJob(f"CMakeFiles/t.dir/{n}.cpp.o", "compile", 600 * M, 10.0, 10.0, "t",
+                   curve=curve) for n in ("a", "b")]
+    r = simulate(jobs, HostShape(cores=2, budget_bytes=1000 * M), **EXACT)
+    got = spans(r)
+    assert got["a"][0] == 0.0
+    assert b_starts[0] <= got["b"][0] <= b_starts[1]
+    # The peak total is the largest sum of the curves as scheduled, not a sum of peaks.
+    assert r.peak_total_bytes == peak_mb * M
+
+
+def test_a_replay_admits_on_the_predicted_curve_not_the_real_one() -> None:
+    # The governor predicted a flat curve (a sibling's): no overlap, whatever really happened.
+    jobs = [SimJob(f"CMakeFiles/t.dir/{n}.cpp.o", "compile", 600 * M, 10.0, 10.0, "t",
+                   curve=EARLY, predicted_curve=FLAT) for n in ("a", "b")]
+    r = simulate(jobs, HostShape(cores=2, budget_bytes=1000 * M), **EXACT)
+    assert spans(r)["b"][0] == 10.0 and r.peak_total_bytes == 600 * M
+    # Predicted on a prior (no curve) below what it reaches: admitted together, overcommitted.
+    cold = [SimJob(f"CMakeFiles/t.dir/{n}.cpp.o", "compile", 600 * M, 10.0, 10.0, "t",
+                   predicted_bytes=300 * M, curve=EARLY, predicted_curve=()) for n in ("a", "b")]
+    r = simulate(cold, HostShape(cores=2, budget_bytes=1000 * M), **EXACT)
+    assert spans(r) == {"a": (0.0, 10.0), "b": (0.0, 10.0)}
+    assert r.peak_total_bytes == 1200 * M
+
+
+@pytest.mark.parametrize(
+    ("placed", "peak_mb"),
+    [
+        ([], 0),
+        ([(FLAT, 0.0)], 600),
+        ([(EARLY, 0.0), (EARLY, 0.0)], 1200),  # coinciding peaks add up
+        ([(EARLY, 0.0), (EARLY, 4.0)], 700),  # b's rise at 5 s meets a's fall at 5 s
+        ([(EARLY, 0.0), (EARLY, 3.5)], 1200),  # b peaks from 4.5 s, a until 5 s
+        ([(EARLY, 0.0), ((), 2.0)], 1200),  # no curve: its peak from start to end
+        ([((), 0.0), ((), 10.0)], 600),  # one ends as the other starts: never both
+        ([(LATE, 0.0), (EARLY, 0.0)], 700),
+    ],
+)
+def test_peak_total_sums_the_curves_over_time(
+    placed: list[tuple[tuple[tuple[float, int], ...], float]], peak_mb: int
+) -> None:
+    jobs = [(SimJob(f"j{i}.o", "compile", 600 * M, 10.0, curve=curve), start)
+            for i, (curve, start) in enumerate(placed)]
+    assert peak_total(jobs) == peak_mb * M
+
+
+def test_rss_at_holds_between_points_and_is_zero_before_the_first() -> None:
+    job = SimJob("a.o", "compile", 600 * M, 10.0, curve=((0.5, 50 * M), (2.0, 600 * M)))
+    assert [job.rss_at(t) for t in (0.0, 0.5, 1.9, 2.0, 9.0)] == [0, 50 * M, 50 * M, 600 * M,
+                                                                 600 * M]
+    assert SimJob("b.o", "compile", 600 * M, 10.0).rss_at(1.0) == 600 * M
+
+
+def test_admission_packs_below_the_freeze_mark_as_the_governor_does() -> None:
+    # 700 + 300 fit 1000 MB exactly, but the governor admits against 97 % of the budget.
+    jobs = [c("l", 700, 3.0), c("x", 300, 1.0)]
+    shape = HostShape(cores=2, budget_bytes=1000 * M)
+    assert spans(simulate(jobs, shape, **EXACT))["x"] == (0.0, 1.0)
+    assert spans(simulate(jobs, shape, dispatch_s=0.0, settle_s=0.0))["x"] == (3.0, 4.0)
+
+
+def test_jobs_on_a_prior_start_a_few_at_a_time() -> None:
+    # Never-measured family: policy.unknown_family_limit(4 slots) = 2 at once.
+    jobs = [SimJob(f"CMakeFiles/t.dir/{i}.cpp.o", "compile", 10 * M, 1.0, 1.0, "t",
+                   unknown_group="compile|.cpp") for i in range(4)]
+    r = simulate(jobs, HostShape(cores=4, budget_bytes=G), **EXACT)
+    assert r.busy_peak_slots == 2 and r.makespan_s == 2.0
+    known = [dataclasses.replace(j, unknown_group="") for j in jobs]
+    assert simulate(known, HostShape(cores=4, budget_bytes=G), **EXACT).busy_peak_slots == 4
+
+
+def test_reports_and_profiles_carry_curves() -> None:
+    curve = [(0.0, 10 * M), (1.5, 300 * M), (2.0, 20 * M)]
+    sibling = [(0.0, 10 * M), (2.0, 250 * M)]
+    report = BuildReport(budget_bytes=G, slots=2, jobs=[
+        JobRecord(output="CMakeFiles/t.dir/a.cpp.o", kind="compile", target="t",
+                  predicted_rss_bytes=250 * M, prediction_source="sibling", peak_rss_bytes=300 * M,
+                  wall_s=2.0, status="ok", curve=curve, predicted_curve=sibling),
+        JobRecord(output="CMakeFiles/t.dir/b.cpp.o", kind="compile", target="t",
+                  predicted_rss_bytes=400 * M, prediction_source="prior", peak_rss_bytes=300 * M,
+                  wall_s=2.0, status="ok", curve=curve),
+    ])
+    report = BuildReport.model_validate_json(report.to_json())  # through JSON, as read back
+    warm, prior = jobs_from_report(report)
+    assert warm.curve == tuple(curve) and warm.prediction_curve == tuple(curve)
+    assert warm.unknown_group == "" and prior.unknown_group == ""
+    sib, prior = jobs_from_report(report, replay=True)
+    assert sib.prediction_curve == tuple(sibling) and sib.unknown_group == ""
+    assert prior.prediction_curve == () and prior.unknown_group == "compile|.cpp"
+    # Both were never measured: a replay predicts them again as the build learns.
+    assert sib.learns and prior.learns and sib.prior_bytes == prior.prior_bytes == 400 * M
+    assert not any(j.learns for j in jobs_from_report(report))
+    # A report from before curves: no curve, every job holds its peak.
+    old = JobRecord.model_validate({"output": "x.o", "kind": "compile",
+                                    "predicted_rss_bytes": M, "status": "ok"})
+    assert old.curve == [] and old.predicted_curve == []
+    entry = ProfileEntry(output="a.o", kind="compile", compiler="gcc", peak_rss_bytes=300 * M,
+                         wall_s=2.0, curve=curve)
+    (job,) = jobs_from_profiles([entry])
+    assert job.curve == tuple(curve) and job.prediction_curve == tuple(curve)
+
+
+def test_a_replayed_freeze_keeps_the_slot_and_holds_the_rss() -> None:
+    rising = ((0.0, 100 * M), (1.5, 500 * M), (4.0, 500 * M))
+    a = SimJob("CMakeFiles/t.dir/a.cpp.o", "compile", 500 * M, 4.0, 4.0, "t", curve=rising,
+               pauses=((1.0, 2.0),))
+    assert a.occupancy_s == 6.0
+    assert [a.running_s(t) for t in (0.5, 1.0, 2.0, 3.0, 3.5, 6.0)] == [0.5, 1.0, 1.0, 1.0, 1.5,
+                                                                          4.0]
+    # Frozen from 1 s to 3 s of the wall clock: its rise comes at 3.5 s, not 1.5 s.
+    other = SimJob("x.o", "compile", 450 * M, 0.4)
+    assert peak_total([(a, 0.0), (other, 3.0)]) == 550 * M
+    assert peak_total([(a, 0.0), (other, 3.5)]) == 950 * M
+    report = BuildReport(budget_bytes=G, slots=1, jobs=[
+        JobRecord(output=a.output, kind="compile", target="t", predicted_rss_bytes=500 * M,
+                  peak_rss_bytes=500 * M, wall_s=4.0, started_at_s=10.0, frozen_s=2.5,
+                  status="ok", curve=list(rising), predicted_curve=list(rising)),
+    ], events=[
+        Event(kind="freeze", t_s=8.0, output=a.output),  # an earlier attempt's
+        Event(kind="thaw", t_s=8.5, output=a.output),
+        Event(kind="freeze", t_s=11.0, output=a.output),
+        Event(kind="thaw", t_s=13.0, output=a.output),
+    ])
+    (replayed,) = jobs_from_report(report, replay=True)
+    assert replayed.pauses == ((1.0, 2.0),)
+    assert jobs_from_report(report)[0].pauses == ()  # a plan: the guard is not replayed
+    r = simulate([replayed, SimJob("CMakeFiles/t.dir/b.cpp.o", "compile", 500 * M, 1.0, 1.0,
+                                   "t")], HostShape(cores=1, budget_bytes=G), **EXACT)
+    assert spans(r) == {"a": (0.0, 6.0), "b": (6.0, 7.0)}  # a frozen job keeps its slot
+
+
+@pytest.mark.parametrize(
+    ("learns", "expected"),
+    [
+        # As the governor: all three start on the prior (400 MB), two at once (slow start,
+        # enqueue order); c is predicted from a (300 MB) when a ends, and fits beside b.
+        (True, {"a": (0.0, 1.0), "b": (0.0, 2.0), "c": (1.0, 2.0)}),
+        # With its final prediction from the start, c (600 MB) would go first.
+        (False, {"c": (0.0, 1.0), "a": (0.0, 1.0), "b": (1.0, 3.0)}),
+    ],
+)
+def test_a_cold_replay_predicts_again_as_siblings_finish(
+    learns: bool, expected: dict[str, tuple[float, float]]
+) -> None:
+    def job(name: str, peak: int, wall: float, source_predicted: int) -> SimJob:
+        return SimJob(f"CMakeFiles/t.dir/{name}.cpp.o", "compile", peak * M, wall, wall, "t",
+                      predicted_bytes=source_predicted * M, learns=learns, prior_bytes=400 * M)
+    jobs = [job("a", 300, 1.0, 400), job("b", 300, 2.0, 400), job("c", 600, 1.0, 600)]
+    r = simulate(jobs, HostShape(cores=2, budget_bytes=1000 * M), **EXACT)
+    assert spans(r) == expected

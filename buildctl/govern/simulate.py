@@ -3,9 +3,17 @@
 Input: one record per job (measured peak RSS, wall time, CPU time, kind, target), a host shape
 (CPU slots, memory budget, optionally RAM and swap). Output: the predicted schedule, makespan,
 peak total RSS, the jobs that must run alone, and the swap they need. The admission policy is
-the governor's own `scheduler.decide`, called at every event (a job becomes visible or ends),
-which is exactly when the governor re-decides too (it also re-decides on every sample tick, but
-between events nothing it looks at changes in the simulation).
+the governor's own `scheduler.decide`, against the governor's admission budget (budget x
+`policy.FREEZE_AT`), called at every event (a job becomes visible or ends) and, while jobs wait
+and running jobs have RSS curves, on a time grid: a running job's envelope
+(`policy.running_envelope`) shrinks as it moves past its peak, so an overlap may become possible
+mid-run. The governor re-decides on every sample (`decide_step_s`, 0.25 s); the simulation
+every `decide_step_s` or every `policy.CURVE_BLUR` of the check's horizon, whichever is longer
+(each decision costs one grid per job in ninja's window; the check blurs curves by as much, so
+an admission that becomes possible mid-run is found at most that late), and only when a waiting
+job's CPU share fits (otherwise `decide` certainly admits nothing).
+Waiting jobs are offered with the curve they are predicted with (`scheduler.Waiting.curve`), so
+jobs whose peaks do not coincide overlap as in the governor.
 
 Approximations (each one is a knob or a documented limit, not a hidden guess):
 
@@ -29,23 +37,44 @@ Approximations (each one is a knob or a documented limit, not a hidden guess):
   waiting (`scheduler.cpu_share`; `HostShape.whole_slots` turns that off); jobs with inner
   parallelism (CPU time above wall time: parallel
   device links, ThinLTO) are not slowed down when they share too few cores.
-- Memory: a running job holds its peak for its whole run, so the predicted peak total is an upper
-  bound of a sampled one; the governor reserves `max(predicted, current RSS)`, and predicted is
-  the profile's peak unless a replay passes what the governor predicted at the time.
+- Memory: a job with an RSS curve (`SimJob.curve`, seconds since its start -> bytes, held
+  between points; 0 before its first sample, as the governor's live RSS is) uses exactly that
+  curve in every run; the governor's running envelope gets the job's RSS at its elapsed time
+  from it. The peak total is the largest sum of the running jobs' curve values over the final
+  schedule (exact for such step curves). A job without a curve holds its peak for its whole run
+  (its share of the peak total is an upper bound, as before). Predictions are the profile's
+  (peak and curve) unless a replay passes what the governor predicted at the time, curve
+  included (`predicted_curve`: a sibling's, or none for a prior).
+- The memory guard (pause, freeze, kill on live totals) is not modelled; a replay repeats the
+  freezes of its report (`SimJob.pauses`, from the freeze/thaw events): a frozen job keeps its
+  slot and its RSS, and its curve resumes where it stopped. A plan assumes no freezes.
+- Learning: a replayed job the governor had never measured (`learns`: predicted on a prior
+  or from siblings) is predicted as the governor does, from the jobs this simulated build has
+  finished (`policy.sibling_prediction`; reports name no compiler and no source size, so all
+  jobs count as one compiler and sizes do not scale), again whenever a job ends; before any
+  sibling has finished, at its kind's recorded prior with its family's slow start
+  (`policy.unknown_family_limit` for jobs with an `unknown_group`; the key leaves out the
+  compiler).
+- Not modelled either: admission pauses, a job running slower or longer than its record (its
+  curve is never stretched), and ticks falling at other phases of the governor's sample clock.
+  Where a learned prediction is below a job's real peak, the simulation overcommits as
+  admission alone would; the real guard pauses admission and freezes jobs instead.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
+import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
-from buildctl.govern import scheduler
-from buildctl.govern.profiles import ProfileEntry, target_of
+from buildctl.govern import policy, scheduler
+from buildctl.govern.profiles import ProfileEntry, family_of, target_of
 from buildctl.host import default_budget
-from buildctl.report import BuildReport
+from buildctl.report import BuildReport, JobRecord
 
 DEFAULT_MAX_BYPASS_S = 60.0  # the governor's default (GovernorOptions.max_bypass_s)
 # A report's wall_s runs from admission to the governor having processed `done`, so the next
@@ -54,6 +83,10 @@ DEFAULT_SETTLE_S = 0.0
 # ninja starting a link's launcher (a Python process) until it registers: 80-110 ms measured on
 # the 2-core test machine (up to 2 s under heavy load).
 DEFAULT_DISPATCH_S = 0.1
+# Predictions of a never-measured job, made in the build itself (Governor._predict).
+LEARNING_SOURCES = ("prior", "sibling", "sibling-dir")
+# The governor re-decides on every sample tick (GovernorOptions.sample_interval_s).
+DEFAULT_DECIDE_STEP_S = 0.25
 
 
 @dataclass(frozen=True)
@@ -73,10 +106,59 @@ class SimJob:
     # arrived in, since after its start-up gathering the governor admits whatever fits as soon
     # as it arrives). Jobs with dependencies arrive when those end, whatever this says.
     arrival_s: float = 0.0
+    # Its RSS over its run ((seconds since start, bytes), thinned); () = holds its peak throughout.
+    curve: policy.Curve = ()
+    # The curve the governor predicts it with (replays: a sibling's, or () for a prior); None =
+    # its own curve (a warm profile).
+    predicted_curve: policy.Curve | None = None
+    # Family key while it is predicted on a prior (replays): the governor's slow start for a
+    # never-measured family (scheduler.Waiting.unknown_group).
+    unknown_group: str = ""
+    # Replays: when the memory guard froze it, as (seconds of its run before the freeze, seconds
+    # frozen). A frozen job keeps its slot and its RSS; its curve and wall_s leave that time out.
+    pauses: tuple[tuple[float, float], ...] = ()
+    # Replays of a job the governor had never measured: predicted from the siblings this build
+    # has measured so far (policy.sibling_prediction), as the governor re-predicts a waiting
+    # job whenever one ends; before any has, `prior_bytes` with the slow start of its family.
+    learns: bool = False
+    prior_bytes: int | None = None
+
+    @property
+    def occupancy_s(self) -> float:
+        """From admission to its end: its run plus the time it was frozen."""
+        return self.wall_s + sum(length for _, length in self.pauses)
+
+    def running_s(self, since_start_s: float) -> float:
+        """How far into its run (its curve's clock) it is `since_start_s` after admission."""
+        shift = 0.0
+        for offset, length in self.pauses:
+            begin = offset + shift  # the freeze, on the clock since admission
+            if since_start_s <= begin:
+                break
+            shift += min(length, since_start_s - begin)
+            if since_start_s < begin + length:
+                break
+        return since_start_s - shift
 
     @property
     def predicted(self) -> int:
         return self.peak_bytes if self.predicted_bytes is None else self.predicted_bytes
+
+    @property
+    def prediction_curve(self) -> policy.Curve:
+        return self.curve if self.predicted_curve is None else self.predicted_curve
+
+    def rss_at(self, elapsed_s: float) -> int:
+        """Its RSS `elapsed_s` into its run: the last curve point at or before it (0 before the
+        first one); without a curve, its peak."""
+        if not self.curve:
+            return self.peak_bytes
+        rss = 0
+        for t, value in self.curve:
+            if t > elapsed_s:
+                break
+            rss = value
+        return rss
 
     @property
     def cpu_share(self) -> float:
@@ -257,11 +339,18 @@ def simulate(
     dispatch_s: float = DEFAULT_DISPATCH_S,
     settle_s: float = DEFAULT_SETTLE_S,
     max_bypass_s: float = DEFAULT_MAX_BYPASS_S,
+    admission_fraction: float = policy.FREEZE_AT,
+    decide_step_s: float = DEFAULT_DECIDE_STEP_S,
 ) -> SimResult:
-    """List-schedule `jobs` with `scheduler.decide` and report what the governor would do."""
+    """List-schedule `jobs` with `scheduler.decide` and report what the governor would do.
+    `admission_fraction`: of the budget, what admission packs to (the governor's FREEZE_AT);
+    `decide_step_s`: how often decisions are retaken between events while running jobs have
+    curves (the governor's sample interval)."""
     budget = host.budget_bytes
+    admission_budget = int(budget * admission_fraction)
     slots = host.effective_slots
     width = host.effective_width
+    unknown_limit = policy.unknown_family_limit(slots)
     shares = [1.0 if host.whole_slots else job.cpu_share for job in jobs]
     deps, notes = infer_dependencies(jobs)
     priority = _path_lengths(jobs, deps)
@@ -270,6 +359,10 @@ def simulate(
     for link, needs in deps.items():
         for index in needs:
             dependants.setdefault(index, []).append(link)
+    # Each job as the governor predicts it now: learning jobs (replays of never-measured ones)
+    # are predicted again when they register and whenever a job ends, as the governor does.
+    predicted = list(jobs)
+    done: list[policy.Sibling] = []
 
     # Ready, waiting for a place in ninja's window: a heap on (-path length, input order).
     pending: list[tuple[float, int]] = []
@@ -287,46 +380,59 @@ def simulate(
     ends: list[tuple[float, int]] = []  # (end time, index)
     schedule: list[Scheduled] = []
     t = 0.0
-    peak_total = 0
     busy_peak = 0
     finished = 0
+    last_reason = ""
+    placed: list[tuple[SimJob, float]] = []  # (job, start) for the peak total
 
     while finished < len(jobs):
         while arriving and arriving[0][0] <= t:
             index = heapq.heappop(arriving)[1]
             heapq.heappush(pending, (-priority[index], index))
         while pending and len(visible) + len(running) < width:
-            visible[heapq.heappop(pending)[1]] = t
-        decision = scheduler.decide(
-            [
-                scheduler.Waiting(i, jobs[i].predicted, at, shares[i])
-                for i, at in visible.items()
-            ],
-            [
-                scheduler.Running(i, jobs[i].predicted, jobs[i].peak_bytes, excl, shares[i])
-                for i, excl in running.items()
-            ],
-            budget,
-            slots,
-            now=t,
-            max_bypass_s=max_bypass_s,
-        )
-        for index in decision.admit:
-            del visible[index]
-            running[index] = index in decision.exclusive
-            starts[index] = t
-            heapq.heappush(ends, (t + jobs[index].wall_s + settle_s, index))
-        if running:
-            peak_total = max(peak_total, sum(jobs[i].peak_bytes for i in running))
-            busy_peak = max(busy_peak, len(running))
-        next_end = ends[0][0] if ends else None
-        next_arrival = arriving[0][0] if arriving else None
-        if next_end is None and next_arrival is None:
+            index = heapq.heappop(pending)[1]
+            visible[index] = t
+            if jobs[index].learns:
+                predicted[index] = _learned(jobs[index], done, _running_siblings(
+                    jobs, running, starts, t))
+        if _may_admit(visible, running, shares, slots):
+            decision = scheduler.decide(
+                [_waiting(predicted[i], i, at, shares[i]) for i, at in visible.items()],
+                [_running(predicted[i], i, t - starts[i], excl, shares[i])
+                 for i, excl in running.items()],
+                admission_budget,
+                slots,
+                now=t,
+                max_bypass_s=max_bypass_s,
+                unknown_limit=unknown_limit,
+            )
+            last_reason = decision.reason
+            for index in decision.admit:
+                del visible[index]
+                running[index] = index in decision.exclusive
+                starts[index] = t
+                heapq.heappush(ends, (t + jobs[index].occupancy_s + settle_s, index))
+        busy_peak = max(busy_peak, len(running))
+        next_end = ends[0][0] if ends else math.inf
+        next_arrival = arriving[0][0] if arriving else math.inf
+        next_tick = math.inf
+        if visible and any(_moves(predicted[i]) for i in running):
+            # The governor re-decides every sample; here at most every CURVE_BLUR of the
+            # check's horizon (the blur it allows every curve anyway): each decision costs a
+            # grid per waiting job, and plans of hundreds of jobs must stay quick.
+            horizon = policy.horizon_of(
+                [_running(predicted[i], i, t - starts[i], False, 1.0).future() for i in running]
+                + [policy.waiting_envelope(predicted[i].prediction_curve, predicted[i].predicted)
+                   for i in visible]
+            )
+            step = max(decide_step_s, horizon * policy.CURVE_BLUR)
+            next_tick = (math.floor(t / step + 1e-9) + 1) * step
+        if next_end == math.inf and next_arrival == math.inf:
             # decide() always admits something on an idle machine; fail loudly should a policy
             # change ever break that, instead of looping forever.
-            raise RuntimeError(f"simulation stalled at t={t:.1f}s: {decision.reason}")
-        if next_end is None or (next_arrival is not None and next_arrival < next_end):
-            t = next_arrival  # type: ignore[assignment]
+            raise RuntimeError(f"simulation stalled at t={t:.1f}s: {last_reason}")
+        if min(next_arrival, next_tick) < next_end:
+            t = min(next_arrival, next_tick)
             continue
         t = next_end
         while ends and ends[0][0] <= t:
@@ -336,10 +442,18 @@ def simulate(
             start = starts[index]
             schedule.append(
                 Scheduled(
-                    job.output, job.kind, start, start + job.wall_s, job.peak_bytes, exclusive
+                    job.output, job.kind, start, start + job.occupancy_s, job.peak_bytes,
+                    exclusive,
                 )
             )
+            placed.append((job, start))
             finished += 1
+            done.append(_sibling(job, job.peak_bytes, finished=True))
+            if any(jobs[i].learns for i in visible):  # Governor._refresh_guesses
+                siblings = _running_siblings(jobs, running, starts, t)
+                for i in visible:
+                    if jobs[i].learns:
+                        predicted[i] = _learned(jobs[i], done, siblings)
             for link in dependants.get(index, ()):
                 missing[link].discard(index)
                 if not missing[link]:
@@ -355,7 +469,7 @@ def simulate(
     schedule.sort(key=lambda s: (s.start_s, s.output))
     return SimResult(
         makespan_s=max((s.end_s for s in schedule), default=0.0),
-        peak_total_bytes=peak_total,
+        peak_total_bytes=peak_total(placed),
         schedule=tuple(schedule),
         alone=alone,
         swap_needed_bytes=swap_needed,
@@ -367,6 +481,107 @@ def simulate(
         busy_peak_slots=busy_peak,
         link_deps=notes,
     )
+
+
+def _may_admit(
+    visible: dict[int, float], running: dict[int, bool], shares: Sequence[float], slots: int
+) -> bool:
+    """False when `scheduler.decide` certainly admits nothing (nothing waits, a job runs alone,
+    or no waiting job's CPU share fits in the free slots): skipping those calls is what keeps
+    deciding on every tick cheap."""
+    if not visible or any(running.values()):
+        return False
+    free = slots - sum(shares[i] for i in running)
+    return any(shares[i] <= free + 1e-9 for i in visible)
+
+
+def _moves(job: SimJob) -> bool:
+    """Whether its reservation changes while it runs: with a predicted curve (its position
+    moves) or a live RSS above its prediction (its own curve); otherwise deciding again
+    between events changes nothing."""
+    return bool(job.prediction_curve) or policy.curve_peak(job.curve) > job.predicted
+
+
+def _waiting(job: SimJob, index: int, enqueued_at: float, share: float) -> scheduler.Waiting:
+    return scheduler.Waiting(index, job.predicted, enqueued_at, share,
+                             curve=job.prediction_curve, unknown_group=job.unknown_group)
+
+
+def _sibling(job: SimJob, peak: int, *, finished: bool) -> policy.Sibling:
+    """A job as policy.sibling_prediction sees it (reports do not name the compiler: one)."""
+    return policy.Sibling(
+        compiler="", kind=job.kind, directory=str(PurePosixPath(job.output).parent),
+        family=family_of(job.output), source_bytes=0, peak=peak, finished=finished,
+        curve=job.curve if finished else (),
+    )
+
+
+def _running_siblings(jobs: Sequence[SimJob], running: dict[int, bool],
+                      starts: dict[int, float], t: float) -> list[policy.Sibling]:
+    """Running jobs as siblings: lower bounds, the most each reached so far."""
+    siblings = []
+    for i in running:
+        job = jobs[i]
+        elapsed = job.running_s(t - starts[i])
+        reached = max((rss for at, rss in job.curve if at <= elapsed), default=0) \
+            if job.curve else job.peak_bytes
+        siblings.append(_sibling(job, reached, finished=False))
+    return siblings
+
+
+def _learned(job: SimJob, done: Sequence[policy.Sibling],
+             running: Sequence[policy.Sibling]) -> SimJob:
+    """A never-measured job's prediction from this build's siblings (Governor._predict): their
+    estimate and curve once one has finished, else its prior, a few of its family at a time."""
+    guess = policy.sibling_prediction(_sibling(job, 0, finished=False), [*done, *running])
+    if guess is None:
+        return dataclasses.replace(
+            job, predicted_bytes=job.prior_bytes, predicted_curve=(),
+            unknown_group=f"{job.kind}|{family_of(job.output)}",
+        )
+    estimate, _, curve = guess
+    return dataclasses.replace(job, predicted_bytes=estimate, predicted_curve=curve,
+                               unknown_group="")
+
+
+def _running(job: SimJob, index: int, since_start_s: float, exclusive: bool,
+             share: float) -> scheduler.Running:
+    """A running job as the governor's admission sees it `since_start_s` after admission (its
+    position on its curves: frozen time left out, as Job.running_s does)."""
+    elapsed = job.running_s(since_start_s)
+    rss = job.rss_at(elapsed)
+    envelope = policy.running_envelope(job.prediction_curve, job.predicted, rss, elapsed)
+    return scheduler.Running(index, job.predicted, rss, exclusive, share, envelope=envelope,
+                             unknown_group=job.unknown_group)
+
+
+def peak_total(placed: Iterable[tuple[SimJob, float]]) -> int:
+    """The largest total RSS of the jobs running together: each job's curve placed at its start
+    (its peak over its whole run when it has none). RSS holds between curve points, so the total
+    changes only at a job's start, curve point or end: sweeping those moments is exact."""
+    changes: list[tuple[float, int]] = []  # (time, change of the total)
+    for job, start in placed:
+        end = start + job.occupancy_s
+        if not job.curve:
+            changes += [(start, job.peak_bytes), (end, -job.peak_bytes)]
+            continue
+        before = 0
+        for t, rss in job.curve:
+            if t >= job.wall_s:
+                break  # a curve point at (or, rounded, after) the job's end
+            # Frozen before this point: it comes that much later (RSS holds while frozen).
+            later = sum(length for offset, length in job.pauses if offset < t)
+            changes.append((start + t + later, rss - before))
+            before = rss
+        changes.append((end, -before))
+    changes.sort()
+    total = best = 0
+    for position, (when, delta) in enumerate(changes):
+        total += delta
+        # Moments that coincide count once every change at them is in (an end and a start).
+        if position + 1 == len(changes) or changes[position + 1][0] > when:
+            best = max(best, total)
+    return best
 
 
 # --- inputs -----------------------------------------------------------------------------------
@@ -381,6 +596,11 @@ def jobs_from_report(report: BuildReport, *, replay: bool = False) -> list[SimJo
     records = [r for r in report.jobs if r.status in ("ok", "killed-retried")]
     if not records:
         return []
+    frozen = _freezes(report) if replay else {}
+    priors: dict[str, int] = {}  # per kind: what a never-measured job was predicted at first
+    for record in records:
+        if record.prediction_source == "prior":
+            priors[record.kind] = max(priors.get(record.kind, 0), record.predicted_rss_bytes)
     first_start = min(r.started_at_s for r in records)
     first_end = min(r.started_at_s + r.wall_s for r in records)
     jobs = []
@@ -403,6 +623,17 @@ def jobs_from_report(report: BuildReport, *, replay: bool = False) -> list[SimJo
                 predicted_bytes=record.predicted_rss_bytes if replay else None,
                 admitted_share=record.cpu_share if replay else None,
                 arrival_s=arrival,
+                curve=_curve(record.curve),
+                predicted_curve=_curve(record.predicted_curve) if replay else None,
+                # Admitted on a prior: the governor's slow start for its family applied.
+                unknown_group=(
+                    f"{record.kind}|{family_of(record.output)}"
+                    if replay and record.prediction_source == "prior"
+                    else ""
+                ),
+                pauses=_pauses(record, frozen.get(record.output, [])),
+                learns=replay and record.prediction_source in LEARNING_SOURCES,
+                prior_bytes=priors.get(record.kind, record.predicted_rss_bytes),
             )
         )
     return jobs
@@ -427,6 +658,46 @@ def jobs_from_profiles(entries: Iterable[ProfileEntry]) -> list[SimJob]:
             cpu_s=e.cpu_s,
             runq_wait_s=e.runq_wait_s,
             target=e.target,
+            curve=_curve(e.curve),
         )
         for e in latest.values()
     ]
+
+
+def _freezes(report: BuildReport) -> dict[str, list[tuple[float, float]]]:
+    """Per output, the (freeze, thaw) times of the report's event log (a freeze without its
+    thaw lasts to the end of the build)."""
+    pairs: dict[str, list[tuple[float, float]]] = {}
+    since: dict[str, float] = {}
+    for event in sorted(report.events, key=lambda e: e.t_s):
+        if event.output is None:
+            continue
+        if event.kind == "freeze":
+            since.setdefault(event.output, event.t_s)
+        elif event.kind == "thaw" and event.output in since:
+            pairs.setdefault(event.output, []).append((since.pop(event.output), event.t_s))
+    end = max((r.started_at_s + r.wall_s + r.frozen_s for r in report.jobs), default=0.0)
+    for output, at in since.items():
+        pairs.setdefault(output, []).append((at, max(at, end)))
+    return pairs
+
+
+def _pauses(record: JobRecord, freezes: list[tuple[float, float]]) -> tuple[
+    tuple[float, float], ...
+]:
+    """The freezes of a record's last attempt as (seconds of its run before the freeze, seconds
+    frozen)."""
+    pauses: list[tuple[float, float]] = []
+    frozen = 0.0
+    end = record.started_at_s + record.wall_s + record.frozen_s + 1e-3
+    for begin, thaw in freezes:
+        if not record.started_at_s <= begin <= end:
+            continue  # an earlier attempt's
+        pauses.append((max(0.0, begin - record.started_at_s - frozen), thaw - begin))
+        frozen += thaw - begin
+    return tuple(pauses)
+
+
+def _curve(points: Iterable[Sequence[float]]) -> policy.Curve:
+    """A stored curve (JSON lists or tuples) as policy.Curve."""
+    return tuple((float(t), int(rss)) for t, rss in points)
