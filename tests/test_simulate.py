@@ -464,6 +464,10 @@ def test_a_replayed_freeze_keeps_the_slot_and_holds_the_rss() -> None:
     ])
     (replayed,) = jobs_from_report(report, replay=True)
     assert replayed.pauses == ((1.0, 2.0),)
+    # The sample the guard froze it on (curve times rounded to 10 ms) comes before the freeze.
+    sampled = report.jobs[0].model_copy(update={"curve": [(0.0, 0), (1.01, 400 * M)]})
+    (snapped,) = jobs_from_report(report.model_copy(update={"jobs": [sampled]}), replay=True)
+    assert snapped.pauses == ((1.01, 2.0),) and snapped.rss_at(snapped.running_s(2.0)) == 400 * M
     assert jobs_from_report(report)[0].pauses == ()  # a plan: the guard is not replayed
     r = simulate([replayed, SimJob("CMakeFiles/t.dir/b.cpp.o", "compile", 500 * M, 1.0, 1.0,
                                    "t")], HostShape(cores=1, budget_bytes=G), **EXACT)

@@ -83,6 +83,8 @@ DEFAULT_SETTLE_S = 0.0
 # ninja starting a link's launcher (a Python process) until it registers: 80-110 ms measured on
 # the 2-core test machine (up to 2 s under heavy load).
 DEFAULT_DISPATCH_S = 0.1
+# Report curves' times are rounded to this (jobs.policy_curve), event times to 1 ms.
+CURVE_ROUNDING_S = 0.01
 # Predictions of a never-measured job, made in the build itself (Governor._predict).
 LEARNING_SOURCES = ("prior", "sibling", "sibling-dir")
 # The governor re-decides on every sample tick (GovernorOptions.sample_interval_s).
@@ -686,14 +688,18 @@ def _pauses(record: JobRecord, freezes: list[tuple[float, float]]) -> tuple[
     tuple[float, float], ...
 ]:
     """The freezes of a record's last attempt as (seconds of its run before the freeze, seconds
-    frozen)."""
+    frozen). The guard freezes on the sample it just took, so that sample belongs before the
+    freeze: a curve point within CURVE_ROUNDING_S after the offset moves it there."""
     pauses: list[tuple[float, float]] = []
     frozen = 0.0
     end = record.started_at_s + record.wall_s + record.frozen_s + 1e-3
     for begin, thaw in freezes:
         if not record.started_at_s <= begin <= end:
             continue  # an earlier attempt's
-        pauses.append((max(0.0, begin - record.started_at_s - frozen), thaw - begin))
+        offset = max(0.0, begin - record.started_at_s - frozen)
+        offset = max([offset] + [t for t, _ in record.curve
+                                 if offset < t <= offset + CURVE_ROUNDING_S])
+        pauses.append((offset, thaw - begin))
         frozen += thaw - begin
     return tuple(pauses)
 
