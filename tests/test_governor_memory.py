@@ -231,3 +231,33 @@ def test_a_thawed_job_resumes_its_climb_in_the_projection(db: ProfileDB, tmp_pat
         job.samples.append(TreeSample(t=10.0 + i, rss=1 * GiB, cpu_s=1.0, io_bytes=0,
                                       major_faults=0))
     assert governor._live(job, 12.0).growth_bps == 0.0
+
+
+def test_a_sibling_prediction_takes_the_peak_the_samples_missed(
+    db: ProfileDB, tmp_path: Path
+) -> None:
+    """A short peak between two samples: the finished job's wait4 maxrss saw it, the sampler
+    did not. Its never-measured sibling is predicted from what the job really reached."""
+    runner = FakeRunner({"CMakeFiles/k.dir/a.cu.o": lambda t: 100 * MiB,
+                         "CMakeFiles/k.dir/b.cu.o": lambda t: 100 * MiB})
+    clock = [1000.0]
+    governor = Governor(
+        GovernorOptions(socket_path=tmp_path / "unused.sock", budget_bytes=BUDGET, slots=1,
+                        build_dir=tmp_path, gather_quiet_s=0.0, gather_max_s=0.0),
+        db, runner=runner, clock=lambda: clock[0], available=lambda: 1 << 50,
+    )
+    for name in ("a", "b"):
+        governor.enqueue(f"CMakeFiles/k.dir/{name}.cu.o", "compile", "nvcc 13.0",
+                         fingerprint=name, source_bytes=500)
+    first = next(j for j in governor.jobs.values() if j.state == "running")
+    first.child_pid = 101
+    runner.start(first.id, first.output)
+    for _ in range(4):
+        clock[0] += STEP_S
+        runner.advance(STEP_S)
+        governor.tick()
+    assert first.peak_rss == 100 * MiB
+    governor._finish(first, {"rc": 0, "cpu_s": 2.0, "maxrss": 300 * MiB})
+    (second,) = [j for j in governor.jobs.values() if j is not first]
+    assert second.prediction.source.startswith("sibling")
+    assert second.prediction.bytes >= 300 * MiB

@@ -83,7 +83,10 @@ class Admission(GovernorState):
             directory=os.path.dirname(job.output),
             family=profiles.family_of(job.output),
             source_bytes=job.source_bytes,
-            peak=job.peak_rss,
+            # What it reached: a finished one's record also has wait4's maxrss, which sees a
+            # short peak between two samples (a sibling predicted from samples alone was 40 %
+            # low in the ggml replay, and six jobs were admitted on it).
+            peak=max(job.peak_rss, job.record.peak_rss_bytes if done and job.record else 0),
             finished=done,
             curve=tuple(policy_curve(job.curve)) if done else (),
         )
