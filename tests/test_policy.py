@@ -294,3 +294,48 @@ def test_sibling_prediction(case: str, siblings: list[Sibling],
 @pytest.mark.parametrize(("slots", "limit"), [(1, 2), (2, 2), (8, 2), (16, 2), (24, 3), (64, 8)])
 def test_unknown_family_limit(slots: int, limit: int) -> None:
     assert policy.unknown_family_limit(slots) == limit
+
+
+def test_peaks_that_follow_one_another_within_the_horizon_are_not_summed() -> None:
+    """Six jobs at their start, each with its own curve peaking at a different moment of the
+    next two seconds (the ggml replay runs jobs 5x faster than the real host, so a 2 s horizon
+    spans a third of a job): summed piece by piece they fit; summing each job's own maximum
+    over the horizon froze two jobs at 53 MiB live."""
+    jobs = [live(i, 0.01, 0, i, own_curve=True, soon=3 * GiB,
+                 soon_path=tuple(3 * GiB if k == i else int(0.5 * GiB) for k in range(8)))
+            for i in range(6)]
+    assert policy.projected_total(jobs) == 3 * GiB + 5 * int(0.5 * GiB)
+    assert policy.pressure_actions(jobs, B).freeze == ()
+    meeting = [live(i, 0.01, 0, i, own_curve=True, soon=3 * GiB, soon_path=(3 * GiB,) * 8)
+               for i in range(6)]
+    assert policy.projected_total(meeting) == 18 * GiB
+    assert policy.pressure_actions(meeting, B).freeze
+
+
+def test_expected_path_pieces() -> None:
+    curve = ((0.0, 0), (1.0, 100), (2.0, 300), (3.0, 50))
+    assert policy.expected_path(curve, 0.0, 2.0, steps=2) == (100, 300)
+    assert policy.expected_path(curve, 2.0, 2.0, steps=2) == (300, 50)  # RSS holds till 3.0
+    assert policy.expected_path((), 0.0, 2.0) == ()
+
+
+def test_a_peak_shorter_than_the_grid_step_is_not_missed() -> None:
+    """A 2 s job with a 0.2 s peak of 600 MiB beside a 500 MiB job that holds for 63 s, under
+    1000 MiB: the grid's 49 points are 1.4 s apart, wider than the short job's blur, and must
+    not step over its peak."""
+    long_hold = policy.waiting_envelope(((0.0, 500 * MiB), (63.0, 500 * MiB)), 500 * MiB)
+    short_peak = policy.waiting_envelope(((0.0, 10 * MiB), (1.0, 10 * MiB), (1.05, 600 * MiB),
+                                          (1.2, 600 * MiB), (1.25, 10 * MiB), (2.0, 10 * MiB)),
+                                         600 * MiB)
+    assert not policy.fits_beside([long_hold], short_peak, 1000 * MiB)
+
+
+def test_a_frozen_job_holds_what_it_will_still_reach() -> None:
+    """Frozen near the end of its curve, a job would seem to finish within a second; stopped,
+    it holds its remaining peak until it is thawed (the plan-validate build admitted a
+    451 MiB job beside a frozen one on the moving curve, and passed the budget)."""
+    curve = ((0.0, 100 * MiB), (5.0, 451 * MiB), (9.0, 491 * MiB), (10.0, 0))
+    moving = policy.running_envelope(curve, 491 * MiB, 451 * MiB, 9.0)
+    held = policy.held_envelope(moving)
+    assert moving.at(2.0) == 0
+    assert held.at(2.0) == held.at(100.0) == 491 * MiB

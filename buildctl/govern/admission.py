@@ -166,9 +166,7 @@ class Admission(GovernorState):
                     j.current_rss,
                     j.exclusive,
                     j.cpu_share,
-                    envelope=policy.running_envelope(
-                        j.prediction.curve, j.prediction.bytes, j.current_rss, j.running_s(now)
-                    ),
+                    envelope=self._running_envelope(j, now),
                     unknown_group=j.unknown_group,
                 )
                 for j in self.jobs.values()
@@ -210,6 +208,15 @@ class Admission(GovernorState):
                 job.growth_at_freeze = 0.0
                 job.go.set()
                 self._admitted_any = True
+
+    @staticmethod
+    def _running_envelope(job: Job, now: float) -> policy.Envelope:
+        """A running job's memory from now on; a frozen one holds what it will still reach
+        (its curve does not move on while it is stopped)."""
+        envelope = policy.running_envelope(
+            job.prediction.curve, job.prediction.bytes, job.current_rss, job.running_s(now)
+        )
+        return policy.held_envelope(envelope) if job.frozen else envelope
 
     def _admission_budget(self) -> int:
         """Admission packs below the freeze mark, so that it never causes a freeze itself."""

@@ -28,6 +28,7 @@ class Guard(GovernorState):
         recent = None if job.frozen else policy.recent_rate(points)
         ahead = soon = 0
         own_curve = False
+        path: tuple[int, ...] = ()
         if job.prediction.curve:
             envelope = policy.running_envelope(
                 job.prediction.curve, job.prediction.bytes, job.current_rss, job.running_s(now)
@@ -36,6 +37,9 @@ class Guard(GovernorState):
             if job.prediction.source in ("exact", "output"):  # its own curve, not a sibling's
                 own_curve = True
                 soon = policy.expected_soon(
+                    job.prediction.curve, job.running_s(now), policy.GROWTH_HORIZON_S
+                )
+                path = policy.expected_path(
                     job.prediction.curve, job.running_s(now), policy.GROWTH_HORIZON_S
                 )
         elif job.prediction.source not in ("prior",) and not job.capped_from:
@@ -52,6 +56,7 @@ class Guard(GovernorState):
             soon=soon,
             recent_bps=recent,
             own_curve=own_curve,
+            soon_path=path,
             predicted=0 if job.prediction.source == "prior" else job.prediction.bytes,
         )
 

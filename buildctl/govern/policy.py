@@ -84,13 +84,15 @@ class Envelope:
             return math.inf
         return max(0.0, curve_duration(self.curve) - self.position)
 
-    def at(self, dt: float) -> int:
-        """RSS `dt` seconds from now, blurred over ± CURVE_BLUR of the duration. Past the end
-        of the curve (plus the blur) the job is done and holds nothing."""
+    def at(self, dt: float, reach: float = 0.0) -> int:
+        """RSS `dt` seconds from now, blurred over ± CURVE_BLUR of the duration (or ± `reach`,
+        if wider: a grid point stands for the time up to its neighbours, so a peak shorter than
+        the grid's step is not missed). Past the end of the curve (plus the blur) the job is
+        done and holds nothing."""
         if not self.curve:
             return self.floor
         duration = curve_duration(self.curve)
-        blur = CURVE_BLUR * duration
+        blur = max(CURVE_BLUR * duration, reach)
         t = self.position + dt
         if t - blur > duration:
             return 0
@@ -114,6 +116,22 @@ def expected_soon(curve: Curve, elapsed_s: float, horizon_s: float) -> int:
     if not curve:
         return 0
     return _max_over(curve, elapsed_s, elapsed_s + horizon_s)
+
+
+SOON_STEPS = 8  # the horizon's pieces when a curve's path is summed across jobs
+
+
+def expected_path(curve: Curve, elapsed_s: float, horizon_s: float,
+                  steps: int = SOON_STEPS) -> tuple[int, ...]:
+    """The most a job's own recorded curve holds in each of `steps` equal pieces of the next
+    `horizon_s`. Summed piece by piece across jobs (`projected_total`), peaks that follow one
+    another within the horizon are not counted as if they met."""
+    if not curve:
+        return ()
+    step = horizon_s / steps
+    return tuple(
+        _max_over(curve, elapsed_s + i * step, elapsed_s + (i + 1) * step) for i in range(steps)
+    )
 
 
 def running_envelope(
@@ -142,6 +160,12 @@ def running_envelope(
     return Envelope(curve, position, rss, min(scale, 4.0))
 
 
+def held_envelope(envelope: Envelope) -> Envelope:
+    """A frozen job does not move along its curve: until it is thawed, whenever that is, it
+    holds the most it will still reach."""
+    return Envelope((), 0.0, envelope.peak_ahead())
+
+
 def waiting_envelope(curve: Curve, predicted: int) -> Envelope:
     """A job about to start: its whole curve (scaled to its predicted peak), or its predicted
     peak to the end when it has no curve."""
@@ -165,7 +189,7 @@ def grid(envelope: Envelope, horizon: float, points: int = GRID_POINTS) -> list[
     if not envelope.curve or horizon <= 0:
         return [envelope.at(0.0)] * (points + 1)
     step = horizon / points
-    return [envelope.at(i * step) for i in range(points + 1)]
+    return [envelope.at(i * step, reach=step / 2) for i in range(points + 1)]
 
 
 def future_total(envelopes: Sequence[Envelope]) -> int:
@@ -208,6 +232,7 @@ class LiveJob:
     soon: int = 0  # what its profile's curve says it reaches within the horizon (0: unknown)
     recent_bps: float | None = None  # the last window's slope, steps included (None: growth_bps)
     own_curve: bool = False  # `soon` comes from this job's own recorded curve
+    soon_path: tuple[int, ...] = ()  # its own curve over the horizon, piece by piece
     predicted: int = 0  # its predicted peak (0: a prior, no real prediction)
 
 
@@ -260,10 +285,25 @@ def _growth(job: LiveJob, horizon_s: float, *, steps: bool = False) -> int:
     return int(max(grow, job.soon - job.rss))
 
 
+def _follows_path(job: LiveJob, steps: bool) -> bool:
+    return bool(job.soon_path) and job.own_curve and not steps and not job.frozen and _within(job)
+
+
 def projected_total(jobs: Sequence[LiveJob], horizon_s: float = GROWTH_HORIZON_S, *,
                     steps: bool = False) -> int:
-    """Live total plus each running (not frozen) job's growth over the horizon."""
-    return sum(job.rss + _growth(job, horizon_s, steps=steps) for job in jobs)
+    """Live total plus each running (not frozen) job's growth over the horizon. Jobs that
+    follow their own curve are summed piece by piece over the horizon (never below their live
+    RSS), the others at their growth's end."""
+    on_path = [job for job in jobs if _follows_path(job, steps)]
+    rest = sum(job.rss + _growth(job, horizon_s, steps=steps)
+               for job in jobs if not _follows_path(job, steps))
+    if not on_path:
+        return rest
+    pieces = max(len(job.soon_path) for job in on_path)
+    return rest + max(
+        sum(max(job.rss, job.soon_path[min(i, len(job.soon_path) - 1)]) for job in on_path)
+        for i in range(pieces)
+    )
 
 
 def kill_victim(jobs: Sequence[LiveJob]) -> int | None:

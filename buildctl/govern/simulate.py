@@ -142,6 +142,16 @@ class SimJob:
                 break
         return since_start_s - shift
 
+    def frozen_at(self, since_start_s: float) -> bool:
+        """Whether the guard held it frozen `since_start_s` after admission (replays)."""
+        shift = 0.0
+        for offset, length in self.pauses:
+            begin = offset + shift
+            if begin <= since_start_s < begin + length:
+                return True
+            shift += length
+        return False
+
     @property
     def predicted(self) -> int:
         return self.peak_bytes if self.predicted_bytes is None else self.predicted_bytes
@@ -553,6 +563,8 @@ def _running(job: SimJob, index: int, since_start_s: float, exclusive: bool,
     elapsed = job.running_s(since_start_s)
     rss = job.rss_at(elapsed)
     envelope = policy.running_envelope(job.prediction_curve, job.predicted, rss, elapsed)
+    if job.frozen_at(since_start_s):
+        envelope = policy.held_envelope(envelope)  # as the governor's admission sees it
     return scheduler.Running(index, job.predicted, rss, exclusive, share, envelope=envelope,
                              unknown_group=job.unknown_group)
 
