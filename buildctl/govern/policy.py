@@ -488,6 +488,7 @@ class Sibling:
     curve: Curve = ()
 
 
+SIBLING_MARGIN = 0.5  # over one finished sibling's peak; over n of them, margin / n
 SIZE_SCALE_LIMITS = (0.5, 2.0)  # a source's size moves its sibling-based prediction at most this
 # Below this a source is a shell around its includes (ggml's template instances: 0.3-2 KiB, each
 # compile 320-380 MiB): its size says nothing about its compile, and scaling doubled predictions.
@@ -518,6 +519,9 @@ def sibling_prediction(job: Sibling, siblings: Sequence[Sibling]) -> tuple[int, 
             continue
         scaled = sorted(_scaled(s.peak, job.source_bytes, s.source_bytes) for s in finished)
         estimate = scaled[min(len(scaled) - 1, (3 * len(scaled)) // 4)]
+        # Few finished siblings say little about the spread: one measured ggml instance at
+        # 137 MiB, its siblings reached 147-224 MiB. The margin shrinks as more finish.
+        estimate = int(estimate * (1 + SIBLING_MARGIN / len(finished)))
         floor = max((s.peak for s in group if not s.finished), default=0)
         closest = min(finished, key=lambda s: abs(s.source_bytes - job.source_bytes))
         return max(estimate, floor), scope, closest.curve
