@@ -274,6 +274,7 @@ def cmd_build(args: argparse.Namespace, console: Console) -> int:
             return 0
         govern = settings.govern
         extra: dict[str, str] = {}
+        link_job_bytes = max_links = 0  # the device-link plan the governor enforces (XPU only)
         if xpu:
             from buildctl.kernels.xpu import xpu_build_settings
 
@@ -284,6 +285,7 @@ def cmd_build(args: argparse.Namespace, console: Console) -> int:
                 python=sys.executable,
             )
             source = project.source_dir
+            link_job_bytes, max_links = project.device_link_job_bytes, project.max_device_links
             # cmake and ninja (and so every job) run with the pinned oneAPI compiler's env
             os.environ.update(project.build_env)
         elif settings.source is None:
@@ -294,7 +296,8 @@ def cmd_build(args: argparse.Namespace, console: Console) -> int:
         req = settings.build_request(source, build_dir, extra)
         opts = govern.session_options(
             req.build_dir, f"buildctl build {source.name}", str(source), executor=executor,
-            project=source.name, console=console,
+            project=source.name, console=console, device_link_job_bytes=link_job_bytes,
+            max_device_links=max_links,
         )
         console.print(
             f"[bold]buildctl[/bold] {__version__}: budget {host.format_size(govern.mem_budget)}, "

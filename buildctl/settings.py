@@ -83,8 +83,10 @@ class GovernSettings(Settings):
 
     def session_options(self, build_dir: Path, title: str, source_dir: str, *,
                         executor: Any = None, project: str = "", report: Path | None = None,
-                        console: Any = None) -> Any:
-        """The governed session's options: the one place budget and guards pass to it."""
+                        console: Any = None, device_link_job_bytes: int = 0,
+                        max_device_links: int = 0) -> Any:
+        """The governed session's options: the one place budget and guards pass to it. The
+        device-link figures come from the project's link plan (`ProjectBuild`), 0: off."""
         from buildctl.govern.session import SessionOptions
 
         return SessionOptions(
@@ -96,6 +98,7 @@ class GovernSettings(Settings):
             hang_after_s=self.hang_after, retries=self.retries,
             sample_interval_s=SAMPLE_INTERVAL_S, command=list(sys.argv), source_dir=source_dir,
             executor=executor, project=project, console=console,
+            device_link_job_bytes=device_link_job_bytes, max_device_links=max_device_links,
         )
 
 

@@ -9,7 +9,7 @@ import dataclasses
 import os
 
 from buildctl import host
-from buildctl.govern import policy, profiles, scheduler
+from buildctl.govern import links, policy, profiles, scheduler
 from buildctl.govern.jobs import Job, policy_curve
 from buildctl.govern.monitor import ProgressClock
 from buildctl.govern.profiles import JobKey, Prediction
@@ -55,6 +55,8 @@ class Admission(GovernorState):
                 env=env,
             )
             self._next_id += 1
+            if self.opts.max_device_links > 0:
+                job.device_link = links.is_device_link(job.kind, job.argv)
             self._predict(job)
             self.jobs[job.id] = job
         prediction = job.prediction
@@ -98,7 +100,21 @@ class Admission(GovernorState):
         prediction = self.profiles.predict(self._key(job))
         job.capped_from = 0
         job.unknown_group = ""
-        if prediction.source in ("exact", "output"):
+        if prediction.source == "exact":
+            job.prediction = prediction
+            return
+        # A SYCL device link's peak follows its inner link jobs: the same link measured with
+        # another -fsycl-max-parallel-link-jobs (another fingerprint) or a sibling link says
+        # less than its own command line does. The DB's cut-short bound is left out too: it
+        # mixes in runs with other inner-job counts (a killed 16-job link is no floor for 2).
+        link_bytes = links.device_link_bytes(job.kind, job.argv, self.opts.device_link_job_bytes)
+        if link_bytes is not None:
+            job.prediction = dataclasses.replace(
+                prediction, bytes=link_bytes, source="device-link", censored=False, bound=0,
+                curve=(),
+            )
+            return
+        if prediction.source == "output":
             job.prediction = prediction
             return
         # Not this job's own history: siblings measured in this build know more than a
@@ -147,6 +163,9 @@ class Admission(GovernorState):
             return
         now = self.now()
         with self._lock:
+            allowed = self._link_allowed()
+            held_links = sum(1 for j in self.jobs.values() if j.state == "waiting") - len(allowed)
+            offered = set(allowed)
             waiting = [
                 scheduler.Waiting(
                     j.id,
@@ -157,7 +176,7 @@ class Admission(GovernorState):
                     unknown_group=j.unknown_group,
                 )
                 for j in self.jobs.values()
-                if j.state == "waiting"
+                if j.state == "waiting" and j.id in offered
             ]
             running = [
                 scheduler.Running(
@@ -188,6 +207,11 @@ class Admission(GovernorState):
             )
             admit = decision.admit[:1] if self.paused and not running else decision.admit
             self.wait_reason = decision.reason or (f"paused: {self.paused}" if paused else "")
+            if held_links and not self.wait_reason:
+                self.wait_reason = (
+                    f"{held_links} device link(s) wait: at most {self.opts.max_device_links} "
+                    "at once (the link plan)"
+                )
             for job_id in admit:
                 job = self.jobs[job_id]
                 job.state = "running"
@@ -208,6 +232,20 @@ class Admission(GovernorState):
                 job.growth_at_freeze = 0.0
                 job.go.set()
                 self._admitted_any = True
+
+    def _link_allowed(self) -> list[int]:
+        """Waiting ids admission may consider: all of them, except device links beyond the cap
+        (govern.links.offerable; the caller holds the lock)."""
+        waiting = [j for j in self.jobs.values() if j.state == "waiting"]
+        cap = self.opts.max_device_links
+        if cap <= 0:
+            return [j.id for j in waiting]
+        running = sum(1 for j in self.jobs.values() if j.state == "running" and j.device_link)
+        return links.offerable(
+            [links.LinkCandidate(j.id, j.device_link, j.enqueued_at) for j in waiting],
+            running,
+            cap,
+        )
 
     @staticmethod
     def _running_envelope(job: Job, now: float) -> policy.Envelope:

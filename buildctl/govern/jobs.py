@@ -52,6 +52,11 @@ class GovernorOptions:
     # A job whose profile shows it mostly waiting takes a fraction of a slot (scheduler.cpu_share);
     # off: every job takes a whole slot (--whole-slots).
     cpu_shares: bool = True
+    # SYCL device links (govern.links): each predicted as its inner link jobs x this many bytes
+    # unless the profile DB has this very link (0: off), and at most this many at once (0: no
+    # cap). Both come from the build's link plan (xpu_adapter.plan_device_links).
+    device_link_job_bytes: int = 0
+    max_device_links: int = 0
     repro_dir: Path | None = None
     executor: RemoteExecutor | None = None  # None: jobs run locally under the launcher
 
@@ -123,6 +128,7 @@ class Job:
     growth_at_freeze: float = 0.0  # its RSS slope when it was frozen (bytes/s)
     frozen_total_s: float = 0.0  # every attempt's
     protected: bool = False  # a re-run after a memory kill: never frozen or killed again
+    device_link: bool = False  # a SYCL device link, when the build caps them (govern.links)
 
     @property
     def frozen(self) -> bool:

@@ -82,6 +82,10 @@ class SessionOptions:
     console: Console | None = None
     executor: RemoteExecutor | None = None  # e.g. a RayExecutor; None runs jobs locally
     project: str = ""  # what is built: profiles of two projects never predict each other
+    # SYCL device links (GovernorOptions): bytes per inner link job and links at once, from the
+    # build's link plan; 0: off.
+    device_link_job_bytes: int = 0
+    max_device_links: int = 0
 
 
 def governor_options(opts: SessionOptions, socket_path: Path, build_dir: Path) -> GovernorOptions:

@@ -36,6 +36,10 @@ class ProjectBuild:
     source_commit: str | None = None  # the user's checkout, when source_dir is a build-owned copy
     source_dirty: bool = False
     source_torch: str | None = None  # the torch the sources build with, when they decide it
+    # The SYCL device-link plan the governor enforces (bytes per inner link job, links at
+    # once); 0: not a device-link build (SessionOptions of the same names).
+    device_link_job_bytes: int = 0
+    max_device_links: int = 0
 
 
 def fill_build_python(defines: dict[str, str], python: str) -> dict[str, str]:

@@ -73,7 +73,8 @@ def _resolve_for_checkout(
 def _link_profile(ref: str, manifest: xpu_adapter.XpuManifest) -> tuple[int | None, int | None]:
     """(bytes per inner device-link job, how many heavy device links the build has) from the
     shipped profile of the ref (estimated at upstream's 16 inner jobs); (None, None) without
-    one, and the manifest's per-job estimate is used for one link at a time."""
+    one: then the manifest's per-job estimate sizes the inner jobs for one link at a time, and
+    the governor runs one at a time."""
     from buildctl.data import PROFILES_DIR
     from buildctl.toolchain.doctor import load_shipped_entries, shipped_profile_path
 
@@ -157,6 +158,8 @@ def xpu_project(
         links=staged.submodules,
     )
     per_inner, device_links = _link_profile(resolution.kernel_ref, manifest)
+    per_job = link_peak_bytes or per_inner or manifest.per_link_job_bytes
+    cores = os.cpu_count() or 1
     defines = xpu_adapter.cmake_defines_for(
         resolution,
         budget_bytes,
@@ -164,10 +167,17 @@ def xpu_project(
         preset,
         low_ram,
         staged,
-        per_link_job_bytes=link_peak_bytes or per_inner,
+        per_link_job_bytes=per_job,
         device_links=device_links,
-        cores=os.cpu_count() or 1,
+        cores=cores,
     )
+    # The governor enforces the plan the inner-job count was sized for: each device link
+    # predicted from its own -fsycl-max-parallel-link-jobs, and at most that many at once
+    # (the same plan cmake_defines_for made from the same figures).
+    concurrent = 1
+    if device_links is not None:
+        plan = xpu_adapter.plan_device_links(budget_bytes, per_job, device_links, cores=cores)
+        per_job, concurrent = plan.per_inner_job_bytes, plan.concurrent_links
     defines.update(
         xpu_adapter.upstream_defines(
             checkout.setup,
@@ -205,6 +215,8 @@ def xpu_project(
         else upstream.scm_version(identity.tag or resolution.kernel_ref, identity.distance),
         scikit_build=None if has_skbuild else scikit_build,
         source_torch=resolution.torch,
+        device_link_job_bytes=per_job,
+        max_device_links=concurrent,
     )
 
 

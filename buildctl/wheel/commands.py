@@ -85,11 +85,14 @@ def cmd_wheel(args: argparse.Namespace, console: Console) -> int:
         if args.show_settings:
             return 0
         torch = settings.torch[0]
-        req = settings.wheel_request(torch, settings.project_build(torch))
+        project = settings.project_build(torch)
+        req = settings.wheel_request(torch, project)
         govern = settings.govern
         opts = govern.session_options(
             req.cache_dir, f"buildctl wheel {req.project} torch {torch}", str(req.source_dir),
             executor=executor, project=req.project, console=console,
+            device_link_job_bytes=project.device_link_job_bytes,
+            max_device_links=project.max_device_links,
         )
         console.print(
             f"[bold]buildctl wheel[/bold]: {req.project} for torch {torch}, budget "
@@ -131,11 +134,14 @@ def cmd_matrix(args: argparse.Namespace, console: Console) -> int:
     rows: list[WheelSummary] = []
     failed = 0
     for spec in specs:
-        req = settings.wheel_request(spec, settings.project_build(spec))
+        project = settings.project_build(spec)
+        req = settings.wheel_request(spec, project)
         opts = settings.govern.session_options(
             req.cache_dir, f"buildctl matrix {req.project} torch {spec}",
             str(req.source_dir), project=req.project,
             report=_entry_report(settings.govern.report, spec), console=console,
+            device_link_job_bytes=project.device_link_job_bytes,
+            max_device_links=project.max_device_links,
         )
         try:
             out = build_wheel(req, opts)
