@@ -261,3 +261,27 @@ def test_a_sibling_prediction_takes_the_peak_the_samples_missed(
     (second,) = [j for j in governor.jobs.values() if j is not first]
     assert second.prediction.source.startswith("sibling")
     assert second.prediction.bytes >= 300 * MiB
+
+
+def test_a_job_slowed_by_its_neighbours_is_placed_by_its_cpu_progress(
+    db: ProfileDB, tmp_path: Path
+) -> None:
+    """Its record peaked 8 s into a 10 s run that used 10 s of CPU. On a loaded machine it has
+    run 10 s of wall but done 3 s of CPU: admission must still see the peak ahead of it, not
+    behind it."""
+    import dataclasses
+
+    governor = Governor(
+        GovernorOptions(socket_path=tmp_path / "unused.sock", budget_bytes=BUDGET, slots=2,
+                        build_dir=tmp_path),
+        db, runner=FakeRunner({}), clock=lambda: 1010.0, available=lambda: 1 << 50,
+    )
+    governor.enqueue("a.o", "compile", "g++ 12", fingerprint="a", source_bytes=100)
+    (job,) = governor.jobs.values()
+    curve = ((0.0, 100 * MiB), (7.9, 100 * MiB), (8.0, 2 * GiB), (8.5, 100 * MiB), (10.0, 0))
+    job.prediction = dataclasses.replace(job.prediction, bytes=2 * GiB, source="exact",
+                                         curve=curve, cpu_s=10.0)
+    job.state, job.started_at, job.current_rss, job.cpu_s = "running", 1000.0, 100 * MiB, 3.0
+    assert governor._running_envelope(job, 1010.0).peak_ahead() == 2 * GiB
+    job.prediction = dataclasses.replace(job.prediction, cpu_s=0.0)  # no CPU record: wall only
+    assert governor._running_envelope(job, 1010.0).peak_ahead() < 2 * GiB

@@ -133,7 +133,7 @@ class Admission(GovernorState):
             estimate, source, curve = guess
             floor = prediction.bound  # a cut-short run of this job: its lower bound
             prediction = dataclasses.replace(
-                prediction, bytes=max(estimate, floor), source=source, curve=curve
+                prediction, bytes=max(estimate, floor), source=source, curve=curve, cpu_s=0.0
             )
         elif prediction.source == "prior":
             job.unknown_group = f"{job.compiler}|{job.kind}|{profiles.family_of(job.output)}"
@@ -252,7 +252,8 @@ class Admission(GovernorState):
         """A running job's memory from now on; a frozen one holds what it will still reach
         (its curve does not move on while it is stopped)."""
         envelope = policy.running_envelope(
-            job.prediction.curve, job.prediction.bytes, job.current_rss, job.running_s(now)
+            job.prediction.curve, job.prediction.bytes, job.current_rss, job.running_s(now),
+            cpu_s=job.cpu_s, predicted_cpu_s=job.prediction.cpu_s,
         )
         return policy.held_envelope(envelope) if job.frozen else envelope
 

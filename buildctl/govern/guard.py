@@ -31,7 +31,8 @@ class Guard(GovernorState):
         path: tuple[int, ...] = ()
         if job.prediction.curve:
             envelope = policy.running_envelope(
-                job.prediction.curve, job.prediction.bytes, job.current_rss, job.running_s(now)
+                job.prediction.curve, job.prediction.bytes, job.current_rss, job.running_s(now),
+                cpu_s=job.cpu_s, predicted_cpu_s=job.prediction.cpu_s,
             )
             ahead = envelope.peak_ahead()
             if job.prediction.source in ("exact", "output"):  # its own curve, not a sibling's

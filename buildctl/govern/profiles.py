@@ -164,6 +164,9 @@ class Prediction:
     # The thinned RSS curve (t_s since job start, tree RSS) of the run `bytes` came from;
     # exact and output predictions only.
     curve: tuple[tuple[float, int], ...] = ()
+    # CPU seconds of that run (0: unknown): on a loaded machine a job's CPU progress along its
+    # curve lags its wall clock, and admission places it by the lower of the two.
+    cpu_s: float = 0.0
 
 
 class ProfileEntry(BaseModel):
@@ -342,6 +345,7 @@ def _measured(estimate: _Estimate, source: str, bound: int, cut_short: bool) -> 
         censored=cut_short or bound > heaviest.peak,
         bound=bound,
         curve=_parse_curve(heaviest.curve),
+        cpu_s=heaviest.cpu_s or 0.0,
     )
 
 
