@@ -442,6 +442,9 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("-j", "--jobs", type=int, metavar="N", help="CPU slots (default: cores)")
     pl.add_argument("--whole-slots", action="store_true",
                     help="as `buildctl build --whole-slots`: every job takes a whole CPU slot")
+    pl.add_argument("--device-links", type=int, metavar="K",
+                    help="SYCL device links at once, as the build's link plan allows; only a "
+                    "--report marks device links (0 = no cap; default 0)")
     pl.add_argument("--report", dest="report_in", type=Path, metavar="FILE",
                     help="take the jobs from a build report, e.g. BUILD_DIR/.buildctl/report.json "
                     "(default: the profile database)")

@@ -197,6 +197,7 @@ class PlanSettings(Settings):
     mem_budget: SizeBytes | None = flag_only(None, flag="--mem-budget")
     jobs: int | None = flag_only(None)
     whole_slots: bool = flag_only(False)
+    device_links: int = flag_only(0, flag="--device-links")
     report_in: Path | None = flag_only(None, flag="--report")
     # The profile DB reads BUILDCTL_PROFILE_DB itself: plan takes one source of jobs, and only a
     # flag names one.
@@ -209,7 +210,7 @@ class PlanSettings(Settings):
         return dict(cores=self.cores, mem=self.mem, swap=self.swap, mem_budget=self.mem_budget,
                     slots=self.jobs, report=self.report_in, profiles=self.profiles,
                     profiles_json=self.profiles_json, filter_text=self.filter,
-                    whole_slots=self.whole_slots)
+                    whole_slots=self.whole_slots, device_links=self.device_links)
 
 
 LAYERED_MODELS: tuple[type[Settings], ...] = (GovernSettings, BuildSettings, WheelSettings,

@@ -493,3 +493,72 @@ def test_a_cold_replay_predicts_again_as_siblings_finish(
     jobs = [job("a", 300, 1.0, 400), job("b", 300, 2.0, 400), job("c", 600, 1.0, 600)]
     r = simulate(jobs, HostShape(cores=2, budget_bytes=1000 * M), **EXACT)
     assert spans(r) == expected
+
+
+# --- the device-link cap (GovernorOptions.max_device_links) -----------------------------------
+
+
+def dlink(name: str, wall: float = 2.0) -> SimJob:
+    return dataclasses.replace(link(name, 100, wall), device_link=True)
+
+
+@pytest.mark.parametrize(
+    ("cap", "jobs", "expected"),
+    [
+        # K=2: the third device link starts when the first ends.
+        (2, [dlink("d1"), dlink("d2"), dlink("d3")],
+         {"d1": (0.0, 2.0), "d2": (0.0, 2.0), "d3": (2.0, 4.0)}),
+        # K=0: no cap, all at once.
+        (0, [dlink("d1"), dlink("d2"), dlink("d3")],
+         {"d1": (0.0, 2.0), "d2": (0.0, 2.0), "d3": (0.0, 2.0)}),
+        (1, [dlink("d1"), dlink("d2"), dlink("d3")],
+         {"d1": (0.0, 2.0), "d2": (2.0, 4.0), "d3": (4.0, 6.0)}),
+        # Links that are not device links, and other jobs, are not held by the cap.
+        (1, [link("l1", 100, 2.0), link("l2", 100, 2.0), link("l3", 100, 2.0)],
+         {"l1": (0.0, 2.0), "l2": (0.0, 2.0), "l3": (0.0, 2.0)}),
+        # Compiles start at once; each link waits for its target's compile, then the device
+        # links go one at a time beside the plain link.
+        (1, [c("ca", 100, 1.0, "d1"), c("cb", 100, 1.0, "d2"), c("cg", 100, 4.0, "g"),
+             dlink("d1"), dlink("d2"), link("g", 100, 2.0)],
+         {"ca": (0.0, 1.0), "cb": (0.0, 1.0), "cg": (0.0, 4.0), "d1": (1.0, 3.0),
+          "d2": (3.0, 5.0), "g": (4.0, 6.0)}),
+    ],
+    ids=["cap-2", "no-cap", "cap-1", "plain-links", "mixed"],
+)
+def test_device_links_are_capped_as_the_governor_caps_them(
+    cap: int, jobs: list[SimJob], expected: dict[str, tuple[float, float]]
+) -> None:
+    r = simulate(jobs, HostShape(cores=8, budget_bytes=G, max_device_links=cap), **EXACT)
+    assert spans(r) == expected
+    assert r.makespan_s == max(end for _, end in expected.values())
+
+
+def test_a_held_device_link_does_not_hold_the_jobs_behind_it() -> None:
+    # Three slots, K=2: the third slot goes to the plain link, and when it ends d3 still waits.
+    jobs = [dlink("d1", 4.0), dlink("d2", 4.0), dlink("d3", 1.0), link("p", 100, 1.0)]
+    r = simulate(jobs, HostShape(cores=3, budget_bytes=G, max_device_links=2), **EXACT)
+    assert spans(r) == {"d1": (0.0, 4.0), "d2": (0.0, 4.0), "p": (0.0, 1.0), "d3": (4.0, 5.0)}
+    uncapped = simulate(jobs, HostShape(cores=3, budget_bytes=G), **EXACT)
+    assert spans(uncapped)["d3"][0] < 4.0
+
+
+def test_jobs_from_report_marks_device_links() -> None:
+    def record(output: str, kind: str, source: str | None) -> JobRecord:
+        extra = {} if source is None else {"prediction_source": source}
+        return JobRecord(output=output, kind=kind, target=output, predicted_rss_bytes=G,
+                         peak_rss_bytes=G, wall_s=2.0, status="ok", **extra)
+
+    report = BuildReport(budget_bytes=4 * G, slots=4, jobs=[
+        record("libdev.so", "link", "device-link"),
+        record("libplain.so", "link", "profile"),
+        record("CMakeFiles/t.dir/a.cpp.o", "compile", "device-link"),  # only links count
+        record("libold.so", "link", None),  # a report from before device links
+    ])
+    # Old reports stay readable: the JSON without the field validates, and nothing is marked.
+    old = BuildReport.model_validate_json(report.model_dump_json())
+    marks = {j.output: j.device_link for j in jobs_from_report(old)}
+    assert marks == {"libdev.so": True, "libplain.so": False,
+                     "CMakeFiles/t.dir/a.cpp.o": False, "libold.so": False}
+    assert [j.device_link for j in jobs_from_report(old, replay=True)] == [True, False, False,
+                                                                          False]
+    assert not any(j.device_link for j in jobs_from_profiles([]))

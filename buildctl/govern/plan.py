@@ -76,6 +76,7 @@ class PlanResult:
                 "swap_bytes": self.host.swap_bytes,
                 "budget_bytes": self.host.budget_bytes,
                 "usable_bytes": self.host.usable_bytes,
+                "max_device_links": self.host.max_device_links,
                 "note": self.host_note,
                 "budget_note": self.budget_note,
             },
@@ -180,6 +181,7 @@ def host_shape(
     slots: int | None = None,
     here: host.HostInfo | None = None,
     whole_slots: bool = False,
+    device_links: int = 0,
 ) -> tuple[HostShape, str, str]:
     """The simulated host: what is given, this host for the rest. A given --mem means another
     host, so its swap is 0 unless --swap says otherwise."""
@@ -187,6 +189,9 @@ def host_shape(
         raise BadInput(f"--cores {cores} is not a number of cores", "pass --cores 1 or more")
     if slots is not None and slots < 1:
         raise BadInput(f"--jobs {slots} is not a number of CPU slots", "pass --jobs 1 or more")
+    if device_links < 0:
+        raise BadInput(f"--device-links {device_links} is not a number of device links",
+                       "pass --device-links 1 or more, or 0 for no cap")
     info = here or host.probe()
     given = []
     if cores is not None:
@@ -214,7 +219,8 @@ def host_shape(
             "pass --mem/--mem-budget of at least 64M",
         )
     shape = HostShape(cores=n_cores, budget_bytes=budget, mem_bytes=mem if mem else ram,
-                      swap_bytes=swap_bytes, slots=slots, whole_slots=whole_slots)
+                      swap_bytes=swap_bytes, slots=slots, whole_slots=whole_slots,
+                      max_device_links=device_links)
     return shape, note, budget_note
 
 
@@ -231,10 +237,12 @@ def run_plan(
     filter_text: str | None = None,
     here: host.HostInfo | None = None,
     whole_slots: bool = False,
+    device_links: int = 0,
 ) -> PlanResult:
     """Everything `buildctl plan` does but printing. `here` replaces probing this host (tests)."""
     # The host arguments first: a wrong --cores is the message the user needs, whatever the jobs.
-    shape, note, budget_note = host_shape(cores, mem, swap, mem_budget, slots, here, whole_slots)
+    shape, note, budget_note = host_shape(cores, mem, swap, mem_budget, slots, here, whole_slots,
+                                          device_links)
     jobs, source = load_jobs(report, profiles, profiles_json, filter_text)
     notes = []
     if report is None and profiles_json is None and not filter_text:
@@ -250,6 +258,10 @@ def run_plan(
                      "(median): they were measured on a busy machine, so the makespan is "
                      "pessimistic")
     links = [j for j in jobs if j.kind == "link"]
+    if device_links > 0 and not any(j.device_link for j in jobs):
+        # Only a report records how a link was predicted; profiles cannot tell a device link.
+        notes.append(f"--device-links {device_links}: no job is known to be a device link (only "
+                     "a --report marks them), so the cap changes nothing")
     result = simulate(jobs, shape)
     unknown = [o for o, why in result.link_deps.items() if why.startswith("all compiles")]
     if unknown:
@@ -293,7 +305,8 @@ def render_plan(plan: PlanResult, console: Console) -> None:
     swap = fs(h.swap_bytes) if h.swap_bytes else "no"
     cores = f"{h.cores} core" + ("s" if h.cores != 1 else "")
     say(f"host ({plan.host_note}): {cores}, {fs(h.mem_bytes or 0)} RAM, {swap} swap -> "
-        f"budget {fs(h.budget_bytes)} ({plan.budget_note}), {h.effective_slots} CPU slots")
+        f"budget {fs(h.budget_bytes)} ({plan.budget_note}), {h.effective_slots} CPU slots"
+        + (f", at most {h.max_device_links} device link(s) at once" if h.max_device_links else ""))
     ratio = f", x{r.ratio_to_lower_bound:.2f}" if r.lower_bound_s > 0 else ""
     say(f"predicted makespan {format_duration(r.makespan_s)} (lower bound "
         f"{format_duration(r.lower_bound_s)}{ratio}); total CPU {format_duration(r.total_cpu_s)}")

@@ -48,6 +48,10 @@ Approximations (each one is a knob or a documented limit, not a hidden guess):
 - The memory guard (pause, freeze, kill on live totals) is not modelled; a replay repeats the
   freezes of its report (`SimJob.pauses`, from the freeze/thaw events): a frozen job keeps its
   slot and its RSS, and its curve resumes where it stopped. A plan assumes no freezes.
+- Device links: with `HostShape.max_device_links` K > 0, at most K jobs marked `device_link`
+  run at once, earliest-visible first (`govern.links.offerable`, as the governor's admission
+  filters its waiting jobs); others are offered as usual. Reports mark them (a link predicted
+  from its command line); profiles do not, so a plan from profiles applies no cap.
 - Learning: a replayed job the governor had never measured (`learns`: predicted on a prior
   or from siblings) is predicted as the governor does, from the jobs this simulated build has
   finished (`policy.sibling_prediction`; reports name no compiler and no source size, so all
@@ -71,7 +75,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
-from buildctl.govern import policy, scheduler
+from buildctl.govern import links, policy, scheduler
 from buildctl.govern.profiles import ProfileEntry, family_of, target_of
 from buildctl.host import default_budget
 from buildctl.report import BuildReport, JobRecord
@@ -124,6 +128,9 @@ class SimJob:
     # job whenever one ends; before any has, `prior_bytes` with the slow start of its family.
     learns: bool = False
     prior_bytes: int | None = None
+    # A SYCL device link (from a report: a link predicted from its command line, source
+    # "device-link"): `HostShape.max_device_links` of them run at once, as in the governor.
+    device_link: bool = False
 
     @property
     def occupancy_s(self) -> float:
@@ -188,6 +195,8 @@ class HostShape:
     slots: int | None = None  # CPU slots of the governor; default = cores
     ninja_width: int | None = None  # default: buildctl's max(4 x slots, 16)
     whole_slots: bool = False  # every job takes a whole slot (buildctl --whole-slots)
+    # At most this many device links at once (GovernorOptions.max_device_links; 0 = no cap).
+    max_device_links: int = 0
 
     @property
     def effective_slots(self) -> int:
@@ -407,9 +416,10 @@ def simulate(
             if jobs[index].learns:
                 predicted[index] = _learned(jobs[index], done, _running_siblings(
                     jobs, running, starts, t))
-        if _may_admit(visible, running, shares, slots):
+        offered = _offered(jobs, visible, running, host.max_device_links)
+        if _may_admit(offered, running, shares, slots):
             decision = scheduler.decide(
-                [_waiting(predicted[i], i, at, shares[i]) for i, at in visible.items()],
+                [_waiting(predicted[i], i, at, shares[i]) for i, at in offered.items()],
                 [_running(predicted[i], i, t - starts[i], excl, shares[i])
                  for i, excl in running.items()],
                 admission_budget,
@@ -493,6 +503,21 @@ def simulate(
         busy_peak_slots=busy_peak,
         link_deps=notes,
     )
+
+
+def _offered(jobs: Sequence[SimJob], visible: dict[int, float], running: dict[int, bool],
+             max_links: int) -> dict[int, float]:
+    """The visible jobs admission may consider now: all of them but the device links beyond the
+    cap, as the governor's `_link_allowed` filters its waiting jobs (govern.links.offerable)."""
+    if max_links <= 0:
+        return visible
+    running_links = sum(1 for i in running if jobs[i].device_link)
+    allowed = links.offerable(
+        [links.LinkCandidate(i, jobs[i].device_link, at) for i, at in visible.items()],
+        running_links,
+        max_links,
+    )
+    return {i: visible[i] for i in allowed}
 
 
 def _may_admit(
@@ -648,6 +673,7 @@ def jobs_from_report(report: BuildReport, *, replay: bool = False) -> list[SimJo
                 pauses=_pauses(record, frozen.get(record.output, [])),
                 learns=replay and record.prediction_source in LEARNING_SOURCES,
                 prior_bytes=priors.get(record.kind, record.predicted_rss_bytes),
+                device_link=record.kind == "link" and record.prediction_source == "device-link",
             )
         )
     return jobs
