@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -115,3 +116,19 @@ def processes_mentioning(text: str) -> list[psutil.Process]:
 def intervals_overlap(jobs: list[dict]) -> bool:
     spans = sorted((j["started_at_s"], j["started_at_s"] + j["wall_s"]) for j in jobs)
     return any(b[0] < a[1] - 0.05 for a, b in itertools.pairwise(spans))
+
+
+def fake_governor(db: Any, tmp_path: Path, *, clock: Any, runner: Any = None,
+                  **options: Any) -> Any:
+    """A Governor on the fake runner, a test's clock and endless host memory, with no start-up
+    gathering, host watermarks or hang detection unless `options` say otherwise."""
+    from buildctl.govern.governor import Governor, GovernorOptions
+    from buildctl.govern.runner import FakeRunner
+
+    settings: dict[str, Any] = dict(
+        socket_path=tmp_path / "unused.sock", build_dir=tmp_path, low_water_bytes=0,
+        critical_bytes=0, gather_quiet_s=0.0, gather_max_s=0.0, hang_after_s=1e9,
+    )
+    settings.update(options)
+    return Governor(GovernorOptions(**settings), db, runner=runner or FakeRunner({}),
+                    clock=clock, available=lambda: 1 << 50)

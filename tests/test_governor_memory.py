@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from helpers import fake_governor
 
-from buildctl.govern.governor import Governor, GovernorOptions, Job
+from buildctl.govern.governor import Job
 from buildctl.govern.profiles import ProfileDB
 from buildctl.govern.runner import FakeRunner
 
@@ -76,25 +77,9 @@ def replay(db: ProfileDB, tmp_path: Path, slots: int = 16, budget: int = BUDGET,
     runner = FakeRunner({f"CMakeFiles/gemm.dir/{name}": rss_script(job["rss"])
                          for name, job in jobs.items()})
     clock = [1000.0]
-    governor = Governor(
-        GovernorOptions(
-            socket_path=tmp_path / "unused.sock",
-            budget_bytes=budget,
-            slots=slots,
-            build_dir=tmp_path,
-            sample_interval_s=STEP_S,
-            low_water_bytes=0,
-            critical_bytes=0,
-            gather_quiet_s=0.0,
-            gather_max_s=0.0,
-            hang_after_s=1e9,
-            project="gemm",
-        ),
-        db,
-        runner=runner,
-        clock=lambda: clock[0],
-        available=lambda: 1 << 50,
-    )
+    governor = fake_governor(db, tmp_path, clock=lambda: clock[0], runner=runner,
+                             budget_bytes=budget, slots=slots, sample_interval_s=STEP_S,
+                             project="gemm")
     for name in jobs:
         governor.enqueue(f"CMakeFiles/gemm.dir/{name}", "compile", "nvcc 13.0",
                          fingerprint=name, source_bytes=4000)
@@ -217,11 +202,7 @@ def test_a_thawed_job_resumes_its_climb_in_the_projection(db: ProfileDB, tmp_pat
     unseen."""
     from buildctl.process import TreeSample
 
-    governor = Governor(
-        GovernorOptions(socket_path=tmp_path / "unused.sock", budget_bytes=BUDGET, slots=2,
-                        build_dir=tmp_path),
-        db, runner=FakeRunner({}), clock=lambda: 10.0, available=lambda: 1 << 50,
-    )
+    governor = fake_governor(db, tmp_path, clock=lambda: 10.0, budget_bytes=BUDGET, slots=2)
     governor.enqueue("a.o", "compile", "g++ 12", fingerprint="a", source_bytes=100)
     (job,) = governor.jobs.values()
     job.growth_at_freeze = 300.0 * MiB
@@ -241,11 +222,8 @@ def test_a_sibling_prediction_takes_the_peak_the_samples_missed(
     runner = FakeRunner({"CMakeFiles/k.dir/a.cu.o": lambda t: 100 * MiB,
                          "CMakeFiles/k.dir/b.cu.o": lambda t: 100 * MiB})
     clock = [1000.0]
-    governor = Governor(
-        GovernorOptions(socket_path=tmp_path / "unused.sock", budget_bytes=BUDGET, slots=1,
-                        build_dir=tmp_path, gather_quiet_s=0.0, gather_max_s=0.0),
-        db, runner=runner, clock=lambda: clock[0], available=lambda: 1 << 50,
-    )
+    governor = fake_governor(db, tmp_path, clock=lambda: clock[0], runner=runner,
+                             budget_bytes=BUDGET, slots=1)
     for name in ("a", "b"):
         governor.enqueue(f"CMakeFiles/k.dir/{name}.cu.o", "compile", "nvcc 13.0",
                          fingerprint=name, source_bytes=500)
@@ -271,11 +249,7 @@ def test_a_job_slowed_by_its_neighbours_is_placed_by_its_cpu_progress(
     behind it."""
     import dataclasses
 
-    governor = Governor(
-        GovernorOptions(socket_path=tmp_path / "unused.sock", budget_bytes=BUDGET, slots=2,
-                        build_dir=tmp_path),
-        db, runner=FakeRunner({}), clock=lambda: 1010.0, available=lambda: 1 << 50,
-    )
+    governor = fake_governor(db, tmp_path, clock=lambda: 1010.0, budget_bytes=BUDGET, slots=2)
     governor.enqueue("a.o", "compile", "g++ 12", fingerprint="a", source_bytes=100)
     (job,) = governor.jobs.values()
     curve = ((0.0, 100 * MiB), (7.9, 100 * MiB), (8.0, 2 * GiB), (8.5, 100 * MiB), (10.0, 0))

@@ -10,8 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import fake_governor
 
-from buildctl.govern.governor import Governor, GovernorOptions
+from buildctl.govern.governor import Governor
 from buildctl.govern.links import LinkCandidate, device_link_bytes, offerable
 from buildctl.govern.profiles import ProfileDB, ProfileEntry
 from buildctl.govern.runner import FakeRunner
@@ -82,26 +83,12 @@ def _drive(tmp_path: Path, *, flag: bool, per_job: int, cap: int, compiles: int 
     compile_outputs = [f"CMakeFiles/k.dir/k{i}.cpp.o" for i in range(compiles)]
     runner = FakeRunner({out: (lambda t: GiB) for out in outputs + compile_outputs})
     clock = [1000.0]
-    governor = Governor(
-        GovernorOptions(
-            socket_path=tmp_path / "unused.sock",
-            budget_bytes=64 * GiB,
-            slots=32,  # the unknown-family slow start lets 4 unmeasured links start
-            build_dir=tmp_path,
-            sample_interval_s=STEP_S,
-            low_water_bytes=0,
-            critical_bytes=0,
-            gather_quiet_s=0.0,
-            gather_max_s=0.0,
-            hang_after_s=1e9,
-            project="vllm-xpu-kernels",
-            device_link_job_bytes=per_job,
-            max_device_links=cap,
-        ),
-        db or ProfileDB(tmp_path / "profiles.sqlite"),
-        runner=runner,
-        clock=lambda: clock[0],
-        available=lambda: 1 << 50,
+    governor = fake_governor(
+        db or ProfileDB(tmp_path / "profiles.sqlite"), tmp_path, clock=lambda: clock[0],
+        runner=runner, budget_bytes=64 * GiB,
+        slots=32,  # the unknown-family slow start lets 4 unmeasured links start
+        sample_interval_s=STEP_S, project="vllm-xpu-kernels", device_link_job_bytes=per_job,
+        max_device_links=cap,
     )
     for out in outputs:
         governor.enqueue(out, "link", "icpx 2025.3", argv=_link_argv(out, flag))
