@@ -124,3 +124,18 @@ def test_refuses_a_directory_that_is_not_a_venv(tmp_path: Path) -> None:
     with pytest.raises(BadInput, match="not a venv"):
         ensure_torch_env(tmp_path / "env", TARGET)
     assert (tmp_path / "env" / "precious.txt").read_text() == "keep me"
+
+
+def test_an_env_dir_linked_to_a_shared_env_not_yet_made_is_created_there(tmp_path: Path) -> None:
+    # CI's first wheel test may link its env to the shared one before anything has created it.
+    empty_index = tmp_path / "simple"
+    (empty_index / "torch").mkdir(parents=True)
+    (empty_index / "torch" / "index.html").write_text("<html><body></body></html>\n")
+    shared = tmp_path / "shared" / "envs" / "2.0.99+cpu"
+    shared.parent.mkdir(parents=True)
+    link = tmp_path / "env"
+    link.symlink_to(shared, target_is_directory=True)
+    with pytest.raises(BadInput, match="is not available"):  # the venv came first, then pip
+        ensure_torch_env(link, parse_torch("2.0.99+cpu"), index_url=empty_index.as_uri(),
+                         timeout=300)
+    assert (shared / "pyvenv.cfg").is_file() and link.is_symlink()

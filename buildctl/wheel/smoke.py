@@ -171,7 +171,9 @@ def ensure_torch_env(
     BadInput when the index has no such torch (exit 2: the user asked for something that does not
     exist there); BuildFailed when pip fails otherwise or installs a different build.
     """
-    env_path = Path(env_dir).absolute()
+    # Resolved: an env dir may be a link to a shared env not created yet (venv refuses to
+    # create over a dangling link), and the lock must be the shared env's own.
+    env_path = Path(env_dir).resolve()
     python = env_path / "bin" / "python"
     stamp_path = env_path / STAMP_NAME
     with _locked(env_path):
