@@ -115,8 +115,8 @@ def _read_int(path: Path) -> int | None:
     return None if value >= 1 << 60 else value
 
 
-def cgroup_memory_limit(root: Path = Path("/sys/fs/cgroup")) -> int | None:
-    """The memory limit of this process's cgroup (v2 memory.max, else v1 limit_in_bytes)."""
+def _memory_cgroup_dir(root: Path) -> tuple[Path, int] | None:
+    """This process's memory cgroup directory and its version (2 or 1), where it has one."""
     try:
         lines = Path("/proc/self/cgroup").read_text().splitlines()
     except OSError:
@@ -124,16 +124,59 @@ def cgroup_memory_limit(root: Path = Path("/sys/fs/cgroup")) -> int | None:
     for line in lines:
         hierarchy, controllers, rel = [*line.split(":", 2), "", "", ""][:3]
         rel = rel.lstrip("/")
-        if hierarchy == "0" and controllers == "":
-            value = _read_int(root / rel / "memory.max")
-            if value is not None:
-                return value
+        if hierarchy == "0" and controllers == "" and (root / rel / "memory.max").exists():
+            return root / rel, 2
         if "memory" in controllers.split(","):
             for base in (root / "memory" / rel, root / "memory"):
-                value = _read_int(base / "memory.limit_in_bytes")
-                if value is not None:
-                    return value
+                if (base / "memory.limit_in_bytes").exists():
+                    return base, 1
     return None
+
+
+def cgroup_memory_limit(root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """The memory limit of this process's cgroup (v2 memory.max, else v1 limit_in_bytes)."""
+    found = _memory_cgroup_dir(root)
+    if found is None:
+        return None
+    where, version = found
+    return _read_int(where / ("memory.max" if version == 2 else "memory.limit_in_bytes"))
+
+
+def cgroup_headroom(where: Path, version: int) -> int | None:
+    """What this cgroup can still take before its limit: the limit minus what it uses, less the
+    inactive file cache the kernel reclaims first (as `docker stats` counts it). None when the
+    cgroup has no limit."""
+    limit = _read_int(where / ("memory.max" if version == 2 else "memory.limit_in_bytes"))
+    used = _read_int(where / ("memory.current" if version == 2 else "memory.usage_in_bytes"))
+    if limit is None or used is None:
+        return None
+    inactive_key = "inactive_file" if version == 2 else "total_inactive_file"
+    inactive = 0
+    try:
+        for line in (where / "memory.stat").read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if key == inactive_key:
+                inactive = int(value)
+                break
+    except (OSError, ValueError):
+        pass
+    return max(0, limit - max(0, used - inactive))
+
+
+_CGROUP: list[tuple[Path, int] | None] = []  # looked up once: a process does not change cgroup
+
+
+def available_bytes() -> int:
+    """Memory a new job can still get: the host's available memory, or less where this process's
+    cgroup (a container, a CI job, a systemd slice) runs out first."""
+    host_available = int(psutil.virtual_memory().available)
+    if not _CGROUP:
+        _CGROUP.append(_memory_cgroup_dir(Path("/sys/fs/cgroup")))
+    found = _CGROUP[0]
+    if found is None:
+        return host_available
+    headroom = cgroup_headroom(*found)
+    return host_available if headroom is None else min(host_available, headroom)
 
 
 def probe(disk_path: str | os.PathLike[str] | None = None) -> HostInfo:
@@ -143,17 +186,13 @@ def probe(disk_path: str | os.PathLike[str] | None = None) -> HostInfo:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return HostInfo(
         total_ram_bytes=vm.total,
-        available_bytes=vm.available,
+        available_bytes=available_bytes(),
         swap_total_bytes=sw.total,
         swap_free_bytes=sw.free,
         cgroup_limit_bytes=cgroup_memory_limit(),
         cores=cores or 1,
         disk_free_bytes=disk_free,
     )
-
-
-def available_bytes() -> int:
-    return int(psutil.virtual_memory().available)
 
 
 def memory_pressure(path: Path = Path("/proc/pressure/memory")) -> tuple[float, float] | None:

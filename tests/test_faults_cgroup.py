@@ -12,6 +12,7 @@ import json
 import os
 import secrets
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -148,3 +149,19 @@ def test_real_thrash_is_reported_with_evidence_sheds_load_and_is_not_killed(
     for name in ("late0.cpp.o", "late1.cpp.o"):
         assert jobs[name]["started_at_s"] >= go_on - 0.3, (name, report["events"], report["jobs"])
         assert jobs[name]["queued_s"] > 1.0
+
+
+def test_available_memory_is_the_cgroups_headroom_inside_a_limited_group(memcg: Path) -> None:
+    # The host has GiBs free; a process in a 64 MiB group can get at most 64 MiB, and the guard's
+    # critical mark must see that (a container or CI job on a big host).
+    code = (
+        "import os, sys\n"
+        f"open('{memcg}/cgroup.procs', 'w').write(str(os.getpid()))\n"
+        "from buildctl import host\n"
+        "print(host.available_bytes(), host.cgroup_memory_limit(), host.probe().available_bytes)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True).stdout.split()
+    available, limit, probed = (int(v) for v in out)
+    assert limit == 64 * MiB
+    assert 0 < available <= 64 * MiB and 0 < probed <= 64 * MiB

@@ -1,9 +1,18 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from buildctl.errors import BadInput
-from buildctl.host import default_budget, format_size, parse_size, probe
+from buildctl.host import (
+    available_bytes,
+    cgroup_headroom,
+    default_budget,
+    format_size,
+    parse_size,
+    probe,
+)
 
 G = 1024**3
 
@@ -48,3 +57,38 @@ def test_probe_reads_this_host() -> None:
     assert info.total_ram_bytes > 0 and info.cores >= 1
     assert info.available_bytes <= info.total_ram_bytes
     assert info.disk_free_bytes and info.disk_free_bytes > 0
+
+
+def _cgroup_files(where: Path, files: dict[str, str]) -> Path:
+    where.mkdir(parents=True)
+    for name, text in files.items():
+        (where / name).write_text(text)
+    return where
+
+
+def test_cgroup_headroom_v2_counts_inactive_file_cache_as_free(tmp_path: Path) -> None:
+    where = _cgroup_files(tmp_path / "v2", {
+        "memory.max": f"{8 * G}\n", "memory.current": f"{6 * G}\n",
+        "memory.stat": f"anon {4 * G}\nfile {2 * G}\ninactive_file {G}\nactive_file {G}\n",
+    })
+    assert cgroup_headroom(where, 2) == 8 * G - (6 * G - G)
+
+
+def test_cgroup_headroom_v1_and_unlimited(tmp_path: Path) -> None:
+    where = _cgroup_files(tmp_path / "v1", {
+        "memory.limit_in_bytes": f"{4 * G}\n", "memory.usage_in_bytes": f"{3 * G}\n",
+        "memory.stat": f"cache 100\ninactive_file 5\ntotal_inactive_file {G // 2}\n",
+    })
+    assert cgroup_headroom(where, 1) == 4 * G - (3 * G - G // 2)
+    (where / "memory.limit_in_bytes").write_text("9223372036854771712\n")  # v1's "no limit"
+    assert cgroup_headroom(where, 1) is None
+    over = _cgroup_files(tmp_path / "over", {"memory.max": "100\n", "memory.current": "200\n"})
+    assert cgroup_headroom(over, 2) == 0  # never negative; no memory.stat: no cache counted
+    unlimited = _cgroup_files(tmp_path / "max", {"memory.max": "max\n", "memory.current": "1\n"})
+    assert cgroup_headroom(unlimited, 2) is None
+
+
+def test_available_never_exceeds_the_hosts() -> None:
+    import psutil
+
+    assert 0 < available_bytes() <= psutil.virtual_memory().total
