@@ -308,12 +308,22 @@ def test_outside_memory_hog_triggers_the_guard_and_the_build_still_succeeds(
 
     reader = threading.Thread(target=read_output, daemon=True)
     reader.start()
-    # Once two jobs run, the hog takes 3 GiB and holds it until the guard has killed (or 90 s).
+    # Once two jobs run, the hog takes memory until the guard's own reading (host.available_bytes)
+    # is below the critical mark, then holds it until the guard has killed (or 90 s). It aims at
+    # the reading, not at a fixed size: an earlier test's process still exiting when `avail` was
+    # read made a fixed 3 GiB hog cross only the low-water mark on a loaded CI run.
     _wait_for_jobs(proc.pid, ("memcc",), 2)
     release = tmp_path / "release-the-hog"
     hog = subprocess.Popen([
         sys.executable, "-c",
-        f"import os, time\nb = bytearray(b'1') * {hog_bytes}\nend = time.time() + 90\n"
+        "import os, time\n"
+        "from buildctl import host\n"
+        "chunks = []\n"
+        f"target, cap, floor = {critical - 256 * MiB}, {hog_bytes + 2 * 1024**3}, {1024**3}\n"
+        "while (host.available_bytes() > target and len(chunks) * 64 * 2**20 < cap\n"
+        "       and host.available_bytes() > floor):\n"
+        "    chunks.append(bytearray(b'1') * (64 * 2**20))\n"
+        "end = time.time() + 90\n"
         f"while time.time() < end and not os.path.exists({str(release)!r}):\n"
         "    time.sleep(0.05)\n",
     ])
