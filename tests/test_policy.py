@@ -95,15 +95,18 @@ PRESSURE_TABLE = [
     ("sum of worst cases over budget, live far below", [live(1, 3), live(2, 3, 10, 1),
                                                        live(3, 3, 10, 2)], False, (), (), None),
     ("projected near budget pauses", [live(1, 7), live(2, 7.5, 50, 1)], True, (), (), None),
+    # On a projection alone one job per tick; the next tick re-projects.
     ("growth into the budget freezes the cheapest growing job, not the oldest",
-     [live(1, 6, 500, 0), live(2, 5, 500, 1), live(3, 4, 500, 2)], True, (3, 2), (), None),
+     [live(1, 6, 500, 0), live(2, 5, 500, 1), live(3, 4, 500, 2)], True, (3,), (), None),
+    ("live memory at the freeze mark freezes as many as it takes",
+     [live(1, 6, 500, 0), live(2, 5.6, 500, 1), live(3, 4, 500, 2)], True, (3, 2), (), None),
     # The ggml run on 16 cores: steps (new compiler phases) projected forward froze jobs at half
     # the budget for tens of seconds. Far from the budget a step is no trend.
     ("steps far from the budget neither pause nor freeze",
      [live(1, 4, 0, 0, recent_bps=2 * GiB), live(2, 4, 0, 1, recent_bps=2 * GiB),
       live(3, 3, 0, 2, recent_bps=2 * GiB)], False, (), (), None),
     ("a sustained climb into the budget freezes at any live level",
-     [live(1, 4, 2000, 0), live(2, 4, 2000, 1), live(3, 3, 2000, 2)], True, (3, 2), (), None),
+     [live(1, 4, 2000, 0), live(2, 4, 2000, 1), live(3, 3, 2000, 2)], True, (3,), (), None),
     ("a job's own curve passing the budget within the horizon freezes it",
      [live(1, 6, 0, 0), live(2, 4, 0, 1, soon=11 * GiB, own_curve=True)], True, (2,), (), None),
     ("its own curve rising, but not into the budget: no freeze, whatever its rate",

@@ -372,7 +372,12 @@ def pressure_actions(
             ),
             key=lambda j: (j.rss, -j.started_at),
         )
-        for job in growing:
+        # On a projection alone, one freeze per guard tick: the next tick re-projects with
+        # fresh samples. Nine jobs' last steps summed once froze seven jobs at a time on a real
+        # 16-core build, six of them thawed 2.8 s later. Live memory at the mark or a critical
+        # host freezes as many as it takes.
+        at_most = len(growing) if live > FREEZE_AT * budget or host_critical else 1
+        for job in growing[:at_most]:
             if after_freeze <= FREEZE_AT * budget:
                 break
             freeze.append(job.job_id)
