@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from buildctl.govern.cache import (
     compiler_argv,
     evidence_from_done,
     is_cache_hit,
+    masquerading_cache,
     split_cache_wrapper,
     stats_log_says_hit,
     strip_launcher_defines,
@@ -134,6 +136,19 @@ def test_is_cache_hit(kw: dict, hit: bool) -> None:
     assert is_cache_hit(evidence(**kw)) is hit
 
 
+def test_a_compiler_path_linking_to_ccache_is_a_cache(tmp_path: Path) -> None:
+    # Debian's /usr/lib/ccache/g++ is a link to ccache: runs through it can be hits.
+    (tmp_path / "ccache").write_text("")
+    (tmp_path / "masq").mkdir()
+    (tmp_path / "masq" / "g++").symlink_to(tmp_path / "ccache")
+    masq = str(tmp_path / "masq" / "g++")
+    assert masquerading_cache(masq) == "ccache"
+    assert masquerading_cache("g++") is None and masquerading_cache("/usr/bin/ccache") is None
+    assert is_cache_hit(evidence(argv=[masq, "-c", "a.cc"], stats_log=HIT_LOG)) is True
+    assert is_cache_hit(evidence(argv=[masq, "-c", "a.cc"], stats_log=MISS_LOG)) is False
+    assert is_cache_hit(evidence(argv=["/usr/bin/g++", "-c", "a.cc"], stats_log=HIT_LOG)) is False
+
+
 def test_stats_log_that_names_neither_leaves_the_decision_to_the_numbers() -> None:
     assert stats_log_says_hit("# a.o\n") is None
     assert stats_log_says_hit("# a.o\ncalled_for_link\n") is False
@@ -216,6 +231,20 @@ def _build(tmp_path: Path, name: str, env: dict[str, str], *cmake_args: str):
     return read_report(report), launcher_line
 
 
+def _compile_runs(db: Path) -> list[tuple[str, int, int]]:
+    """(output, peak, cache_hit) of every compile the profile DB holds, oldest first."""
+    with sqlite3.connect(db) as conn:
+        return conn.execute(
+            "SELECT output, peak_rss, cache_hit FROM runs WHERE kind='compile' ORDER BY id"
+        ).fetchall()
+
+
+def _hits_are_not_peaks(db: Path) -> None:
+    """First build: 3 misses measured; second build: 3 hits, kept as hits, never as peaks."""
+    runs = _compile_runs(db)
+    assert [hit for _, _, hit in runs] == [0, 0, 0, 1, 1, 1], runs
+
+
 @needs_ccache
 @pytest.mark.slow
 def test_ccache_after_dashdash_is_chained_and_jobs_stay_governed(tmp_path: Path) -> None:
@@ -235,6 +264,26 @@ def test_ccache_after_dashdash_is_chained_and_jobs_stay_governed(tmp_path: Path)
     second = _ccache_counters(tmp_path / "ccache")
     hits = second.get("direct_cache_hit", 0) + second.get("preprocessed_cache_hit", 0)
     assert hits - first.get("direct_cache_hit", 0) - first.get("preprocessed_cache_hit", 0) == 3
+    _hits_are_not_peaks(Path(env["BUILDCTL_PROFILE_DB"]))
+
+
+MASQUERADE = Path("/usr/lib/ccache/g++")  # Debian's ccache package: a link to ccache per compiler
+
+
+@needs_ccache
+@pytest.mark.slow
+@pytest.mark.skipif(not MASQUERADE.exists(), reason="no /usr/lib/ccache/g++ (Debian's ccache)")
+def test_ccache_as_the_compiler_path_is_governed_and_hits_are_not_peaks(tmp_path: Path) -> None:
+    # The other way round: ccache comes as the compiler (a link), not as a launcher; buildctl's
+    # launcher is still first and a hit is still told from a compile.
+    env = isolated_env(tmp_path)
+    env["CCACHE_DIR"] = str(tmp_path / "ccache")
+    compiler = f"-DCMAKE_CXX_COMPILER={MASQUERADE}"
+    for name in ("b1", "b2"):
+        report, line = _build(tmp_path, name, env, compiler)
+        assert "launcher.py" in line and line.endswith(";--")  # no launcher after ours
+        assert len([j for j in report["jobs"] if j["kind"] == "compile"]) == 3
+    _hits_are_not_peaks(Path(env["BUILDCTL_PROFILE_DB"]))
 
 
 @needs_ccache

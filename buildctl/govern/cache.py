@@ -39,6 +39,14 @@ def wrapper_name(program: str) -> str | None:
     return name if name in CACHE_WRAPPERS else None
 
 
+def masquerading_cache(program: str) -> str | None:
+    """The cache a compiler path really runs: `/usr/lib/ccache/g++` is a link to ccache (Debian's
+    way to put ccache before every compiler), so its runs can be cache hits too; else None."""
+    if "/" not in program or wrapper_name(program):
+        return None
+    return wrapper_name(os.path.realpath(program))
+
+
 def split_cache_wrapper(argv: Sequence[str]) -> tuple[str | None, list[str]]:
     """(`ccache`, compiler argv) for a cached command, (None, argv) otherwise.
 
@@ -90,15 +98,17 @@ def stats_log_says_hit(stats_log: str) -> bool | None:
 
 
 def is_cache_hit(evidence: CacheEvidence) -> bool:
-    """Whether a finished job was served from a compiler cache (pure).
+    """Whether a finished job was served from a compiler cache (pure, but for resolving a
+    compiler path that may link to a cache).
 
     The cache's own log decides when there is one. Without it (sccache, old ccache) a cached
     compile counts as a hit when both its CPU time and its peak RSS are far below the same
-    output's history. A command without a cache wrapper is never a hit."""
+    output's history. A command without a cache (a wrapper, or a compiler path that links to
+    one) is never a hit."""
     if evidence.kind != "compile":
         return False
     cache, _ = split_cache_wrapper(evidence.argv)
-    if cache is None:
+    if cache is None and not (evidence.argv and masquerading_cache(evidence.argv[0])):
         return False
     if evidence.stats_log:
         verdict = stats_log_says_hit(evidence.stats_log)
