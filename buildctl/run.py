@@ -193,32 +193,53 @@ def run_env(
 
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
+    from buildctl import host
     from buildctl.build import ninja_width
     from buildctl.govern.session import GovernedSession
-    from buildctl.settings import session_options
+    from buildctl.settings import Layers, govern_settings, join_cluster, show
     from buildctl.ui.summary import print_summary
 
     command = list(args.command)
     if command[:1] == ["--"]:
         command = command[1:]
-    if not command:
+    cwd = Path.cwd()
+    state_dir = (args.build_dir or default_state_dir(cwd)).resolve()
+    # The working directory is the project: its pyproject.toml [tool.buildctl] is a settings
+    # layer, and its name keys the profiles (as --source's name does for `buildctl build`).
+    layers = Layers.collect(args, project_dir=cwd)
+    if not command and not args.show_settings:
         raise BadInput(
             "buildctl run needs a command to run",
             "pass it after --, e.g. buildctl run -- pip wheel . --no-build-isolation",
         )
-    if shutil.which(command[0]) is None:
+    if command and shutil.which(command[0]) is None:
         raise BadInput(
             f"cannot run {command[0]!r}: not found on PATH",
             "check the command after --, or give its full path",
         )
-    cwd = Path.cwd()
-    state_dir = (args.build_dir or default_state_dir(cwd)).resolve()
-    opts = session_options(args, state_dir, f"buildctl run {Path(command[0]).name}", str(cwd))
-    with GovernedSession(opts) as session:
-        env = dict(os.environ)
-        env.update(run_env(state_dir, session.launcher(), env, ninja_width(opts.slots)))
-        rc = session.run(command, cwd=cwd, env=env)
+    executor, capacity = join_cluster(layers.ray_address(), state_dir, [cwd], host.probe())
+    try:
+        govern = govern_settings(layers, capacity)
+        if args.show_settings or args.verbose:
+            console.print(show(govern), highlight=False, markup=False)
+        if args.show_settings:
+            return 0
+        opts = govern.session_options(state_dir, f"buildctl run {Path(command[0]).name}",
+                                      str(cwd), executor=executor, project=project_name(cwd))
+        with GovernedSession(opts) as session:
+            env = dict(os.environ)
+            env.update(run_env(state_dir, session.launcher(), env, ninja_width(opts.slots)))
+            rc = session.run(command, cwd=cwd, env=env)
+    finally:
+        if executor is not None:
+            executor.close()
     return print_summary(console, session, rc, args.report, json_line_too=args.json)
+
+
+def project_name(directory: Path) -> str:
+    """The project a run's profiles belong to: its working directory's name, the same rule as
+    `buildctl build --source DIR` (two projects never share a prediction by accident)."""
+    return directory.resolve().name or "root"
 
 
 def add_run_parser(

@@ -487,13 +487,3 @@ def show(settings: Settings) -> str:
     width = max(len(r[0]) for r in rows)
     vwidth = min(max(len(r[1]) for r in rows), 40)
     return "\n".join(f"{n:{width}}  {v:{vwidth}}  {o}" for n, v, o in rows)
-
-
-def session_options(args: argparse.Namespace, build_dir: Path, title: str, source: str) -> Any:
-    """For a handler that has only its Namespace: the governor settings resolved once (flags,
-    environment, config files, host or Ray cluster), then the session's options."""
-    layers = Layers.collect(args)
-    executor, capacity = join_cluster(layers.ray_address(), build_dir, [Path(source)],
-                                      host.probe())
-    govern = govern_settings(layers, capacity)
-    return govern.session_options(build_dir, title, source, executor=executor)
