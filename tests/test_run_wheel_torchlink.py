@@ -3,6 +3,7 @@ shared objects (DT_NEEDED, or undefined symbols only torch defines)."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import zipfile
@@ -69,10 +70,17 @@ def test_wheel_of_a_plain_extension_has_no_torch_label_or_pin(tmp_path: Path) ->
     out = tmp_path / "wheelhouse"
     proc = run_buildctl(
         "wheel", "--torch", "2.13.0+cpu", "--source", str(FIXTURES / "run_skbuild"), "--plain",
-        "--out", str(out), "--cache-dir", str(CACHE), "-C", "cmake.build-type=Release",
-        timeout=1800,
+        "--out", str(out), "--cache-dir", str(CACHE), "-C", "cmake.build-type=RelWithDebInfo",
+        "-D", "RUN_SKB_MARK=from-buildctl", timeout=1800,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    # -C reaches the build backend and -D reaches CMake (scikit-build-core's default is Release).
+    assert 'Install configuration: "RelWithDebInfo"' in proc.stdout
+    written = re.findall(r"Build files have been written to: (\S+)", proc.stdout)
+    assert written and all(
+        "RUN_SKB_MARK:UNINITIALIZED=from-buildctl" in (Path(d) / "CMakeCache.txt").read_text()
+        for d in written
+    ), written
     wheels = list(out.rglob("*.whl"))
     assert len(wheels) == 1
     wheel = wheels[0]
