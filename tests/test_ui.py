@@ -40,6 +40,34 @@ def test_elide_middle_short_and_tiny_widths() -> None:
     assert elide_middle(LONG, 40).endswith("b16.cpp.o")  # the file name survives
 
 
+@pytest.mark.parametrize("width", [80, 100, 160])
+def test_live_table_keeps_the_numbers_whole_and_cuts_the_name_in_the_middle(width: int) -> None:
+    import io
+
+    from rich.console import Console
+
+    from buildctl.govern.snapshot import RunningView, Snapshot
+    from buildctl.ui.live import RichView
+
+    job = RunningView(output=LONG, rss=512 * MiB, predicted=600 * MiB, elapsed_s=75,
+                      verdict="healthy", evidence="cpu 98%, rss growing 12 MiB/s, no I/O",
+                      exclusive=False, attempts=1)
+    snap = Snapshot(t=1, budget=8192 * MiB, slots=2, running=(job,), waiting=3, finished=4,
+                    failed=0, reserved=1024 * MiB, live_rss=512 * MiB, peak_total_rss=0,
+                    host_available=10240 * MiB, paused="", wait_reason="")
+    out = io.StringIO()
+    console = Console(file=out, width=width, color_system=None)
+    console.print(RichView(console, "buildctl build")._render(snap))
+    lines = out.getvalue().splitlines()
+    row = next(line for line in lines if line.startswith("CMakeFiles/"))
+    assert "b16.cpp.o " in row  # both ends of the name
+    for cell in ("512.0 MiB", "600.0 MiB", "1m15s", "healthy"):  # whole, on the job's line
+        assert cell in row, row
+    assert any(line.startswith("memory ") and line.endswith("host free 10.0 GiB")
+               for line in lines)  # a line of its own, not cut after the budget bar
+    assert all(len(line) <= width for line in lines)
+
+
 # --- ETA -------------------------------------------------------------------------------------
 
 # Nine small jobs end early, one heavy job ends at 100 s: the shape that made the rate climb.

@@ -22,6 +22,19 @@ from buildctl.ui.text import elide_middle
 
 NINJA_STATUS = re.compile(r"^\s*\[(\d+)/(\d+)\]")
 JOB_COLUMN = 60  # characters of a job name in the live table (cut in the middle beyond)
+# What the other columns of a row need on one line (RSS, pred., time, state, some evidence)
+# and the gaps between the six columns: on a narrow terminal the job name gives way, cut in
+# the middle, rather than squeezing the numbers to one character each.
+SIZE_COLUMN, TIME_COLUMN, STATE_COLUMN, MIN_EVIDENCE = 9, 5, 9, 12
+COLUMN_GAPS = 2 * 5
+MIN_JOB_COLUMN = 16
+
+
+def column_widths(console_width: int) -> tuple[int, int]:
+    """(job name, evidence) characters on a terminal this wide (pure)."""
+    numbers = 2 * SIZE_COLUMN + TIME_COLUMN + STATE_COLUMN + COLUMN_GAPS
+    job = max(MIN_JOB_COLUMN, min(JOB_COLUMN, console_width - numbers - MIN_EVIDENCE))
+    return job, max(MIN_EVIDENCE, min(70, console_width - numbers - job))
 
 
 class View(Protocol):
@@ -106,20 +119,21 @@ class RichView:
         self.live.update(self._render(snap))
 
     def _render(self, snap: Snapshot) -> Group:
+        job_width, evidence_width = column_widths(self.console.width)
         table = Table(box=None, expand=False, pad_edge=False)
-        table.add_column("job", no_wrap=True, max_width=JOB_COLUMN)
-        table.add_column("RSS", justify="right")
-        table.add_column("pred.", justify="right")
-        table.add_column("time", justify="right")
-        table.add_column("state")
-        table.add_column("evidence", overflow="ellipsis", max_width=70)
+        table.add_column("job", no_wrap=True, max_width=job_width)
+        table.add_column("RSS", justify="right", no_wrap=True, min_width=SIZE_COLUMN)
+        table.add_column("pred.", justify="right", no_wrap=True, min_width=SIZE_COLUMN)
+        table.add_column("time", justify="right", no_wrap=True, min_width=TIME_COLUMN)
+        table.add_column("state", no_wrap=True, overflow="ellipsis", max_width=STATE_COLUMN)
+        table.add_column("evidence", no_wrap=True, overflow="ellipsis", max_width=evidence_width)
         for job in snap.running:
             state = job.verdict + (" (alone)" if job.exclusive else "")
             if job.attempts > 1:
                 state += f" try {job.attempts}"
             style = "red" if job.verdict in ("stalled", "thrashing", "spinning") else ""
             table.add_row(
-                elide_middle(job.output, JOB_COLUMN),
+                elide_middle(job.output, job_width),
                 format_size(job.rss),
                 format_size(job.predicted),
                 _fmt_s(job.elapsed_s),
@@ -141,7 +155,8 @@ class RichView:
             f"{format_size(snap.budget)} budget  ",
             (f"host free {format_size(snap.host_available)}", "dim"),
         )
-        parts: list = [line, bar, budget, table]
+        # A progress bar does not end its line: the budget goes on the next.
+        parts: list = [line, bar, Text(""), budget, table]
         if snap.paused:
             parts.append(Text(f"paused: {snap.paused}", style="yellow"))
         elif snap.wait_reason and snap.waiting:
