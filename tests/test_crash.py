@@ -137,7 +137,7 @@ def test_guard_kills_are_retried_and_never_crashes(tmp_path: Path, faultcc: Path
 @pytest.mark.parametrize(
     ("target", "sig", "rc"),
     [("buildctl", signal.SIGINT, 130), ("buildctl", signal.SIGTERM, 130),
-     ("ninja", signal.SIGTERM, 1)],
+     ("ninja", signal.SIGTERM, 1), ("ninja", signal.SIGKILL, 1)],
 )
 def test_interrupt_never_leaves_a_repro(
     tmp_path: Path, faultcc: Path, target: str, sig: int, rc: int
@@ -162,6 +162,9 @@ def test_interrupt_never_leaves_a_repro(
         proc.send_signal(sig)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == rc, out
+    # Launchers still connected when the governor stops end quietly (Python 3.11 printed an
+    # asyncio CancelledError traceback for each of them).
+    assert "Traceback" not in out and "CancelledError" not in out, out
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["status"] == ("interrupted" if rc == 130 else "failed")
     assert not [e for e in report["events"] if e["kind"] in ("crash", "stall", "hang", "retry")]

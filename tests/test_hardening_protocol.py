@@ -272,3 +272,44 @@ def test_a_started_pid_must_be_the_launchers_child() -> None:
         child.kill()
         child.wait()
     check_child_pid(child.pid, 12345)  # gone (reaped): nothing left to signal
+
+
+def test_stopping_with_launchers_still_connected_logs_no_traceback(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """ninja killed, or Ctrl-C: the governor stops while launchers still wait for `go`, run a
+    job, or have not said a word. Their connections close without an asyncio traceback
+    (Python 3.11 logs one per connection whose handler task ends cancelled)."""
+    caplog.set_level(logging.DEBUG, logger="asyncio")
+    db = ProfileDB(tmp_path / "profiles.sqlite")
+    gov = Governor(
+        GovernorOptions(socket_path=tmp_path / "gov.sock", build_dir=tmp_path,
+                        budget_bytes=4096 * MiB, slots=1, sample_interval_s=0.1,
+                        gather_quiet_s=0.0, gather_max_s=0.0),
+        db,
+    )
+    gov.start()
+    socks: list[socket.socket] = []
+    try:
+        running = _connect(gov)  # admitted, started, now sending output until done
+        socks.append(running)
+        running.sendall(_line({**ADMIT, "output": "running.o", "argv": ["true"]}) + b"\n")
+        assert _read_line(running)["op"] == "go"
+        running.sendall(_line({"op": "started", "pid": 0, "pgid": 0}) + b"\n")
+        waiting = _connect(gov)  # the one slot is taken: waits for `go`
+        socks.append(waiting)
+        waiting.sendall(_line({**ADMIT, "output": "waiting.o", "argv": ["true"]}) + b"\n")
+        socks.append(_connect(gov))  # connected, said nothing
+        assert _wait_for(lambda: {j.output: j.state for j in gov.jobs.values()}
+                         == {"running.o": "running", "waiting.o": "waiting"})
+    finally:
+        gov.stop()
+        for sock in socks:
+            sock.close()
+        db.close()
+    assert gov._thread is not None and not gov._thread.is_alive()
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == []  # e.g. "Exception in callback StreamReaderProtocol...callback"
+    out, err = capfd.readouterr()
+    assert "Traceback" not in out + err and "CancelledError" not in out + err, err
+    assert not [e.detail for e in gov.events if "CancelledError" in e.detail]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+from typing import Any
 
 from buildctl.govern.admission import Admission
 from buildctl.govern.finish import JobEnd
@@ -63,6 +64,7 @@ class Governor(SocketServer, Admission, JobEnd, Guard):
 
     def _thread_main(self) -> None:
         loop = asyncio.new_event_loop()
+        loop.set_exception_handler(self._loop_error)
         self._loop = loop
         try:
             loop.run_until_complete(self._serve())
@@ -75,6 +77,15 @@ class Governor(SocketServer, Admission, JobEnd, Guard):
             if pending:
                 loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             loop.close()
+
+    def _loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """What asyncio cannot hand to a caller becomes one line in the report and on the
+        console, never a traceback in the middle of the build's output."""
+        exc = context.get("exception")
+        detail = str(context.get("message") or "error in the governor's event loop")
+        if exc is not None:
+            detail += f" ({type(exc).__name__}: {exc})"
+        self.event("info", None, "governor: " + " ".join(detail.split()))
 
     async def _serve(self) -> None:
         path = self.opts.socket_path

@@ -119,6 +119,11 @@ class SocketServer(GovernorState):
             self.event("info", job.output if job else None, bad_client_line(str(exc), peer_pid))
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            # The governor stops while this launcher still waits (ninja killed, Ctrl-C): end
+            # quietly. A task left cancelled makes Python 3.11's stream callback log a
+            # CancelledError traceback for every such connection.
+            pass
         finally:
             # At stop, running trees are already killed and the report takes jobs as they are.
             if job is not None and job.state != "done" and not self._stopping:
