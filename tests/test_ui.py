@@ -178,3 +178,45 @@ def test_plan_from_a_previous_report_replays_its_jobs(tmp_path) -> None:
     alone = plan_from_report(path, slots=2, budget_bytes=400 * MiB)
     assert alone is not None and alone.makespan_s == pytest.approx(18.0, abs=0.5)
     assert plan_from_report(tmp_path / "missing.json", 2, 1024 * MiB) is None
+
+
+def test_without_a_previous_report_the_plan_comes_from_the_projects_profiles(tmp_path) -> None:
+    # A fresh build dir (CI restored the profile DB; the next torch version of a matrix): the
+    # ETA replays the project's measured jobs, not another project's.
+    from buildctl.govern.profiles import ProfileDB, ProfileEntry
+    from buildctl.ui.eta import build_plan
+
+    db = ProfileDB(tmp_path / "profiles.sqlite")
+    try:
+        for project, jobs in (("ours", (("a", 10.0), ("b", 4.0), ("c", 4.0))),
+                              ("theirs", tuple((f"x{i}", 60.0) for i in range(5)))):
+            for name, wall in jobs:
+                db.record(ProfileEntry(output=f"CMakeFiles/t.dir/{name}.cc.o", kind="compile",
+                                       compiler="g++", project=project,
+                                       peak_rss_bytes=300 * MiB, wall_s=wall, cpu_s=wall))
+        missing = tmp_path / "no-report.json"
+        plan = build_plan(missing, lambda: db.latest("ours"), 2, 1024 * MiB)
+        assert plan is not None and plan.jobs == 3
+        assert plan.makespan_s == pytest.approx(10.0, abs=0.5)
+        assert build_plan(missing, lambda: db.latest("new"), 2, 1024 * MiB) is None
+        # A previous report in the build dir comes first.
+        report = tmp_path / "report.json"
+        BuildReport(budget_bytes=1024 * MiB, slots=2, status="ok",
+                    jobs=[job("only.o", 300 * MiB, 0.0, 7.0)]).write(report)
+        first = build_plan(report, lambda: db.latest("ours"), 2, 1024 * MiB)
+        assert first is not None and first.jobs == 1
+    finally:
+        db.close()
+    # A governed session in a fresh build dir takes its project's plan.
+    import io
+
+    from rich.console import Console
+
+    from buildctl.govern.session import GovernedSession, SessionOptions
+
+    opts = SessionOptions(build_dir=tmp_path / "fresh", budget_bytes=1024 * MiB, slots=2,
+                          profile_db=tmp_path / "profiles.sqlite", plain=True, project="ours",
+                          console=Console(file=io.StringIO()))
+    with GovernedSession(opts) as session:
+        plan = session.view.eta.plan  # type: ignore[attr-defined]
+        assert plan is not None and plan.jobs == 3

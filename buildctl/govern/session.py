@@ -26,10 +26,10 @@ from rich.console import Console
 from buildctl import __version__, host, process
 from buildctl.errors import BadInput
 from buildctl.govern.governor import Governor, GovernorOptions, RemoteExecutor
-from buildctl.govern.profiles import ProfileDB
+from buildctl.govern.profiles import ProfileDB, ProfileEntry
 from buildctl.govern.protocol import prepare_socket_dir
 from buildctl.report import BuildReport, Event, check_output_path, write_error
-from buildctl.ui.eta import plan_from_report
+from buildctl.ui.eta import build_plan
 from buildctl.ui.live import View, make_view
 from buildctl.ui.summary import effective_peak_total
 
@@ -172,10 +172,10 @@ class GovernedSession:
             raise write_error(state / "lock", exc) from None
         self._lock_fd = fd
         self._t0 = time.monotonic()
-        # The previous run's jobs, replayed on this budget, give the ETA (read before this
-        # run's report replaces it).
-        self.view.set_plan(plan_from_report(self.report_file, self.opts.slots,
-                                            self.opts.budget_bytes))
+        # The previous run's jobs (read before this run's report replaces it), else the
+        # project's profiles, replayed on this budget, give the ETA.
+        self.view.set_plan(build_plan(self.report_file, self._project_profiles, self.opts.slots,
+                                      self.opts.budget_bytes))
         logs = state / "logs"
         logs.mkdir(exist_ok=True)
         self._build_log = (logs / "build.log").open("w", encoding="utf-8", errors="replace")
@@ -215,6 +215,10 @@ class GovernedSession:
             self.profiles.close()
             if self._lock_fd is not None:
                 os.close(self._lock_fd)
+
+    def _project_profiles(self) -> list[ProfileEntry]:
+        """This project's latest measured jobs (none for a session that names no project)."""
+        return self.profiles.latest(self.opts.project) if self.opts.project else []
 
     @property
     def report_file(self) -> Path:

@@ -1,5 +1,7 @@
-"""The ETA both views show: from the previous run's jobs replayed through the governor's own
-admission policy (the simulator) when there is one, else from ninja's progress, smoothed.
+"""The ETA both views show: the previous run's jobs in this build dir, or else the project's
+jobs in the profile DB (a fresh build dir: a CI machine that restored the DB, the next torch
+version of a matrix), replayed through the governor's own admission policy (the simulator);
+without either, from ninja's progress, smoothed.
 
 A rate from finished jobs alone climbs all build long: the first jobs to end are the small
 ones and the heavy ones end last. The simulated schedule knows how long the heavy ones take
@@ -9,9 +11,14 @@ and when memory lets them start, so it only moves when the build runs slower tha
 from __future__ import annotations
 
 import bisect
-import json
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from buildctl.govern.profiles import ProfileEntry
+    from buildctl.govern.simulate import SimJob
 
 # The plan is used when the build has about as many jobs as the run it came from (an
 # incremental rebuild of a few files is another build).
@@ -97,21 +104,44 @@ class Eta:
         return max(0.0, self._finish - elapsed_s)
 
 
-def plan_from_report(report_path: Path, slots: int, budget_bytes: int) -> EtaPlan | None:
-    """The previous run's jobs replayed on this run's slots and budget; None without one."""
-    from buildctl.govern.simulate import HostShape, jobs_from_report, simulate
-    from buildctl.report import BuildReport
+def _replay(jobs: list[SimJob], slots: int, budget_bytes: int) -> EtaPlan | None:
+    from buildctl.govern.simulate import HostShape, simulate
 
-    try:
-        report = BuildReport.read(report_path)
-    except (OSError, ValueError, json.JSONDecodeError):
+    if not jobs:
         return None
     try:
-        jobs = jobs_from_report(report)
-        if not jobs:
-            return None
         result = simulate(jobs, HostShape(cores=slots, budget_bytes=budget_bytes, slots=slots))
     except Exception:  # an ETA is never worth failing a build for
         return None
     ends = tuple(sorted(item.end_s for item in result.schedule))
     return EtaPlan(makespan_s=result.makespan_s, end_times=ends)
+
+
+def plan_from_report(report_path: Path, slots: int, budget_bytes: int) -> EtaPlan | None:
+    """The previous run's jobs replayed on this run's slots and budget; None without one."""
+    from buildctl.govern.simulate import jobs_from_report
+    from buildctl.report import BuildReport
+
+    try:
+        jobs = jobs_from_report(BuildReport.read(report_path))
+    except Exception:  # unreadable, or not a report: no plan
+        return None
+    return _replay(jobs, slots, budget_bytes)
+
+
+def plan_from_profiles(
+    entries: Iterable[ProfileEntry], slots: int, budget_bytes: int
+) -> EtaPlan | None:
+    """The project's measured jobs (the latest run of each output in the profile DB) replayed
+    on this run's slots and budget; None when it has none. A plan of another job count than the
+    build's is not used (`Eta.plan_applies`)."""
+    from buildctl.govern.simulate import jobs_from_profiles
+
+    return _replay(jobs_from_profiles(entries), slots, budget_bytes)
+
+
+def build_plan(report_path: Path, entries: Callable[[], Iterable[ProfileEntry]], slots: int,
+               budget_bytes: int) -> EtaPlan | None:
+    """The previous run in this build dir first; else the project's profiles."""
+    return (plan_from_report(report_path, slots, budget_bytes)
+            or plan_from_profiles(entries(), slots, budget_bytes))
