@@ -161,6 +161,12 @@ def test_summary_names_heaviest_kills_retries_and_falls_back_to_wait4_peaks() ->
     assert data["peak_total_rss_bytes"] == 50 * MiB
 
 
+def test_summary_of_a_build_with_nothing_to_do_shows_no_zero_peak() -> None:
+    report = BuildReport(budget_bytes=2048 * MiB, slots=2, status="ok", exit_code=0, wall_s=0.1)
+    text = "\n".join(summary_lines(summarize(report, None)))
+    assert "0 B" not in text and "0 jobs" in text and "launcher" in text
+
+
 def test_plan_from_a_previous_report_replays_its_jobs(tmp_path) -> None:
     from buildctl.ui.eta import plan_from_report
 

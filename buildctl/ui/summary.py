@@ -95,6 +95,10 @@ def summarize(report: BuildReport, report_file: Path | None = None) -> Summary:
 
 
 def summary_lines(summary: Summary) -> list[str]:
+    if summary.jobs == 0:  # up to date, or nothing reached the launcher: no peak to speak of
+        lines = [f"buildctl: {summary.status} in {summary.wall_s:.1f}s; 0 jobs (nothing was "
+                 "compiled or linked through buildctl's launcher)"]
+        return lines + ([f"  report: {summary.report}"] if summary.report else [])
     lines = [
         f"buildctl: {summary.status} in {summary.wall_s:.1f}s; {summary.jobs} jobs; peak total "
         f"RSS {format_size(summary.peak_total_rss_bytes)} of budget "
