@@ -227,7 +227,9 @@ _CHILD = textwrap.dedent("""
         db.close()
         subprocess.run(["mount", "-o", "remount,ro", str(where)], check=True)
         db = ProfileDB(where / "p.sqlite")
-    elif mode == "full":
+    elif mode in ("full", "full-before-open"):
+        if mode == "full-before-open":  # the next build opens a DB on a disk that filled up
+            db.close()
         fd = os.open(where / "filler", os.O_WRONLY | os.O_CREAT)
         try:
             while True:
@@ -235,6 +237,8 @@ _CHILD = textwrap.dedent("""
         except OSError:
             pass
         os.close(fd)
+        if mode == "full-before-open":
+            db = ProfileDB(where / "p.sqlite")
     recorded = [db.record(entry("b.o", 7, pad="x" * 2000 * n)) for n in range(1, 30)]
     print(json.dumps({
         "old": db.predict(JobKey("a.o", "compile", "cc")).bytes,
@@ -284,6 +288,17 @@ def test_a_full_disk_stops_recording_not_the_build(tmp_path: Path) -> None:
     assert len(seen["warnings"]) == 1 and "free space" in seen["warnings"][0]
 
 
+def test_a_disk_full_before_the_db_is_opened_says_to_free_space(tmp_path: Path) -> None:
+    """sqlite calls this a "disk I/O error" (it cannot size its WAL index): the warning must
+    still name the full disk and say to free space, not to make the file writable."""
+    seen = _in_mount_namespace(tmp_path, "256k", "full-before-open")
+    assert seen["old"] == 100 * M  # what was recorded before is still read
+    assert not any(seen["recorded"])
+    (warning,) = seen["warnings"]
+    assert warning.startswith("not recording profiles") and "disk is full" in warning, warning
+    assert "free space" in warning and "writable" not in warning, warning
+
+
 def test_a_read_only_file_and_directory_as_chmod_makes_them(tmp_path: Path) -> None:
     """chmod 0444 on the file and 0555 on its directory, as production meets them. Root ignores
     permissions, so the child runs without the capabilities that let it (CAP_DAC_OVERRIDE,
@@ -320,3 +335,69 @@ def test_a_read_only_file_and_directory_as_chmod_makes_them(tmp_path: Path) -> N
     assert old == 100 * M and recorded is False
     assert len(warnings) == 1 and warnings[0].startswith("not recording profiles")
     assert (where / "p.sqlite").read_bytes() == before
+
+
+# -- the same through `buildctl build`: the build goes on, and says so once ----------------------
+
+
+def _small_project(tmp_path: Path) -> Path:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.cpp").write_text("int a() { return 1; }\n")
+    (src / "CMakeLists.txt").write_text(
+        "cmake_minimum_required(VERSION 3.21)\nproject(p CXX)\nadd_library(p SHARED a.cpp)\n"
+    )
+    return src
+
+
+def _fill_disk_then(mnt: Path, argv: list[str]) -> list[str]:
+    """argv run in a private mount namespace with a tiny tmpfs at `mnt` that is already full
+    but for a profile DB written before it filled up."""
+    fill = (f"{sys.executable} -c \"from buildctl.govern.profiles import ProfileDB; "
+            f"ProfileDB(__import__('pathlib').Path('{mnt}/p.sqlite')).close()\" && "
+            f"(dd if=/dev/zero of={mnt}/filler bs=4k 2>/dev/null; true)")
+    return ["unshare", "-m", "sh", "-c",
+            f'mount -t tmpfs -o size=256k tmpfs "{mnt}" && {fill} && exec "$@"', "sh", *argv]
+
+
+@pytest.mark.parametrize("state", ["corrupt", "cannot be created", "disk full"])
+def test_a_build_with_a_bad_profile_db_succeeds_and_says_so_once(
+    tmp_path: Path, state: str
+) -> None:
+    src = _small_project(tmp_path)
+    mnt = tmp_path / "mnt"
+    db_path = {"corrupt": tmp_path / "profiles.sqlite",
+               "cannot be created": tmp_path / "a-file" / "profiles.sqlite",
+               "disk full": mnt / "p.sqlite"}[state]
+    argv = [sys.executable, "-m", "buildctl", "build", "--source", str(src), "--build-dir",
+            str(tmp_path / "b"), "--plain", "--profiles", str(db_path)]
+    if state == "corrupt":
+        db_path.write_bytes(os.urandom(8192))
+    elif state == "cannot be created":
+        (tmp_path / "a-file").write_text("x")
+    else:
+        if os.geteuid() != 0 or not shutil.which("unshare"):
+            pytest.skip("needs root and unshare for a private tmpfs")
+        if subprocess.run(["unshare", "-m", "true"], capture_output=True,
+                          check=False).returncode != 0:
+            pytest.skip("unshare -m not allowed here")
+        mnt.mkdir()
+        argv = _fill_disk_then(mnt, argv)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False,
+                            env=env)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out
+    assert "Traceback" not in out
+    said = [line for line in out.splitlines() if "profile" in line.lower()
+            and ("corrupt" in line or "not recording" in line)]
+    expected = {"corrupt": "moved it aside", "cannot be created": "not recording profiles",
+                "disk full": "free space"}[state]
+    assert len(said) == 1 and expected in said[0], out
+    report = json.loads((tmp_path / "b" / ".buildctl" / "report.json").read_text())
+    assert report["status"] == "ok"
+    assert [e["detail"] for e in report["events"] if e["kind"] == "info"] == [
+        said[0].split(": ", 1)[1]]
+    if state == "corrupt":
+        assert len(list(tmp_path.glob("profiles.sqlite.corrupt-*"))) == 1
+        assert ProfileDB(db_path).latest()  # this build's jobs were recorded in the fresh DB

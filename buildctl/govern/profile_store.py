@@ -107,6 +107,7 @@ _INDEXES_V2 = (
 # sqlite primary result codes (the low byte of an extended code).
 _SQLITE_CORRUPT = 11
 _SQLITE_NOTADB = 26
+_SQLITE_IOERR = 10
 _SQLITE_FULL = 13
 _SQLITE_BUSY = 5
 _SQLITE_LOCKED = 6
@@ -136,11 +137,26 @@ def _is_corrupt(exc: BaseException) -> bool:
     return "not a database" in text or "malformed" in text
 
 
-def _is_disk_full(exc: BaseException) -> bool:
+def _is_disk_full(exc: BaseException, directory: Path | None = None) -> bool:
+    """ENOSPC, or sqlite's SQLITE_FULL; or an sqlite I/O error while `directory`'s disk has no
+    space left: opening a DB on a full disk fails setting up its WAL index, which sqlite reports
+    as "disk I/O error" (SQLITE_IOERR_SHMSIZE), not as a full disk."""
     if isinstance(exc, OSError):
         return exc.errno in (errno.ENOSPC, errno.EDQUOT)
     code = getattr(exc, "sqlite_errorcode", None)
-    return code is not None and code & 0xFF == _SQLITE_FULL
+    if code is None:
+        return False
+    if code & 0xFF == _SQLITE_FULL:
+        return True
+    return code & 0xFF == _SQLITE_IOERR and directory is not None and _no_space(directory)
+
+
+def _no_space(directory: Path) -> bool:
+    try:
+        stats = os.statvfs(directory)
+    except OSError:
+        return False
+    return stats.f_bavail == 0
 
 
 def _why(exc: BaseException) -> str:
@@ -282,7 +298,8 @@ class ProfileStore:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            self._not_recording(f"cannot create {self.path.parent}: {_why(exc)}")
+            self._not_recording(f"cannot create {self.path.parent}: {_why(exc)}",
+                                full=_is_disk_full(exc))
             return self._in_memory(None)
         try:
             return self._open_writable()
@@ -291,8 +308,11 @@ class ProfileStore:
                 if isinstance(exc, _Newer):
                     self._not_recording(f"{self.path} was written by a newer buildctl ({exc})")
                 else:
-                    self._not_recording(f"cannot write {self.path} ({_why(exc)})",
-                                        full=_is_disk_full(exc))
+                    full = _is_disk_full(exc, self.path.parent)
+                    why = _why(exc)
+                    if full and "I/O error" in why:
+                        why += ": its disk is full"  # what sqlite's "disk I/O error" meant
+                    self._not_recording(f"cannot write {self.path} ({why})", full=full)
                 return self._in_memory(self.path)
             first = exc
         try:
@@ -307,7 +327,8 @@ class ProfileStore:
         try:
             return self._open_writable()
         except (sqlite3.Error, _Unusable, OSError) as exc:
-            self._not_recording(f"cannot start a fresh {self.path} ({_why(exc)})")
+            self._not_recording(f"cannot start a fresh {self.path} ({_why(exc)})",
+                                full=_is_disk_full(exc, self.path.parent))
             return self._in_memory(None)
 
     def _open_writable(self) -> sqlite3.Connection:
@@ -453,7 +474,7 @@ class ProfileStore:
                         self._reopen()  # overwritten under us: moved aside, fresh DB
                         continue
                     self._not_recording(f"writing {self.path} failed ({_why(exc)})",
-                                        full=_is_disk_full(exc))
+                                        full=_is_disk_full(exc, self.path.parent))
                     if self._conn_is_file():
                         with contextlib.suppress(sqlite3.Error):
                             self._conn.close()
