@@ -87,6 +87,32 @@ def test_write_wheel_layout(tmp_path: Path) -> None:
         assert {i.date_time for i in zf.infolist()} == {(2023, 11, 14, 22, 13, 20)}
 
 
+def test_record_is_written_by_wheelfile_and_reads_back_through_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from wheel.wheelfile import WheelFile
+
+    # A member name with a comma must be quoted in RECORD (CSV), or installers misread it.
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1800000000")  # `epoch=` wins for every member
+    wheel = write_wheel(tmp_path, name="demo", version="1.0", tag="py3-none-any",
+                        files={"demo/a,b.txt": b"ab", "demo/__init__.py": b""},
+                        epoch=1_700_000_000)
+    assert check_record(wheel)[-1] == "demo-1.0.dist-info/RECORD"
+    with WheelFile(wheel) as wf:  # checks every member against its RECORD hash
+        assert wf.read("demo/a,b.txt") == b"ab"
+        assert {i.date_time for i in wf.infolist()} == {(2023, 11, 14, 22, 13, 20)}
+        record = wf.getinfo("demo-1.0.dist-info/RECORD")
+        assert stat.S_IMODE(record.external_attr >> 16) == 0o644
+    # Its RECORD is read back as CSV too: a changed member under a quoted name is refused.
+    tampered = tmp_path / "t" / wheel.name
+    tampered.parent.mkdir()
+    with zipfile.ZipFile(wheel) as src, zipfile.ZipFile(tampered, "w") as dst:
+        for info in src.infolist():
+            dst.writestr(info, b"XX" if info.filename == "demo/a,b.txt" else src.read(info))
+    with pytest.raises(BadInput, match="RECORD hash"):
+        normalize_wheel(tampered, tmp_path / "n" / wheel.name)
+
+
 def test_same_inputs_byte_identical(tmp_path: Path) -> None:
     a = sample(tmp_path / "a")
     b = sample(tmp_path / "b")

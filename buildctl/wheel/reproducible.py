@@ -4,22 +4,29 @@ A wheel's bytes depend on member order, timestamps, permissions, compression and
 all of them are fixed: members sorted (the `.dist-info` last and RECORD very last, as the wheel
 spec recommends for streaming installers), every timestamp = SOURCE_DATE_EPOCH (default
 1980-01-01, the earliest a zip can store), modes 0755 for ELF files and scripts and 0644 for the
-rest, deflate level 6, no directory entries, and a freshly computed, sorted RECORD.
+rest, deflate level 6 (zlib's default), no directory entries. The zip and its RECORD (hashes,
+sizes, CSV quoting, in member order) are written by wheel's `WheelFile`; only the stamp and mode
+of each member, RECORD included, are ours.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import re
+import shutil
 import tempfile
 import time
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from packaging.tags import parse_tag
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
+from wheel.wheelfile import WheelError, WheelFile
 
 import buildctl
 from buildctl.errors import BadInput
@@ -66,6 +73,32 @@ def _order(names: list[str], dist_info: str) -> list[str]:
     return [*body, *meta, record]
 
 
+def _member(name: str, data: bytes, stamp: tuple[int, ...]) -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(name, date_time=stamp)  # type: ignore[arg-type]
+    info.compress_type = zipfile.ZIP_DEFLATED
+    info.create_system = 3  # Unix, so external_attr carries the mode
+    info.external_attr = (0o100000 | _mode(name, data)) << 16
+    return info
+
+
+class _StampedWheelFile(WheelFile):
+    """wheel's WheelFile, with the RECORD it writes on close stamped like every other member
+    (it would take the time from the environment) and kept in the archive's own dist-info."""
+
+    def __init__(self, path: Path, dist_info: str, stamp: tuple[int, ...]) -> None:
+        super().__init__(path, "w")
+        self.dist_info_path = dist_info  # whatever case the file name spells it in
+        self.record_path = f"{dist_info}/RECORD"
+        self._stamp = stamp
+
+    def writestr(self, zinfo_or_arcname: Any, data: Any, compress_type: int | None = None
+                 ) -> None:
+        if isinstance(zinfo_or_arcname, str):  # the RECORD, from close()
+            raw = data.encode() if isinstance(data, str) else bytes(data)
+            zinfo_or_arcname = _member(zinfo_or_arcname, raw, self._stamp)
+        super().writestr(zinfo_or_arcname, data, compress_type)
+
+
 def write_entries(
     dst: Path, entries: Mapping[str, bytes], dist_info: str, *, epoch: int | None = None
 ) -> Path:
@@ -75,26 +108,22 @@ def write_entries(
     files = {n: d for n, d in entries.items() if n != record_name and not n.endswith(_SIGNATURES)}
     for name in files:
         check_member_name(name, dst)
-    record_rows = [f"{n},{record_hash(d)},{len(d)}" for n, d in sorted(files.items())]
-    record_rows.append(f"{record_name},,")
-    files[record_name] = ("\n".join(record_rows) + "\n").encode()
     dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
-    os.close(fd)
+    # WheelFile wants the wheel's own name: written in a private folder, then moved.
+    tmp_dir = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}."))
+    tmp = tmp_dir / dst.name
     try:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-            for name in _order(list(files), dist_info):
-                data = files[name]
-                info = zipfile.ZipInfo(name, date_time=stamp)
-                info.compress_type = zipfile.ZIP_DEFLATED
-                info.create_system = 3  # Unix, so external_attr carries the mode
-                info.external_attr = (0o100000 | _mode(name, data)) << 16
-                zf.writestr(info, data, compresslevel=6)
-        os.chmod(tmp, shared_file_mode(dst))  # mkstemp made it 0600; wheels are shared
+        try:
+            with _StampedWheelFile(tmp, dist_info, stamp) as zf:
+                for name in _order(list(files), dist_info)[:-1]:  # RECORD: WheelFile's own
+                    zf.writestr(_member(name, files[name], stamp), files[name])
+        except WheelError as exc:
+            raise BadInput(f"cannot write {dst.name}: {exc}",
+                           "name the wheel NAME-VERSION-PYTAG-ABITAG-PLATFORM.whl") from None
+        os.chmod(tmp, shared_file_mode(dst))  # wheels are shared
         os.replace(tmp, dst)  # atomic: a crash never leaves half a wheel under the real name
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
     return dst
 
 
@@ -112,8 +141,7 @@ def read_entries(wheel: Path, *, check_record: bool = True) -> tuple[dict[str, b
         }
     record = entries.get(f"{dist_info}/RECORD")
     if check_record and record is not None:
-        for line in record.decode("utf-8", "replace").splitlines():
-            parts = line.rsplit(",", 2)
+        for parts in csv.reader(io.StringIO(record.decode("utf-8", "replace"))):
             if len(parts) != 3 or not parts[1]:
                 continue
             name, digest, _size = parts
