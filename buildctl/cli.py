@@ -10,12 +10,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from rich.console import Console
 
 from buildctl import __version__, host
 from buildctl.build import EPILOG_BUILD, cmd_build
-from buildctl.errors import EXIT_INTERRUPTED, BadInput, BuildctlError
+from buildctl.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, BadInput, BuildctlError
 from buildctl.govern.plan import cmd_plan
 from buildctl.govern.profile_cmd import add_profile_parser
 from buildctl.govern.repro import cmd_repro
@@ -154,8 +155,17 @@ def add_governor_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error in two lines like every other error (exit 2): what was
+    wrong, then where the options are explained (not the whole usage block). Subcommand parsers
+    are of this class too (argparse makes them of their parent's class)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"error: {message}\n  fix: see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="buildctl",
         description="Memory-governed builds of native GPU-kernel PyTorch extensions: every "
         "compile and link is admitted against a memory budget, measured, and reported.",

@@ -6,6 +6,7 @@ layers that fill them are in `settings.py`.
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, get_args
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
@@ -32,14 +33,16 @@ def parse_duration(text: str) -> float:
     """`90`, `90s`, `10m`, `1h` -> seconds."""
     units = {"s": 1, "m": 60, "h": 3600}
     text = text.strip()
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
     try:
-        if text and text[-1] in units:
-            return float(text[:-1]) * units[text[-1]]
-        return float(text)
+        seconds = float(number) * units[unit]
     except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds):  # "nan" would never compare, and so never end a wait
         raise BadInput(
             f"cannot read duration {text!r}", "write seconds or a unit, e.g. 90s, 10m, 1h"
-        ) from None
+        )
+    return seconds
 
 
 def _to_seconds(value: Any) -> Any:

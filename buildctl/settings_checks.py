@@ -4,6 +4,7 @@ pure, numbers in and `BadInput` out, so every rule is tested as a table (tests/t
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 from buildctl import host
@@ -14,6 +15,10 @@ if TYPE_CHECKING:
 
 MIN_BUDGET = 64 * 1024**2  # a C++ compile needs ~100 MB and up
 SAMPLE_INTERVAL_S = 0.25  # the governor's sampling period
+# ninja reads -j into a C int and starts max(4 x slots, 16) launchers (build.ninja_width): far
+# more slots than any host or cluster has, and ninja still takes the width.
+MAX_JOBS = 65536
+NINJA_MAX_WIDTH = 4 * MAX_JOBS
 
 
 def check_govern(s: GovernSettings, capacity: Capacity) -> None:
@@ -21,6 +26,9 @@ def check_govern(s: GovernSettings, capacity: Capacity) -> None:
     info = capacity.host
     if s.jobs < 1:
         raise BadInput(f"{s.where('jobs')} is not a number of CPU slots", "pass --jobs 1 or more")
+    if s.jobs > MAX_JOBS:
+        raise BadInput(f"{s.where('jobs')} is more CPU slots than ninja can start",
+                       f"pass --jobs of at most {MAX_JOBS} (this host has {info.cores} cores)")
     if s.mem_budget <= 0:
         raise BadInput(f"{s.where('mem_budget')} is not a memory budget",
                        "pass a size above 0, e.g. --mem-budget 28G (G = GiB)")
@@ -56,6 +64,9 @@ def check_govern(s: GovernSettings, capacity: Capacity) -> None:
                 "pass --critical below --low-water, leave it out (half the low-water mark), "
                 "or add --force")
     floor = max(1.0, 3 * SAMPLE_INTERVAL_S)
+    if not math.isfinite(s.hang_after):  # a config file's nan/inf: nan never ends a wait
+        raise BadInput(f"{s.where('hang_after')} is not a duration",
+                       "pass seconds or a unit, e.g. --hang-after 10m (default 10m)")
     if s.hang_after < floor:
         raise BadInput(
             f"{s.where('hang_after')} s is shorter than {floor:g} s (and 3 sampling periods of "
@@ -76,6 +87,9 @@ def check_build(s: BuildSettings) -> None:
     if s.ninja_width is not None and s.ninja_width < 1:
         raise BadInput(f"{s.where('ninja_width')} is not a number of jobs",
                        "pass --ninja-width 1 or more")
+    if s.ninja_width is not None and s.ninja_width > NINJA_MAX_WIDTH:
+        raise BadInput(f"{s.where('ninja_width')} is more jobs than ninja can start",
+                       f"pass --ninja-width of at most {NINJA_MAX_WIDTH}")
 
 
 def check_plan(s: PlanSettings) -> None:
@@ -84,6 +98,9 @@ def check_plan(s: PlanSettings) -> None:
                              ("jobs", "number of CPU slots", "--jobs")):
         if getattr(s, name) is not None and getattr(s, name) < 1:
             raise BadInput(f"{s.where(name)} is not a {what}", f"pass {flag} 1 or more")
+        if getattr(s, name) is not None and getattr(s, name) > MAX_JOBS:
+            raise BadInput(f"{s.where(name)} is more than a build can use",
+                           f"pass {flag} of at most {MAX_JOBS}")
     for name in ("mem", "mem_budget"):
         if getattr(s, name) is not None and getattr(s, name) <= 0:
             raise BadInput(f"{s.where(name)} is not a memory size",

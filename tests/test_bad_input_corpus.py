@@ -169,6 +169,7 @@ def _options(command: str) -> set[str]:
 HOST_TOTAL = psutil.virtual_memory().total + psutil.swap_memory().total
 FLAGS: list[tuple[str, Callable[[World], list[str]]]] = [
     ("--jobs 0", lambda w: ["--jobs", "0"]),
+    ("--jobs beyond what ninja can start", lambda w: ["--jobs", "99999999999999999999"]),
     ("--mem-budget 0", lambda w: ["--mem-budget", "0"]),
     ("--mem-budget above RAM+swap", lambda w: ["--mem-budget", "100G"]),
     ("--low-water above RAM", lambda w: ["--low-water", "100G"]),

@@ -85,6 +85,14 @@ def test_max_jobs_is_the_slot_count_when_nothing_else_says(tmp_path: Path) -> No
         ([], {"BUILDCTL_JOBS": "0"}, "BUILDCTL_JOBS=0 is not a number of CPU slots"),
         ([], {"BUILDCTL_MEM_BUDGET": "lots"}, "BUILDCTL_MEM_BUDGET"),
         (["--executor", "ray"], {}, "--executor ray needs --ray-address"),
+        (["--jobs", "99999999999999999999"], {}, "is more CPU slots than ninja can start"),
+        (["--ninja-width", "99999999999999999"], {}, "is more jobs than ninja can start"),
+        (["--hang-after", "nan"], {}, "cannot read duration 'nan'"),
+        ([], {"BUILDCTL_HANG_AFTER": "nan"}, "BUILDCTL_HANG_AFTER"),
+        # What argparse itself refuses: two lines too, not its whole usage block.
+        (["--mem-budget", "banana"], {}, "argument --mem-budget: cannot read size 'banana'"),
+        (["--jobs", "two"], {}, "argument -j/--jobs: invalid int value: 'two'"),
+        (["--frobnicate"], {}, "unrecognized arguments: --frobnicate"),
     ],
 )
 def test_bad_governor_flags_exit_2_in_two_lines(tmp_path: Path, args: list[str],

@@ -35,6 +35,7 @@ def test_json_output_and_fit(tmp_path: Path) -> None:
         (["--mem", "banana"], "cannot read size"),
         (["--report", "/nonexistent/r.json"], "cannot read report"),
         (["--cores", "0"], "not a number of cores"),
+        (["--cores", "99999999999999999999"], "--cores 99999999999999999999 is more than"),
         (["--device-links", "-1"], "not a number of device links"),
     ],
 )

@@ -166,6 +166,10 @@ CHECKS = [
     ({"hang_after": 0.0}, HOST, "shorter than 1 s"),
     ({"hang_after": 0.5}, HOST, "shorter than 1 s"),
     ({"hang_after": 1.0}, HOST, None),
+    ({"hang_after": float("nan")}, HOST, "is not a duration"),  # a config file's `nan`
+    ({"hang_after": float("inf")}, HOST, "is not a duration"),
+    ({"jobs": 65536}, HOST, None),
+    ({"jobs": 10**20}, HOST, "more CPU slots than ninja can start"),
     ({"retries": -1}, HOST, "not a number of re-runs"),
     ({"prior_rss": 0}, HOST, "not a predicted peak"),
     ({"executor": "ray"}, HOST, "--executor ray needs --ray-address"),
