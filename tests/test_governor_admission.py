@@ -268,3 +268,81 @@ def test_a_kill_happens_at_most_once_and_the_rerun_is_protected(tmp_path: Path) 
     assert all(j.memory_kills <= 1 and j.attempts <= 2 for j in jobs.values())
     kills = [e.output for e in report.events if e.kind == "oom-guard-kill"]
     assert len(kills) == len(set(kills))
+
+
+# --- marks the host can never meet (--low-water / --critical with --force) -------------------
+
+GiB = 1024**3
+
+
+def _drive_marks(tmp_path: Path, **marks: int) -> tuple[Governor, int, dict[str, int]]:
+    """Four 2 s jobs of 100 MiB on 2 slots, on a host with 8 GiB available that a mark (given
+    with --force) says is short of memory for good: (governor, most jobs at once, memory kills
+    per output). Fails if the build does not finish."""
+    from buildctl.govern.runner import FakeRunner
+
+    outputs = [f"CMakeFiles/p.dir/u{i}.cpp.o" for i in range(4)]
+    runner = FakeRunner({out: (lambda t: 100 * MiB) for out in outputs})
+    clock = [1000.0]
+    db = ProfileDB(tmp_path / "profiles.sqlite")
+    governor = Governor(
+        GovernorOptions(socket_path=tmp_path / "unused.sock", build_dir=tmp_path,
+                        budget_bytes=4 * GiB, slots=2, sample_interval_s=0.25,
+                        gather_quiet_s=0.0, gather_max_s=0.0, hang_after_s=1e9, **marks),
+        db, runner=runner, clock=lambda: clock[0], available=lambda: 8 * GiB,
+    )
+    governor.tick()  # the sampler's first tick, before the launchers arrive (start-up gathering)
+    for out in outputs:
+        governor.enqueue(out, "compile", "g++ 12")
+    most, kills, pid = 0, dict.fromkeys(outputs, 0), 100
+    for _ in range(400):
+        live = [j for j in governor.jobs.values() if j.state == "running"]
+        most = max(most, len(live))
+        for job in live:
+            if job.child_pid is None:
+                pid += 1
+                job.child_pid = pid
+                runner.start(job.id, job.output)
+        if all(j.state == "done" for j in governor.jobs.values()):
+            break
+        clock[0] += 0.25
+        runner.advance(0.25)
+        governor.tick()
+        for job in [j for j in governor.jobs.values() if j.state == "running" and j.child_pid]:
+            proc = runner.processes[job.id]
+            if proc.killed:
+                kills[job.output] += 1
+                governor._finish(job, {"rc": 137, "signal": 9, "cpu_s": proc.ran_s})
+            elif proc.ran_s >= 2.0:
+                governor._finish(job, {"rc": 0, "cpu_s": proc.ran_s, "maxrss": 100 * MiB})
+    else:
+        pytest.fail(f"the build never finished: {[e.detail for e in governor.events][-5:]}")
+    db.close()
+    return governor, most, kills
+
+
+def test_a_low_water_mark_above_the_host_runs_one_job_at_a_time_not_never(
+    tmp_path: Path,
+) -> None:
+    """`--low-water 100G --force` on a smaller host once waited forever with nothing running:
+    the pause can only be lifted by running jobs, so with none running the build goes on one
+    job at a time, and says why it is paused."""
+    governor, most, kills = _drive_marks(tmp_path, low_water_bytes=16 * GiB)
+    assert all(r.status == "ok" for r in governor.finished) and len(governor.finished) == 4
+    assert most == 1
+    assert sum(kills.values()) == 0
+    pauses = [e.detail for e in governor.events if e.kind == "throttle"]
+    assert pauses and "low-water" in pauses[0], pauses
+
+
+def test_a_critical_mark_above_the_host_kills_a_job_once_at_most(tmp_path: Path) -> None:
+    """`--critical 100G --force` once killed the same job 21 times: a job is killed for memory
+    at most once, its re-run is protected, and the build finishes; every kill names the host's
+    available memory, the real cause."""
+    governor, _, kills = _drive_marks(tmp_path, low_water_bytes=32 * GiB,
+                                      critical_bytes=16 * GiB)
+    assert all(r.status == "ok" for r in governor.finished) and len(governor.finished) == 4
+    assert max(kills.values()) <= 1, kills
+    guard_kills = [e for e in governor.events if e.kind == "oom-guard-kill"]
+    assert len(guard_kills) == sum(kills.values()) <= 3  # the oldest job is never the victim
+    assert all("host available 8.0 GiB" in e.detail for e in guard_kills)
