@@ -39,3 +39,27 @@ def test_repro_list_json_on_a_build_without_repros(tmp_path: Path) -> None:
                         env=isolated_env(tmp_path), timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == []
+
+
+def test_a_failed_configure_shows_its_output_in_order_and_keeps_log_and_report(
+    tmp_path: Path,
+) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    # STATUS goes to stdout, SEND_ERROR to stderr: shown and logged in the order CMake wrote them.
+    (source / "CMakeLists.txt").write_text(
+        "cmake_minimum_required(VERSION 3.18)\nproject(bad NONE)\n"
+        'message(STATUS "step one")\nmessage(SEND_ERROR "the error")\n'
+        'message(STATUS "step two")\n'
+    )
+    build = tmp_path / "b"
+    proc = run_buildctl("build", "--source", str(source), "--build-dir", str(build), "--plain",
+                        env=isolated_env(tmp_path), timeout=120)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    log = build / ".buildctl" / "logs" / "configure.log"
+    for text in (proc.stdout, log.read_text()):
+        assert text.index("step one") < text.index("the error") < text.index("step two"), text
+    what, fix = proc.stderr.strip().splitlines()
+    assert what.startswith("error: CMake configure failed") and str(log) in fix
+    report = json.loads((build / ".buildctl" / "report.json").read_text())  # always written
+    assert report["status"] == "failed"

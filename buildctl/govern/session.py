@@ -200,8 +200,10 @@ class GovernedSession:
         if self._build_log is not None:
             self._build_log.close()
         self.report.events.extend(split_events(self.build_dir))
-        if self.interrupted:
+        if self.interrupted or isinstance(exc, KeyboardInterrupt):
             self.report.status = "interrupted"
+        elif exc is not None and self.report.status == "running":
+            self.report.status = "failed"  # before or between commands (a failed configure)
         # Bad input found with the session open (a build dir of another generator): nothing ran,
         # so the last real report (the next run's ETA) is kept.
         nothing_ran = isinstance(exc, BadInput) and not self.report.jobs
