@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -91,6 +92,12 @@ def test_crash_leaves_a_repro_that_reproduces_it_retried_once_then_fails(
     assert summary.kind == "crash" and summary.output == job["output"]
     assert resolve_repro(build / ".buildctl" / "repro", "1") == repro
     assert "rerun.sh" in show_repro(repro)
+    listed = _run([sys.executable, "-m", "buildctl", "repro", "list", "--build-dir", str(build),
+                   "--json"], tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    (entry,) = json.loads(listed.stdout)
+    assert entry["kind"] == "crash" and entry["output"] == job["output"]
+    assert entry["path"] == str(repro)
 
 
 def test_crash_on_the_first_attempt_only_is_retried_and_the_build_succeeds(
