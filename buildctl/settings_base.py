@@ -125,11 +125,18 @@ def _is_size(field: Any) -> bool:
         getattr(m, "func", None) is _to_bytes for m in field.metadata)
 
 
+def _is_duration(field: Any) -> bool:
+    return _has(field.annotation, Seconds) or any(
+        getattr(m, "func", None) is _to_seconds for m in field.metadata)
+
+
 def _show(value: Any, field: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, int) and not isinstance(value, bool) and _is_size(field):
         return host.format_size(value)
+    if isinstance(value, float) and _is_duration(field):
+        return f"{value:g}s"  # what --hang-after 600 means: seconds
     if isinstance(value, tuple):
         return " ".join(map(str, value)) or "-"
     return str(value)

@@ -60,7 +60,7 @@ def test_show_settings_names_each_source(tmp_path: Path) -> None:
     assert rows["mem-budget"].split()[1:] == ["2.0", "GiB", "--mem-budget"]
     assert rows["jobs"].split()[1:] == ["3", "BUILDCTL_JOBS"]
     assert rows["low-water"].split()[1:] == ["900.0", "MiB", "BUILDCTL_LOW_WATER"]
-    assert "120.0" in rows["hang-after"] and "[tool.buildctl]" in rows["hang-after"]
+    assert rows["hang-after"].split()[1] == "120s" and "[tool.buildctl]" in rows["hang-after"]
     assert rows["retries"].split()[1] == "3"  # the project file beats the user's
     assert rows["prior-rss"].endswith("config.toml") and "1.0 GiB" in rows["prior-rss"]
     assert not (src / "build-buildctl").exists(), "--show-settings builds nothing"
@@ -237,7 +237,7 @@ def test_a_matrix_entry_runs_with_the_settings_the_matrix_resolved(tmp_path: Pat
     assert result.returncode == 0, result.stderr
     rows = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines()}
     assert rows["mem-budget"] == ["3.0", "GiB", "--mem-budget"]
-    assert rows["jobs"] == ["3", "--jobs"] and rows["hang-after"] == ["45.0", "--hang-after"]
+    assert rows["jobs"] == ["3", "--jobs"] and rows["hang-after"] == ["45s", "--hang-after"]
     assert rows["torch"] == ["2.14.1", "--torch"] and rows["executor"][0] == "local"
     assert rows["out"][0] == str(tmp_path / "wh")
     bad = buildctl(tmp_path, "wheel", "--torch", "2.14.1", "--settings-json", "{", "-q")
