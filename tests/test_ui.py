@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -226,3 +227,32 @@ def test_without_a_previous_report_the_plan_comes_from_the_projects_profiles(tmp
     with GovernedSession(opts) as session:
         plan = session.view.eta.plan  # type: ignore[attr-defined]
         assert plan is not None and plan.jobs == 3
+
+
+def test_both_views_show_the_plans_eta() -> None:
+    import io
+
+    from rich.console import Console
+
+    from buildctl.govern.snapshot import Snapshot
+    from buildctl.ui.live import PlainView, RichView
+
+    snap = Snapshot(t=1, budget=1024 * MiB, slots=2, running=(), waiting=0, finished=9,
+                    failed=0, reserved=0, live_rss=0, peak_total_rss=0, host_available=0,
+                    paused="", wait_reason="")
+    out = io.StringIO()
+    plain = PlainView(stream=out, every_s=0.0)
+    plain.set_plan(PLAN)
+    plain.start()
+    # Nine of ten jobs done and no ninja progress to go by: only the plan knows (91 s left,
+    # at most halved because this build runs ahead of it).
+    plain.refresh(snap)
+    assert re.search(r"ETA [4-9]\ds", out.getvalue()), out.getvalue()
+    console = Console(file=io.StringIO(), width=120, color_system=None)
+    rich = RichView(console, "buildctl build")
+    rich.set_plan(PLAN)
+    console.print(rich._render(snap))
+    assert re.search(r"ETA [4-9]\ds", console.file.getvalue())  # type: ignore[attr-defined]
+    without = PlainView(stream=io.StringIO(), every_s=0.0)
+    without.refresh(snap)
+    assert "ETA ?" in without.stream.getvalue()  # type: ignore[attr-defined]
