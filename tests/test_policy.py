@@ -19,16 +19,26 @@ PEAKY: policy.Curve = ((0.0, 100 * MiB), (20.0, 1 * GiB), (45.0, 1 * GiB), (50.0
 
 
 @pytest.mark.parametrize(
-    ("elapsed", "rss", "expected_ahead"),
+    ("elapsed", "rss", "own", "expected_ahead"),
     [
-        (0.0, 0, 4 * GiB),  # before the peak: the whole peak is still to come
-        (40.0, 1 * GiB, 4 * GiB),
-        (90.0, 1 * GiB, 1 * GiB),  # well past the peak: only the tail
-        (90.0, 2 * GiB, 2 * GiB),  # heavier than its record: the live RSS holds
+        (0.0, 0, False, 4 * GiB),  # before the peak: the whole peak is still to come
+        (40.0, 1 * GiB, False, 4 * GiB),
+        (90.0, 1 * GiB, False, 1 * GiB),  # well past the peak: only the tail
+        (90.0, 2 * GiB, False, 2 * GiB),  # heavier than its record: the live RSS holds
+        (90.0, 2 * GiB, True, 2 * GiB),
+        # A sibling's curve: above where the clock puts it is a heavier job, scaled (3x here).
+        (1.0, 300 * MiB, False, 12 * GiB),
+        # Its own curve: ahead of its record in time is not heavier. The remaining peak holds,
+        # not the curve scaled by how far ahead it is.
+        (1.0, 300 * MiB, True, 4 * GiB),
+        (40.0, 3 * GiB, True, 4 * GiB),
+        (40.0, 5 * GiB, True, 5 * GiB),  # above all its record still holds: heavier, scaled
     ],
 )
-def test_peak_ahead_follows_the_curve(elapsed: float, rss: int, expected_ahead: int) -> None:
-    envelope = policy.running_envelope(PEAKY, 4 * GiB, rss, elapsed)
+def test_peak_ahead_follows_the_curve(
+    elapsed: float, rss: int, own: bool, expected_ahead: int
+) -> None:
+    envelope = policy.running_envelope(PEAKY, 4 * GiB, rss, elapsed, own=own)
     assert envelope.peak_ahead() == expected_ahead
 
 

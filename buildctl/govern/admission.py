@@ -253,7 +253,7 @@ class Admission(GovernorState):
         (its curve does not move on while it is stopped)."""
         envelope = policy.running_envelope(
             job.prediction.curve, job.prediction.bytes, job.current_rss, job.running_s(now),
-            cpu_s=job.cpu_s, predicted_cpu_s=job.prediction.cpu_s,
+            cpu_s=job.cpu_s, predicted_cpu_s=job.prediction.cpu_s, own=job.prediction.own_curve,
         )
         return policy.held_envelope(envelope) if job.frozen else envelope
 

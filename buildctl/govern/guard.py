@@ -30,13 +30,13 @@ class Guard(GovernorState):
         own_curve = False
         path: tuple[int, ...] = ()
         if job.prediction.curve:
+            own_curve = job.prediction.own_curve
             envelope = policy.running_envelope(
                 job.prediction.curve, job.prediction.bytes, job.current_rss, job.running_s(now),
-                cpu_s=job.cpu_s, predicted_cpu_s=job.prediction.cpu_s,
+                cpu_s=job.cpu_s, predicted_cpu_s=job.prediction.cpu_s, own=own_curve,
             )
             ahead = envelope.peak_ahead()
-            if job.prediction.source in ("exact", "output"):  # its own curve, not a sibling's
-                own_curve = True
+            if own_curve:
                 soon = policy.expected_soon(
                     job.prediction.curve, job.running_s(now), policy.GROWTH_HORIZON_S
                 )

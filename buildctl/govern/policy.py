@@ -141,12 +141,16 @@ def running_envelope(
     elapsed_s: float,
     cpu_s: float = 0.0,
     predicted_cpu_s: float = 0.0,
+    *,
+    own: bool = False,
 ) -> Envelope:
     """The envelope of a running job. With a curve, the job's position on it is the lower of
     its wall- and CPU-based progress, less a margin: an early estimate can only overstate what
     is still to come (the remaining peak never grows as the position moves on). A job already
-    above its record scales the rest of the curve up. Without a curve it reserves
-    max(predicted, live) to the end, as a sum of peaks would."""
+    above its record scales the rest of the curve up: above where the clock puts it on a
+    sibling's curve (another job, maybe a heavier one), above all that is still ahead on its
+    `own` curve (the same compile: a fast start is ahead in time, not heavier). Without a
+    curve it reserves max(predicted, live) to the end, as a sum of peaks would."""
     if not curve:
         return Envelope((), 0.0, max(predicted, rss))
     duration = curve_duration(curve)
@@ -155,8 +159,12 @@ def running_envelope(
         progress = min(progress, cpu_s / predicted_cpu_s)
     progress = max(0.0, min(1.0, progress) - PROGRESS_MARGIN)
     position = progress * duration
-    recorded_now = _max_over(curve, max(0.0, position - CURVE_BLUR * duration), position)
-    scale = max(1.0, rss / recorded_now) if recorded_now else 1.0
+    # On its own curve, a run ahead in time was scaled by how far ahead it was (up to 4x) and,
+    # frozen so, held 4x its peak out of admission for 40 s on a real 16-core build. On a
+    # sibling's curve the early scale is what keeps a heavier job from passing the budget.
+    start = max(0.0, position - CURVE_BLUR * duration)
+    recorded = _max_over(curve, start, math.inf if own else position)
+    scale = max(1.0, rss / recorded) if recorded else 1.0
     return Envelope(curve, position, rss, min(scale, 4.0))
 
 

@@ -168,6 +168,11 @@ class Prediction:
     # curve lags its wall clock, and admission places it by the lower of the two.
     cpu_s: float = 0.0
 
+    @property
+    def own_curve(self) -> bool:
+        """The curve is this very job's own record (not a sibling's shape and timing)."""
+        return bool(self.curve) and self.source in ("exact", "output")
+
 
 class ProfileEntry(BaseModel):
     """One run of one job, as the governor records it. Lenient: whatever production measured is
