@@ -105,9 +105,18 @@ PRESSURE_TABLE = [
     ("sum of worst cases over budget, live far below", [live(1, 3), live(2, 3, 10, 1),
                                                        live(3, 3, 10, 2)], False, (), (), None),
     ("projected near budget pauses", [live(1, 7), live(2, 7.5, 50, 1)], True, (), (), None),
-    # On a projection alone one job per tick; the next tick re-projects.
     ("growth into the budget freezes the cheapest growing job, not the oldest",
-     [live(1, 6, 500, 0), live(2, 5, 500, 1), live(3, 4, 500, 2)], True, (3,), (), None),
+     [live(1, 6, 500, 0), live(2, 5, 500, 1), live(3, 4, 500, 2)], True, (3, 2), (), None),
+    # Jobs on their own curves, only the projection at the mark: one freeze per tick, the next
+    # tick re-projects (a real 16-core build froze seven at once, six thawed 2.8 s later).
+    ("own curves into the budget: one freeze per tick",
+     [live(1, 5, 0, 0, soon=int(6.5 * GiB), own_curve=True),
+      live(2, 4.5, 0, 1, soon=6 * GiB, own_curve=True),
+      live(3, 4, 0, 2, soon=int(5.5 * GiB), own_curve=True)], True, (3,), (), None),
+    ("a job without its own curve among them: as many as it takes",
+     [live(1, 5, 0, 0, soon=int(6.5 * GiB), own_curve=True),
+      live(2, 4.5, 0, 1, soon=6 * GiB, own_curve=True),
+      live(3, 4, 750, 2)], True, (3, 2), (), None),
     ("live memory at the freeze mark freezes as many as it takes",
      [live(1, 6, 500, 0), live(2, 5.6, 500, 1), live(3, 4, 500, 2)], True, (3, 2), (), None),
     # The ggml run on 16 cores: steps (new compiler phases) projected forward froze jobs at half
@@ -116,7 +125,7 @@ PRESSURE_TABLE = [
      [live(1, 4, 0, 0, recent_bps=2 * GiB), live(2, 4, 0, 1, recent_bps=2 * GiB),
       live(3, 3, 0, 2, recent_bps=2 * GiB)], False, (), (), None),
     ("a sustained climb into the budget freezes at any live level",
-     [live(1, 4, 2000, 0), live(2, 4, 2000, 1), live(3, 3, 2000, 2)], True, (3,), (), None),
+     [live(1, 4, 2000, 0), live(2, 4, 2000, 1), live(3, 3, 2000, 2)], True, (3, 2), (), None),
     ("a job's own curve passing the budget within the horizon freezes it",
      [live(1, 6, 0, 0), live(2, 4, 0, 1, soon=11 * GiB, own_curve=True)], True, (2,), (), None),
     ("its own curve rising, but not into the budget: no freeze, whatever its rate",
@@ -159,6 +168,34 @@ def test_host_critical_kills_even_under_budget() -> None:
                                       critical=512 * MiB)
     assert actions.kill == 2
     assert "critical" in actions.why
+
+
+@pytest.mark.parametrize(
+    ("available", "critical", "kills"),
+    [
+        (100 * MiB, 512 * MiB, True),  # the build's 4 GiB would lift the host: kill
+        (100 * MiB, 4 * GiB + 100 * MiB, True),  # exactly enough
+        (100 * MiB, 4 * GiB + 101 * MiB, False),  # not even all of it would: no kill helps
+        (8 * GiB, 16 * GiB, False),  # `--critical 16G --force` on a smaller host
+    ],
+)
+def test_host_critical_kills_only_where_a_kill_can_help(
+    available: int, critical: int, kills: bool
+) -> None:
+    jobs = [live(1, 2, 0, 0, cpu=100), live(2, 2, 0, 1, cpu=1)]
+    actions = policy.pressure_actions(jobs, B, host_available=available,
+                                      low_water=critical + 1 * GiB, critical=critical)
+    assert (actions.kill is not None) is kills
+    assert actions.pause
+    if not kills:
+        assert "lower --critical" in actions.pause and "would not lift it" in actions.pause
+
+
+def test_a_hopeless_critical_mark_still_kills_for_the_budget() -> None:
+    jobs = [live(1, 9, 0, 0, cpu=100), live(2, 8, 0, 1, cpu=1)]  # 17 GiB live, B = 16 GiB
+    actions = policy.pressure_actions(jobs, B, host_available=1 * GiB, low_water=64 * GiB,
+                                      critical=32 * GiB)
+    assert actions.kill == 2 and "budget" in actions.why
 
 
 def test_host_low_water_pauses_without_killing() -> None:

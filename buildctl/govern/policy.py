@@ -380,11 +380,15 @@ def pressure_actions(
             ),
             key=lambda j: (j.rss, -j.started_at),
         )
-        # On a projection alone, one freeze per guard tick: the next tick re-projects with
-        # fresh samples. Nine jobs' last steps summed once froze seven jobs at a time on a real
-        # 16-core build, six of them thawed 2.8 s later. Live memory at the mark or a critical
-        # host freezes as many as it takes.
-        at_most = len(growing) if live > FREEZE_AT * budget or host_critical else 1
+        # When every growing job follows its own recorded curve and only the projection is at
+        # the mark, one freeze per guard tick: the next tick re-projects with fresh samples.
+        # Nine such jobs' last steps summed once froze seven at a time on a real 16-core build,
+        # six of them thawed 2.8 s later. Jobs without their own curve climb at rates a tick
+        # can miss (a time-compressed replay passed the budget more often with one per tick),
+        # and live memory at the mark or a critical host freezes as many as it takes.
+        one_per_tick = (live <= FREEZE_AT * budget and not host_critical
+                        and all(job.own_curve for job in growing))
+        at_most = 1 if one_per_tick else len(growing)
         for job in growing[:at_most]:
             if after_freeze <= FREEZE_AT * budget:
                 break
@@ -393,9 +397,21 @@ def pressure_actions(
 
     # The last step, on what is, never on a projection: the live total is over the budget,
     # or the host is at its critical mark. A growth estimate is only good enough to freeze on.
-    if live > budget or host_critical:
+    # A kill that cannot help is not made: when even the whole build's memory would not lift
+    # the host above its critical mark, the pressure is not the build's (or the mark is above
+    # what the host can give), and killing each job once (`--critical 100G --force`) only
+    # throws work away.
+    hopeless = (host_critical and live <= budget and host_available is not None
+                and host_available + live < critical)
+    if hopeless:
+        pause = (pause or "host available memory is under the critical mark") + (
+            ", and freeing all the build holds would not lift it: no job is killed for it "
+            "(lower --critical, or free memory outside the build)")
+    elif live > budget or host_critical:
         victim = kill_victim(jobs)
-        where = "host available memory is critical" if host_critical else "live total over budget"
+        where = " and ".join(cause for cause, now in (("live total over budget", live > budget),
+                                                     ("host available memory is critical",
+                                                      host_critical)) if now)
         if victim is not None:
             return PressureActions(pause or where, kill=victim, why=where)
     if freeze:
