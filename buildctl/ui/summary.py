@@ -4,6 +4,7 @@ retries; as text for people and as one JSON line for scripts (`--json`)."""
 from __future__ import annotations
 
 import json
+import signal
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -150,6 +151,20 @@ def print_summary(
     if session.interrupted:
         console.print("buildctl: interrupted; finished objects are kept, rerun to continue")
         code = EXIT_INTERRUPTED
+    elif rc != 0 and not summary.failed and (
+        rc < 0 or any(job.status == "interrupted" for job in session.report.jobs)
+    ):
+        # The build command was killed or interrupted from outside (no job failed): compiler
+        # output has nothing to say about that.
+        how = (f"was killed by {_signal_name(-rc)}" if rc < 0
+               else f"exited {rc} after its jobs were interrupted")
+        console.print(
+            f"error: {what} was stopped: its build command {how}, from outside buildctl\n"
+            "  fix: rerun the same command to continue (finished objects are kept)"
+            + (f"; details in {report_file}" if report_file else ""),
+            highlight=False, markup=False, soft_wrap=True,
+        )
+        code = rc if failed_exit is None else failed_exit
     elif rc != 0:
         at = f" at {', '.join(summary.failed[:5])}" if summary.failed else ""
         console.print(
@@ -163,3 +178,10 @@ def print_summary(
         console.file.flush()
         print(json_line(summary), flush=True)
     return code
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
