@@ -68,6 +68,9 @@ class JobRecord(BaseModel):
     # admission with them. Empty in reports from before curves.
     curve: list[tuple[float, int]] = Field(default_factory=list)
     predicted_curve: list[tuple[float, int]] = Field(default_factory=list)
+    # A SYCL device link (govern.links), whatever it was predicted from: a link measured before
+    # is predicted "exact", not "device-link". False in reports from before this field.
+    device_link: bool = False
 
 
 class Event(BaseModel):

@@ -5,12 +5,14 @@ not icpx device links), then the XPU project's plan reaching the governor's opti
 
 from __future__ import annotations
 
+import json
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from helpers import fake_governor
+from helpers import fake_governor, isolated_env, run_buildctl
 
 from buildctl.govern.governor import Governor
 from buildctl.govern.links import LinkCandidate, device_link_bytes, offerable
@@ -167,6 +169,61 @@ def test_an_exact_record_of_the_link_wins(tmp_path: Path) -> None:
     assert (by_output["lib/libattn_1.so"].source, by_output["lib/libattn_1.so"].bytes) == (
         "device-link", 2 * PER_JOB)
     assert most == 2
+
+
+def test_report_marks_a_device_link_predicted_from_its_own_record(tmp_path: Path) -> None:
+    """A device link measured before is predicted "exact", not "device-link": the report still
+    says it is one, so a plan from that report caps it."""
+    from buildctl.govern.simulate import jobs_from_report
+    from buildctl.report import BuildReport
+
+    db = ProfileDB(tmp_path / "profiles.sqlite")
+    db.record(ProfileEntry(output="lib/libattn_0.so", kind="link", compiler="icpx 2025.3",
+                           peak_rss_bytes=3 * GiB, wall_s=10.0, cpu_s=10.0,
+                           project="vllm-xpu-kernels", recorded_at=1.0))
+    governor, _, _ = _drive(tmp_path, flag=True, per_job=PER_JOB, cap=2, db=db)
+    records = {r.output: r for r in governor.finished}
+    assert records["lib/libattn_0.so"].prediction_source == "exact"
+    assert all(r.device_link for r in records.values())
+    report = BuildReport(budget_bytes=64 * GiB, slots=32, jobs=list(records.values()))
+    assert all(j.device_link for j in jobs_from_report(report))
+
+
+def _most_at_once(intervals: list[tuple[float, float]]) -> int:
+    """The most intervals (start, end) open at one time; one ending as another starts is not
+    an overlap."""
+    moments = sorted([(end, -1) for _, end in intervals] + [(start, 1) for start, _ in intervals])
+    most = current = 0
+    for _, change in moments:
+        current += change
+        most = max(most, current)
+    return most
+
+
+def test_a_plan_from_the_profile_db_alone_caps_device_links(tmp_path: Path) -> None:
+    """Gap (c) of issue 17: the governor records which links were SYCL device links in the
+    profile DB (schema 3), so `buildctl plan --profiles DB --device-links K`, with no report,
+    runs at most K of them at once. Three device links and two compiles go through the governor
+    (its own profile writes), then the CLI plans from that DB."""
+    db_path = tmp_path / "profiles.sqlite"
+    db = ProfileDB(db_path)
+    _drive(tmp_path, flag=True, per_job=PER_JOB, cap=2, compiles=2, db=db)
+    db.close()
+    conn = sqlite3.connect(db_path)
+    marked = dict(conn.execute("SELECT output, device_link FROM runs").fetchall())
+    conn.close()
+    assert marked == {**{f"lib/libattn_{i}.so": 1 for i in range(3)},
+                      **{f"CMakeFiles/k.dir/k{i}.cpp.o": 0 for i in range(2)}}
+    env = isolated_env(tmp_path)
+    for cap, expected in (("1", 1), ("2", 2), ("0", 3)):  # 0: no cap, all three at once
+        result = run_buildctl("plan", "--profiles", str(db_path), "--device-links", cap,
+                              "--cores", "8", "--mem", "64G", "--json", env=env)
+        assert result.returncode == 0, result.stdout + result.stderr
+        plan = json.loads(result.stdout)
+        links = [(s["start_s"], s["end_s"]) for s in plan["schedule"] if s["device_link"]]
+        assert len(links) == 3
+        assert _most_at_once(links) == expected, (cap, plan["schedule"])
+        assert not any("no job is known to be a device link" in n for n in plan["notes"])
 
 
 # --- the XPU project's link plan reaches the governor ----------------------------------------

@@ -1,6 +1,8 @@
 """Schema 1 → 2: a DB written by the schema-1 code (its SQL verbatim, the compile fingerprint glued
 onto the compiler identity) is upgraded once, under the write lock, and its compile jobs then
-match the target and family fallbacks, which they never did before."""
+match the target and family fallbacks, which they never did before. Schema 2 → 3: the
+`device_link` flag is added; a schema-2 run keeps its predictions and counts as not known to be a
+device link until the job runs again."""
 
 from __future__ import annotations
 
@@ -10,7 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from buildctl.govern.profiles import JobKey, ProfileDB, ProfileEntry, split_compiler
+from buildctl.govern.profiles import (
+    SCHEMA_VERSION,
+    JobKey,
+    ProfileDB,
+    ProfileEntry,
+    split_compiler,
+)
 
 M = 1024**2
 GXX = "g++: g++ (Debian 12.2.0-14) 12.2.0"
@@ -72,7 +80,7 @@ def _columns(path: Path) -> dict[str, tuple[str, str]]:
         rows = conn.execute("SELECT output, compiler, fingerprint FROM runs").fetchall()
     finally:
         conn.close()
-    assert version == 2
+    assert version == SCHEMA_VERSION
     return {output: (compiler, fingerprint) for output, compiler, fingerprint in rows}
 
 
@@ -171,7 +179,7 @@ def test_a_db_from_a_newer_buildctl_is_read_not_written(tmp_path: Path) -> None:
     db.record(ProfileEntry(output="x.o", kind="compile", compiler="cc", peak_rss_bytes=5 * M))
     db.close()
     conn = sqlite3.connect(path)
-    conn.execute("PRAGMA user_version = 3")
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     conn.commit()
     conn.close()
     before = path.read_bytes()
@@ -239,3 +247,113 @@ def test_a_projects_own_runs_come_before_unattributed_ones(tmp_path: Path) -> No
     db.record(ProfileEntry(output=key.output, kind="compile", compiler=GXX,
                            fingerprint=key.fingerprint, project="ops", peak_rss_bytes=280 * M))
     assert db.predict(key).bytes == 280 * M
+
+
+# --- schema 2 -> 3 ------------------------------------------------------------------------------
+
+# The schema-2 code's DDL, as it shipped (profile_store.py before `device_link`).
+V2_SQL = """
+CREATE TABLE runs (
+    id INTEGER PRIMARY KEY,
+    output TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    compiler TEXT NOT NULL,
+    target TEXT NOT NULL,
+    family TEXT NOT NULL,
+    peak_rss INTEGER NOT NULL,
+    wait4_rss INTEGER NOT NULL,
+    wall_s REAL NOT NULL,
+    cpu_s REAL NOT NULL,
+    recorded_at REAL NOT NULL,
+    runq_s REAL NOT NULL DEFAULT 0,
+    fingerprint TEXT NOT NULL DEFAULT '',
+    project TEXT NOT NULL DEFAULT '',
+    censored INTEGER NOT NULL DEFAULT 0,
+    curve TEXT NOT NULL DEFAULT '[]',
+    source_bytes INTEGER NOT NULL DEFAULT 0,
+    cache_hit INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    project TEXT NOT NULL,
+    output TEXT NOT NULL,
+    compiler TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    target TEXT NOT NULL,
+    family TEXT NOT NULL,
+    value INTEGER NOT NULL,
+    PRIMARY KEY (project, output, compiler, kind)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS jobs_by_target ON jobs(project, target, compiler, kind);
+CREATE INDEX IF NOT EXISTS jobs_by_family ON jobs(project, family, compiler, kind);
+CREATE INDEX IF NOT EXISTS runs_by_job ON runs(project, output, compiler, fingerprint);
+PRAGMA user_version = 2;
+"""
+ICPX = "icpx: Intel(R) oneAPI DPC++/C++ Compiler 2025.3.0"
+# (output, kind, fingerprint, MiB) as the schema-2 governor wrote them for one XPU build.
+V2_ROWS = [
+    ("CMakeFiles/attn.dir/a.cpp.o", "compile", "1a2b3c4d", 3000),
+    ("libattn_kernels_xe_2.so", "link", "", 12000),
+    ("_C.abi3.so", "link", "", 900),
+]
+
+
+def write_v2_db(path: Path) -> None:
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.executescript(V2_SQL)
+    for at, (output, kind, fingerprint, mb) in enumerate(V2_ROWS, start=1):
+        conn.execute(
+            "INSERT INTO runs (output, kind, compiler, target, family, peak_rss, wait4_rss,"
+            " wall_s, cpu_s, recorded_at, fingerprint, project, curve)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (output, kind, ICPX, "attn", ".so" if kind == "link" else ".cpp", mb * M, 0, 60.0,
+             60.0, float(at), fingerprint, "vllm-xpu-kernels", f"[[0.0, 1], [59.0, {mb * M}]]"),
+        )
+        conn.execute(
+            "INSERT INTO jobs VALUES (?,?,?,?,?,?,?)",
+            ("vllm-xpu-kernels", output, ICPX, kind, "attn", ".so", mb * M),
+        )
+    conn.commit()
+    conn.close()
+
+
+def test_v2_db_gets_the_device_link_column_once(tmp_path: Path) -> None:
+    path = tmp_path / "profiles.sqlite"
+    write_v2_db(path)
+    before = sqlite3.connect(path)
+    assert "device_link" not in {r[1] for r in before.execute("PRAGMA table_info(runs)")}
+    before.close()
+    with ThreadPoolExecutor(4) as pool:  # builds opening the old DB at once upgrade it once
+        dbs = list(pool.map(lambda _: ProfileDB(path), range(4)))
+    for db in dbs:
+        assert db.writable and not db.warnings
+    for db in dbs[1:]:
+        db.close()
+    db = dbs[0]
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    rows = conn.execute("SELECT output, device_link FROM runs ORDER BY id").fetchall()
+    conn.close()
+    # Schema-2 runs cannot tell: not known to be device links. Nothing else changed.
+    assert rows == [(output, 0) for output, *_ in V2_ROWS]
+    latest = {e.output: e for e in db.latest("vllm-xpu-kernels")}
+    assert {o: (e.device_link, e.peak_rss_bytes // M) for o, e in latest.items()} == {
+        output: (False, mb) for output, _, _, mb in V2_ROWS}
+    link = JobKey("libattn_kernels_xe_2.so", "link", ICPX, "", "vllm-xpu-kernels")
+    assert (db.predict(link).source, db.predict(link).bytes) == ("exact", 12000 * M)
+    # The next run of the link records what it is; the plan's source (latest) says so.
+    assert db.record(ProfileEntry(output=link.output, kind="link", compiler=ICPX,
+                                  project=link.project, peak_rss_bytes=11000 * M, wall_s=50.0,
+                                  device_link=True))
+    latest = {e.output: e for e in db.latest("vllm-xpu-kernels")}
+    assert latest[link.output].device_link and not latest["_C.abi3.so"].device_link
+    db.close()
+
+
+def test_only_links_are_recorded_as_device_links(tmp_path: Path) -> None:
+    """A compile entry claiming to be a device link (an import, say) is stored as not one."""
+    db = ProfileDB(tmp_path / "profiles.sqlite")
+    db.record(ProfileEntry(output="CMakeFiles/t.dir/a.cpp.o", kind="compile", compiler=ICPX,
+                           peak_rss_bytes=M, device_link=True))
+    assert [e.device_link for e in db.latest()] == [False]
+    db.close()

@@ -55,8 +55,9 @@ class Admission(GovernorState):
                 env=env,
             )
             self._next_id += 1
-            if self.opts.max_device_links > 0:
-                job.device_link = links.is_device_link(job.kind, job.argv)
+            # Known whether or not this build caps device links: the profile DB and the report
+            # keep it, so a plan (`--device-links K`) can cap them from either.
+            job.device_link = links.is_device_link(job.kind, job.argv)
             self._predict(job)
             self.jobs[job.id] = job
         prediction = job.prediction

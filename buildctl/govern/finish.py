@@ -103,6 +103,7 @@ class JobEnd(GovernorState):
             censored=censored,
             curve=[] if censored else list(policy_curve(job.curve)),
             source_bytes=job.source_bytes,
+            device_link=job.device_link,
         )
 
     def _finish(
@@ -249,6 +250,7 @@ class JobEnd(GovernorState):
             node=done.get("node"),
             curve=list(policy_curve(job.curve)),
             predicted_curve=list(job.prediction.curve),
+            device_link=job.device_link,
         )
 
     def _reply(self, job: Job, outcome: Outcome, repro: str | None) -> dict:
@@ -293,6 +295,7 @@ class JobEnd(GovernorState):
                     peak_rss_bytes=job.peak_rss,
                     attempts=job.attempts,
                     status="interrupted",
+                    device_link=job.device_link,
                 )
                 job.record = record
                 self.finished.append(record)

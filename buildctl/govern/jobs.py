@@ -128,7 +128,7 @@ class Job:
     growth_at_freeze: float = 0.0  # its RSS slope when it was frozen (bytes/s)
     frozen_total_s: float = 0.0  # every attempt's
     protected: bool = False  # a re-run after a memory kill: never frozen or killed again
-    device_link: bool = False  # a SYCL device link, when the build caps them (govern.links)
+    device_link: bool = False  # a SYCL device link (govern.links.is_device_link), capped or not
 
     @property
     def frozen(self) -> bool:

@@ -46,5 +46,13 @@ def device_link_bytes(kind: str, argv: Sequence[str], per_inner_job: int) -> int
     return device_link_prediction(argv, per_inner_job)
 
 
+LINK_JOBS_FLAG = "-fsycl-max-parallel-link-jobs="
+
+
 def is_device_link(kind: str, argv: Sequence[str]) -> bool:
+    """A link whose command line sets its inner device-link jobs. Asked of every job of every
+    build: links without the flag (all of them outside SYCL builds) are told apart without
+    importing the XPU toolchain module."""
+    if kind != "link" or not any(LINK_JOBS_FLAG in arg for arg in argv):
+        return False
     return device_link_bytes(kind, argv, 1) is not None

@@ -95,7 +95,7 @@ class PlanResult:
             "schedule": [
                 {"output": s.output, "kind": s.kind, "start_s": round(s.start_s, 3),
                  "end_s": round(s.end_s, 3), "peak_rss_bytes": s.peak_bytes,
-                 "exclusive": s.exclusive}
+                 "exclusive": s.exclusive, "device_link": s.device_link}
                 for s in r.schedule
             ],
             "notes": list(self.notes),
@@ -259,9 +259,11 @@ def run_plan(
                      "pessimistic")
     links = [j for j in jobs if j.kind == "link"]
     if device_links > 0 and not any(j.device_link for j in jobs):
-        # Only a report records how a link was predicted; profiles cannot tell a device link.
-        notes.append(f"--device-links {device_links}: no job is known to be a device link (only "
-                     "a --report marks them), so the cap changes nothing")
+        # The governor marks device links in reports and in the profile DB (schema 3); records
+        # from before that, and shipped estimates, mark none.
+        notes.append(f"--device-links {device_links}: no job is known to be a device link (none "
+                     "is marked in these records: older records and estimates do not say), so "
+                     "the cap changes nothing")
     result = simulate(jobs, shape)
     unknown = [o for o, why in result.link_deps.items() if why.startswith("all compiles")]
     if unknown:

@@ -1,5 +1,5 @@
-"""The profile DB file: schema 2 and its migration from schema 1, and a connection that never
-stops a command.
+"""The profile DB file: schema 3 and its migrations from schemas 1 and 2, and a connection that
+never stops a command.
 
 SQLite in WAL mode so that concurrent builds (CI building several torch versions at once) and
 crashes mid-write never corrupt it; every write is one short transaction. The file is checked when
@@ -26,7 +26,10 @@ from typing import TypeVar
 
 from buildctl.errors import BadInput
 
-SCHEMA_VERSION = 2  # PRAGMA user_version of the layout below
+# PRAGMA user_version of the layout below. 2: the compile fingerprint in its own column (schema 1
+# glued it onto the compiler), projects, censored runs, curves. 3: `device_link`, a link run that
+# was a SYCL device link (govern.links), so a plan from profiles alone can cap them.
+SCHEMA_VERSION = 3
 
 # Before schema 2 a compile's fingerprint was glued onto its compiler identity: "g++ 12 #1a2b3c4d".
 _GLUED_FINGERPRINT = re.compile(r"^(.*) #([0-9a-f]{1,64})$", re.DOTALL)
@@ -62,6 +65,11 @@ _COLUMNS_V2_ADDED = {
     "source_bytes": "INTEGER NOT NULL DEFAULT 0",
     "cache_hit": "INTEGER NOT NULL DEFAULT 0",
 }
+# Runs of schema 2 and before cannot tell: they stay 0 (not known to be a device link) until the
+# job runs again. The runs table keeps no command line to derive it from.
+_COLUMNS_V3_ADDED = {
+    "device_link": "INTEGER NOT NULL DEFAULT 0",
+}
 _CREATE_RUNS = """
 CREATE TABLE runs (
     id INTEGER PRIMARY KEY,
@@ -81,7 +89,8 @@ CREATE TABLE runs (
     censored INTEGER NOT NULL DEFAULT 0,
     curve TEXT NOT NULL DEFAULT '[]',
     source_bytes INTEGER NOT NULL DEFAULT 0,
-    cache_hit INTEGER NOT NULL DEFAULT 0
+    cache_hit INTEGER NOT NULL DEFAULT 0,
+    device_link INTEGER NOT NULL DEFAULT 0
 )
 """
 # One row per project, output, compiler and kind: its current value (current_value), so the
@@ -166,9 +175,10 @@ def _why(exc: BaseException) -> str:
 
 
 def migrate(conn: sqlite3.Connection, allow_newer: bool = False) -> None:
-    """Bring a DB to schema 2, under the write lock so two builds opening an old DB at once
+    """Bring a DB to schema 3, under the write lock so two builds opening an old DB at once
     do not both upgrade it. Schema 1 glued a compile's fingerprint onto its compiler identity;
-    it moves to its own column, so the target and family fallbacks match compile jobs."""
+    it moves to its own column, so the target and family fallbacks match compile jobs. Schema 3
+    adds the `device_link` flag (0 on older runs: unknown, the job's next run sets it)."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -182,7 +192,7 @@ def migrate(conn: sqlite3.Connection, allow_newer: bool = False) -> None:
             missing = [c for c in _COLUMNS_V1 if c not in columns]
             if missing:
                 raise _NotOurs(f"its runs table has no {', '.join(missing)} column")
-            for name, decl in _COLUMNS_V2_ADDED.items():
+            for name, decl in {**_COLUMNS_V2_ADDED, **_COLUMNS_V3_ADDED}.items():
                 if name not in columns:
                     conn.execute(f"ALTER TABLE runs ADD COLUMN {name} {decl}")
             if version < 2:

@@ -194,6 +194,10 @@ class ProfileEntry(BaseModel):
     curve: list[tuple[float, int]] = []  # thinned RSS curve (t_s since start, tree RSS)
     source_bytes: int = 0  # size of the compiled source (for scaling sibling predictions)
     cache_hit: bool = False  # a ccache/sccache hit: never used as a measurement of the compile
+    # A SYCL device link (govern.links.is_device_link: `-fsycl-max-parallel-link-jobs` on its
+    # command line), so `buildctl plan --device-links K` caps it from profiles alone. False for
+    # runs recorded before schema 3 and in exports that do not say.
+    device_link: bool = False
 
 
 _Bytes = Annotated[int, Field(ge=0, le=PiB)]
@@ -398,7 +402,8 @@ class ProfileDB:
             conn.executemany(
                 "INSERT INTO runs (output, kind, compiler, fingerprint, project, target, family,"
                 " peak_rss, wait4_rss, wall_s, cpu_s, recorded_at, runq_s, censored, curve,"
-                " source_bytes, cache_hit) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " source_bytes, cache_hit, device_link)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 rows,
             )
             # (project, output, compiler, kind) of each row, once
@@ -433,6 +438,7 @@ class ProfileDB:
             json.dumps([[round(t, 3), rss] for t, rss in thin_curve(entry.curve)]),
             entry.source_bytes,
             int(entry.cache_hit),
+            int(entry.device_link and entry.kind == "link"),
         )
 
     # -- predicting -----------------------------------------------------------------------------
@@ -523,9 +529,10 @@ class ProfileDB:
         for offset in range(0, len(ids), 500):
             batch = ids[offset:offset + 500]
             for (run_id, output, kind, compiler, fingerprint, proj, target, peak, wait4, wall,
-                 cpu, at, runq, curve, source_bytes) in conn.execute(
+                 cpu, at, runq, curve, source_bytes, device_link) in conn.execute(
                 "SELECT id, output, kind, compiler, fingerprint, project, target, peak_rss,"
-                " wait4_rss, wall_s, cpu_s, recorded_at, runq_s, curve, source_bytes FROM runs"
+                " wait4_rss, wall_s, cpu_s, recorded_at, runq_s, curve, source_bytes,"
+                " device_link FROM runs"
                 f" WHERE id IN ({','.join('?' * len(batch))})",
                 batch,
             ):
@@ -538,6 +545,7 @@ class ProfileDB:
                     wait4_maxrss_bytes=wait4, wall_s=wall, cpu_s=cpu, recorded_at=at,
                     runq_wait_s=runq, censored=not complete or bound > peak,
                     curve=list(_parse_curve(curve)), source_bytes=source_bytes,
+                    device_link=bool(device_link),
                 ))
         return sorted(entries, key=lambda e: (e.project, e.target, e.output))
 

@@ -50,8 +50,10 @@ Approximations (each one is a knob or a documented limit, not a hidden guess):
   slot and its RSS, and its curve resumes where it stopped. A plan assumes no freezes.
 - Device links: with `HostShape.max_device_links` K > 0, at most K jobs marked `device_link`
   run at once, earliest-visible first (`govern.links.offerable`, as the governor's admission
-  filters its waiting jobs); others are offered as usual. Reports mark them (a link predicted
-  from its command line); profiles do not, so a plan from profiles applies no cap.
+  filters its waiting jobs); others are offered as usual. Reports and profiles (schema 3) mark
+  the links the governor saw as device links; a report from before that field marks a link
+  predicted from its command line (source "device-link"); profiles from before schema 3 mark
+  none, so a plan from them applies no cap until the links have run again.
 - Learning: a replayed job the governor had never measured (`learns`: predicted on a prior
   or from siblings) is predicted as the governor does, from the jobs this simulated build has
   finished (`policy.sibling_prediction`; reports name no compiler and no source size, so all
@@ -128,8 +130,8 @@ class SimJob:
     # job whenever one ends; before any has, `prior_bytes` with the slow start of its family.
     learns: bool = False
     prior_bytes: int | None = None
-    # A SYCL device link (from a report: a link predicted from its command line, source
-    # "device-link"): `HostShape.max_device_links` of them run at once, as in the governor.
+    # A SYCL device link (as the governor marked it in the report or the profile DB):
+    # `HostShape.max_device_links` of them run at once, as in the governor.
     device_link: bool = False
 
     @property
@@ -225,6 +227,7 @@ class Scheduled:
     end_s: float
     peak_bytes: int
     exclusive: bool
+    device_link: bool = False  # held by HostShape.max_device_links
 
 
 @dataclass(frozen=True)
@@ -465,7 +468,7 @@ def simulate(
             schedule.append(
                 Scheduled(
                     job.output, job.kind, start, start + job.occupancy_s, job.peak_bytes,
-                    exclusive,
+                    exclusive, job.device_link,
                 )
             )
             placed.append((job, start))
@@ -673,7 +676,8 @@ def jobs_from_report(report: BuildReport, *, replay: bool = False) -> list[SimJo
                 pauses=_pauses(record, frozen.get(record.output, [])),
                 learns=replay and record.prediction_source in LEARNING_SOURCES,
                 prior_bytes=priors.get(record.kind, record.predicted_rss_bytes),
-                device_link=record.kind == "link" and record.prediction_source == "device-link",
+                device_link=record.kind == "link" and (
+                    record.device_link or record.prediction_source == "device-link"),
             )
         )
     return jobs
@@ -699,6 +703,7 @@ def jobs_from_profiles(entries: Iterable[ProfileEntry]) -> list[SimJob]:
             runq_wait_s=e.runq_wait_s,
             target=e.target,
             curve=_curve(e.curve),
+            device_link=e.kind == "link" and e.device_link,
         )
         for e in latest.values()
     ]
