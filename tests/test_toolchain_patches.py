@@ -1,16 +1,17 @@
 """Patch files: well-formed, touching only allowed paths, applied idempotently.
 
-The test against real upstream source runs when BUILDCTL_VLLM_XPU_SRC points at a git checkout
-of vllm-project/vllm-xpu-kernels (any ref: each listed tag is checked out into a worktree).
+The test against real upstream source runs where a vllm-project/vllm-xpu-kernels clone with its
+tags is found (BUILDCTL_VLLM_XPU_SRC or the fetch mirror, see upstream_checkouts): each listed tag
+is cloned into the test's tmp dir, the clone itself is only read.
 """
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
 import pytest
+from upstream_checkouts import SKIP_REASON, checkout_tag, upstream_git_dir
 
 from buildctl.errors import BadInput
 from buildctl.toolchain import compat
@@ -119,32 +120,26 @@ def test_apply_inside_a_parent_repo_patches_the_right_tree(tmp_path: Path) -> No
     assert (src / "csrc" / "a.cpp").read_text() == "one\nTWO\nthree\n"
 
 
-UPSTREAM = os.environ.get("BUILDCTL_VLLM_XPU_SRC")
+UPSTREAM = upstream_git_dir()
 
 
-@pytest.mark.skipif(
-    not UPSTREAM,
-    reason="set BUILDCTL_VLLM_XPU_SRC to a git checkout of vllm-project/vllm-xpu-kernels "
-    "(with tags) to check the patches against real upstream source",
-)
+@pytest.mark.skipif(UPSTREAM is None, reason=SKIP_REASON)
 def test_patches_apply_to_upstream_tags(tmp_path: Path) -> None:
+    """Each patch series applies to a fresh checkout of its tag (its own clone in tmp_path:
+    the upstream repository is only read), and a second run finds it applied."""
     assert UPSTREAM is not None
-    upstream = Path(UPSTREAM)
     matrix = compat.load_matrix()
     for ref in matrix.kernel_refs:
         if not ref.patches:
             continue
         has_tag = subprocess.run(
-            ["git", "-C", str(upstream), "rev-parse", "-q", "--verify", f"{ref.ref}^{{commit}}"],
+            ["git", "--git-dir", str(UPSTREAM), "rev-parse", "-q", "--verify",
+             f"{ref.ref}^{{commit}}"],
             capture_output=True,
         )
         if has_tag.returncode != 0:
-            pytest.fail(f"{upstream} has no tag {ref.ref}")
-        work = tmp_path / ref.ref
-        _git(upstream, "worktree", "add", "-q", "--detach", str(work), ref.ref)
-        try:
-            patches = [PATCH_ROOT / "vllm-xpu-kernels" / rel for rel in ref.patches]
-            assert [r.status for r in apply_patches(work, patches)] == ["applied"] * len(patches)
-            assert {r.status for r in apply_patches(work, patches)} == {"already-applied"}
-        finally:
-            _git(upstream, "worktree", "remove", "--force", str(work))
+            pytest.fail(f"{UPSTREAM} has no tag {ref.ref}")
+        work = checkout_tag(UPSTREAM, ref.ref, tmp_path / ref.ref)
+        patches = [PATCH_ROOT / "vllm-xpu-kernels" / rel for rel in ref.patches]
+        assert [r.status for r in apply_patches(work, patches)] == ["applied"] * len(patches)
+        assert {r.status for r in apply_patches(work, patches)} == {"already-applied"}
