@@ -133,6 +133,9 @@ class SimJob:
     # A SYCL device link (as the governor marked it in the report or the profile DB):
     # `HostShape.max_device_links` of them run at once, as in the governor.
     device_link: bool = False
+    # `prediction_curve` is this job's own record (a warm profile; a replayed exact or output
+    # prediction), not a sibling's: policy.running_envelope scales the two differently.
+    own_curve: bool = True
 
     @property
     def occupancy_s(self) -> float:
@@ -581,7 +584,7 @@ def _learned(job: SimJob, done: Sequence[policy.Sibling],
         )
     estimate, _, curve = guess
     return dataclasses.replace(job, predicted_bytes=estimate, predicted_curve=curve,
-                               unknown_group="")
+                               unknown_group="", own_curve=False)
 
 
 def _running(job: SimJob, index: int, since_start_s: float, exclusive: bool,
@@ -590,7 +593,8 @@ def _running(job: SimJob, index: int, since_start_s: float, exclusive: bool,
     position on its curves: frozen time left out, as Job.running_s does)."""
     elapsed = job.running_s(since_start_s)
     rss = job.rss_at(elapsed)
-    envelope = policy.running_envelope(job.prediction_curve, job.predicted, rss, elapsed)
+    envelope = policy.running_envelope(job.prediction_curve, job.predicted, rss, elapsed,
+                                       own=job.own_curve)
     if job.frozen_at(since_start_s):
         envelope = policy.held_envelope(envelope)  # as the governor's admission sees it
     return scheduler.Running(index, job.predicted, rss, exclusive, share, envelope=envelope,
@@ -675,6 +679,7 @@ def jobs_from_report(report: BuildReport, *, replay: bool = False) -> list[SimJo
                 ),
                 pauses=_pauses(record, frozen.get(record.output, [])),
                 learns=replay and record.prediction_source in LEARNING_SOURCES,
+                own_curve=not replay or record.prediction_source in ("exact", "output"),
                 prior_bytes=priors.get(record.kind, record.predicted_rss_bytes),
                 device_link=record.kind == "link" and (
                     record.device_link or record.prediction_source == "device-link"),
