@@ -1,6 +1,7 @@
 """`buildctl run -- <build command>` on three tiny real projects: a scikit-build-core project
-(`pip wheel`), a setuptools CMakeExtension project (`pip wheel`), and a torch.utils.cpp_extension
-project (`setup.py build_ext`). Every compile and link of the project is in the run's report."""
+(`pip wheel`, `python -m build`, `uv build`), a setuptools CMakeExtension project (`pip wheel`),
+and a torch.utils.cpp_extension project (`setup.py build_ext`). Every compile and link of the
+project is in the run's report."""
 
 from __future__ import annotations
 
@@ -52,6 +53,28 @@ def test_scikit_build_core_pip_wheel(tmp_path: Path) -> None:
     assert [w.name for w in dist.glob("*.whl")] == [
         w.name for w in dist.glob("run_skbuild-0.1.0-*.whl")
     ] != []
+
+
+@pytest.mark.parametrize(
+    "frontend",
+    [
+        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir"],
+        # uv finds its binary beside this interpreter (the dev extra installs it there).
+        [str(Path(sys.executable).parent / "uv"), "build", "--wheel", "--no-build-isolation",
+         "--offline", "--python", sys.executable, "--out-dir"],
+    ],
+    ids=["python-m-build", "uv-build"],
+)
+def test_scikit_build_core_other_frontends(tmp_path: Path, frontend: list[str]) -> None:
+    """`python -m build` and `uv build` drive the same PEP 517 backend as pip: every compile
+    and link is still governed."""
+    if not Path(frontend[0]).exists():
+        pytest.skip(f"{frontend[0]} is not installed (the dev extra installs it)")
+    dist = tmp_path / "dist"
+    _, summary, report = governed_run(tmp_path, "run_skbuild", [*frontend, str(dist)])
+    assert_governed(report, ["alpha.cc", "beta.cc"], "librunskb.so")
+    assert summary["status"] == "ok" and summary["exit_code"] == 0
+    assert list(dist.glob("run_skbuild-0.1.0-*.whl")), list(tmp_path.rglob("*.whl"))
 
 
 def test_setuptools_cmake_extension_pip_wheel(tmp_path: Path) -> None:
