@@ -58,6 +58,9 @@ def launcher_command(socket_path: Path) -> list[str]:
     return [sys.executable, "-I", "-S", str(LAUNCHER), "--socket", str(socket_path), "--"]
 
 
+NINJA_INTERRUPTED = "ninja: build stopped: interrupted by user"
+
+
 @dataclass
 class SessionOptions:
     build_dir: Path
@@ -118,6 +121,8 @@ class GovernedSession:
             host_total_bytes=psutil.virtual_memory().total,
         )
         self.interrupted = False
+        # ninja said it was interrupted (SIGINT/SIGTERM/SIGHUP sent to it, not to buildctl).
+        self.stopped_from_outside = False
         self._lock_fd: int | None = None
         self._build_log: TextIO | None = None
         self._t0 = 0.0
@@ -297,6 +302,8 @@ class GovernedSession:
         assert proc.stdout is not None
         for raw in proc.stdout:
             line = raw.decode(errors="replace").rstrip("\n")
+            if line.startswith(NINJA_INTERRUPTED):
+                self.stopped_from_outside = True
             if self._build_log is not None:
                 self._build_log.write(line + "\n")
             self.view.output_line(line)

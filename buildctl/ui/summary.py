@@ -152,12 +152,12 @@ def print_summary(
         console.print("buildctl: interrupted; finished objects are kept, rerun to continue")
         code = EXIT_INTERRUPTED
     elif rc != 0 and not summary.failed and (
-        rc < 0 or any(job.status == "interrupted" for job in session.report.jobs)
+        rc < 0 or getattr(session, "stopped_from_outside", False)
     ):
         # The build command was killed or interrupted from outside (no job failed): compiler
         # output has nothing to say about that.
         how = (f"was killed by {_signal_name(-rc)}" if rc < 0
-               else f"exited {rc} after its jobs were interrupted")
+               else "was interrupted")
         console.print(
             f"error: {what} was stopped: its build command {how}, from outside buildctl\n"
             "  fix: rerun the same command to continue (finished objects are kept)"
