@@ -40,8 +40,8 @@ how memory is governed:
   a small budget therefore runs few jobs at once; --share-priors predicts unknown jobs at
   budget/slots instead (faster, but the total may pass the budget for a moment: a job that
   outgrows its share is then killed and re-run later at the full prior). If host memory runs
-  low anyway, admission pauses; if it gets critical the youngest job is killed and re-run
-  later, so the kernel OOM killer never picks.
+  low anyway, admission pauses; if it gets critical the job that loses least work is killed
+  and re-run later (only where that lifts the host back), so the kernel OOM killer never picks.
 
 exit codes: 0 built, 1 build failed, 2 bad input, 130 interrupted.
 """

@@ -106,8 +106,9 @@ def add_governor_args(parser: argparse.ArgumentParser) -> None:
         "--critical",
         type=_size,
         metavar="SIZE",
-        help="kill and re-queue the youngest job below this host available memory, e.g. 512M "
-        "(below --low-water; default half of it)",
+        help="below this host available memory, kill and re-queue the job that loses least "
+        "work per byte freed, where freeing the build's memory can lift the host back, e.g. "
+        "512M (below --low-water; default half of it)",
     )
     g.add_argument(
         "--hang-after",

@@ -70,7 +70,7 @@ class GovernSettings(Settings):
     low_water: SizeBytes | None = setting(None, env="BUILDCTL_LOW_WATER",
                                           help="pause admission below this available memory")
     critical: SizeBytes | None = setting(None, env="BUILDCTL_CRITICAL",
-                                         help="kill the youngest job below this")
+                                         help="kill the job that loses least work below this")
     hang_after: Seconds = setting(600.0, env="BUILDCTL_HANG_AFTER",
                                   help="stalled after this long without progress")
     retries: int = setting(1, env="BUILDCTL_RETRIES", help="re-runs of a stalled/crashed job")

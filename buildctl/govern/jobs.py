@@ -32,7 +32,7 @@ class GovernorOptions:
     build_dir: Path
     sample_interval_s: float = 0.25
     low_water_bytes: int | None = None  # pause admission below this host available memory
-    critical_bytes: int | None = None  # kill the youngest job below this
+    critical_bytes: int | None = None  # below this, kill the job that loses least work
     psi_full_pause: float = 10.0  # PSI memory `full` avg10 (%) that pauses admission
     hang_after_s: float = 600.0
     retries: int = 1  # re-runs of a job killed as stalled/spinning
