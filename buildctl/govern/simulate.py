@@ -593,7 +593,17 @@ def _running(job: SimJob, index: int, since_start_s: float, exclusive: bool,
     position on its curves: frozen time left out, as Job.running_s does)."""
     elapsed = job.running_s(since_start_s)
     rss = job.rss_at(elapsed)
+    # The governor places a job on its own record by the lower of its wall and CPU progress (a
+    # sibling's prediction carries no CPU time: wall only). With no CPU curve, the simulator
+    # takes such a job's waiting to come first (memcc holds its memory asleep, then compiles),
+    # so it admits a partner no earlier than the governor did (a warm replay paired two 450 MB
+    # jobs 0.4 s early and predicted 844-906 MiB for a 753 MiB build). A CPU-bound job
+    # (CPU = wall) is placed by the wall clock either way.
+    by_cpu = job.own_curve and job.cpu_s > 0
+    cpu_so_far = max(0.0, elapsed - max(0.0, job.wall_s - job.cpu_s)) if by_cpu else 0.0
     envelope = policy.running_envelope(job.prediction_curve, job.predicted, rss, elapsed,
+                                       cpu_s=cpu_so_far,
+                                       predicted_cpu_s=job.cpu_s if by_cpu else 0.0,
                                        own=job.own_curve)
     if job.frozen_at(since_start_s):
         envelope = policy.held_envelope(envelope)  # as the governor's admission sees it
