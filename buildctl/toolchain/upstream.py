@@ -68,7 +68,7 @@ class CheckoutIdentity:
 
 
 def parse_describe(text: str) -> tuple[str, int, str, bool] | None:
-    """`git describe --tags --long --dirty` output -> (tag, distance, short commit, dirty)."""
+    """`git describe --tags --long [--dirty]` output -> (tag, distance, short commit, dirty)."""
     match = _DESCRIBE_RE.match(text.strip())
     if not match:
         return None
@@ -145,7 +145,9 @@ def identify_checkout(src: Path, matrix: CompatMatrix | None = None) -> Checkout
         _git(src, "rev-parse", "--verify", "HEAD^{commit}") if (src / ".git").exists() else None
     )
     if commit:
-        described = _git(src, "describe", "--tags", "--long", "--dirty", "--match", "v*")
+        # No --dirty: it refreshes and rewrites the index whatever GIT_OPTIONAL_LOCKS says
+        # (a CI run caught it); `status --porcelain` below tells dirtiness without writing.
+        described = _git(src, "describe", "--tags", "--long", "--match", "v*")
         parsed = parse_describe(described) if described else None
         porcelain = _git(src, "status", "--porcelain", "--untracked-files=normal")
         dirty = bool(porcelain)
