@@ -186,8 +186,11 @@ def source_ref(project: str, source_dir: Path, ref: str) -> SourceRef:
     """The commit the sources came from, when they are in git (dirty = uncommitted changes)."""
 
     def git(*args: str) -> str:
+        # A user's tree is read-only to us: `git status` must not refresh its index.
+        env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}
         proc = subprocess.run(
-            ["git", "-C", str(source_dir), *args], capture_output=True, text=True, check=False
+            ["git", "-C", str(source_dir), *args], capture_output=True, text=True, check=False,
+            env=env,
         )
         return proc.stdout.strip() if proc.returncode == 0 else ""
 
