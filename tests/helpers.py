@@ -119,9 +119,10 @@ def intervals_overlap(jobs: list[dict]) -> bool:
 
 
 def fake_governor(db: Any, tmp_path: Path, *, clock: Any, runner: Any = None,
-                  **options: Any) -> Any:
-    """A Governor on the fake runner, a test's clock and endless host memory, with no start-up
-    gathering, host watermarks or hang detection unless `options` say otherwise."""
+                  available: int = 1 << 50, **options: Any) -> Any:
+    """A Governor on the fake runner, a test's clock and `available` host memory (endless by
+    default), with no start-up gathering, host watermarks or hang detection unless `options`
+    say otherwise."""
     from buildctl.govern.governor import Governor, GovernorOptions
     from buildctl.govern.runner import FakeRunner
 
@@ -131,4 +132,26 @@ def fake_governor(db: Any, tmp_path: Path, *, clock: Any, runner: Any = None,
     )
     settings.update(options)
     return Governor(GovernorOptions(**settings), db, runner=runner or FakeRunner({}),
-                    clock=clock, available=lambda: 1 << 50)
+                    clock=clock, available=lambda: available)
+
+
+def start_admitted(governor: Any, runner: Any, last_pid: int) -> int:
+    """Give every newly admitted job of a fake-runner governor a pid and start it on the
+    runner, as its launcher would; returns the last pid handed out."""
+    for job in governor.jobs.values():
+        if job.state == "running" and job.child_pid is None:
+            last_pid += 1
+            job.child_pid = last_pid
+            runner.start(job.id, job.output)
+    return last_pid
+
+
+def tiny_cmake_project(tmp_path: Path) -> Path:
+    """A one-file shared library CMake project under `tmp_path/src`."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.cpp").write_text("int a() { return 1; }\n")
+    (src / "CMakeLists.txt").write_text(
+        "cmake_minimum_required(VERSION 3.21)\nproject(p CXX)\nadd_library(p SHARED a.cpp)\n"
+    )
+    return src

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from helpers import ROOT
+from helpers import ROOT, fake_governor, start_admitted
 
 from buildctl.govern.governor import Governor, GovernorOptions
 from buildctl.govern.profiles import ProfileDB, ProfileEntry
@@ -285,24 +285,16 @@ def _drive_marks(tmp_path: Path, **marks: int) -> tuple[Governor, int, dict[str,
     runner = FakeRunner({out: (lambda t: 100 * MiB) for out in outputs})
     clock = [1000.0]
     db = ProfileDB(tmp_path / "profiles.sqlite")
-    governor = Governor(
-        GovernorOptions(socket_path=tmp_path / "unused.sock", build_dir=tmp_path,
-                        budget_bytes=4 * GiB, slots=2, sample_interval_s=0.25,
-                        gather_quiet_s=0.0, gather_max_s=0.0, hang_after_s=1e9, **marks),
-        db, runner=runner, clock=lambda: clock[0], available=lambda: 8 * GiB,
-    )
+    governor = fake_governor(db, tmp_path, clock=lambda: clock[0], runner=runner,
+                             available=8 * GiB, budget_bytes=4 * GiB, slots=2,
+                             sample_interval_s=0.25, **marks)
     governor.tick()  # the sampler's first tick, before the launchers arrive (start-up gathering)
     for out in outputs:
         governor.enqueue(out, "compile", "g++ 12")
     most, kills, pid = 0, dict.fromkeys(outputs, 0), 100
     for _ in range(400):
-        live = [j for j in governor.jobs.values() if j.state == "running"]
-        most = max(most, len(live))
-        for job in live:
-            if job.child_pid is None:
-                pid += 1
-                job.child_pid = pid
-                runner.start(job.id, job.output)
+        most = max(most, sum(1 for j in governor.jobs.values() if j.state == "running"))
+        pid = start_admitted(governor, runner, pid)
         if all(j.state == "done" for j in governor.jobs.values()):
             break
         clock[0] += 0.25

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from helpers import fake_governor
+from helpers import fake_governor, start_admitted
 
 from buildctl.govern.governor import Job
 from buildctl.govern.profiles import ProfileDB
@@ -87,12 +87,7 @@ def replay(db: ProfileDB, tmp_path: Path, slots: int = 16, budget: int = BUDGET,
     kills_per_job: dict[str, int] = {}
     pid = 100
     for _ in range(20000):
-        live = [j for j in governor.jobs.values() if j.state == "running"]
-        for job in live:
-            if job.child_pid is None:
-                pid += 1
-                job.child_pid = pid
-                runner.start(job.id, job.output)
+        pid = start_admitted(governor, runner, pid)
         if all(j.state == "done" for j in governor.jobs.values()):
             break
         clock[0] += STEP_S

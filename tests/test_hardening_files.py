@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from helpers import tiny_cmake_project
 
 from buildctl.cli import main
 from buildctl.errors import BadInput, BuildctlError, BuildFailed
@@ -111,18 +112,8 @@ def test_no_space_while_writing_keeps_the_previous_report(
 # --- the same through `buildctl build` -----------------------------------------------------------
 
 
-def _project(tmp_path: Path) -> Path:
-    src = tmp_path / "src"
-    src.mkdir()
-    (src / "a.cpp").write_text("int a() { return 1; }\n")
-    (src / "CMakeLists.txt").write_text(
-        "cmake_minimum_required(VERSION 3.21)\nproject(p CXX)\nadd_library(p SHARED a.cpp)\n"
-    )
-    return src
-
-
 def _build(tmp_path: Path, *extra: str) -> list[str]:
-    return ["build", "--source", str(_project(tmp_path)), "--plain", *extra]
+    return ["build", "--source", str(tiny_cmake_project(tmp_path)), "--plain", *extra]
 
 
 def _stderr_ok(err: str) -> None:

@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from helpers import tiny_cmake_project
 
 from buildctl.errors import BadInput, BuildctlError
 from buildctl.govern.profiles import JobKey, ProfileDB, ProfileEntry
@@ -340,16 +341,6 @@ def test_a_read_only_file_and_directory_as_chmod_makes_them(tmp_path: Path) -> N
 # -- the same through `buildctl build`: the build goes on, and says so once ----------------------
 
 
-def _small_project(tmp_path: Path) -> Path:
-    src = tmp_path / "src"
-    src.mkdir()
-    (src / "a.cpp").write_text("int a() { return 1; }\n")
-    (src / "CMakeLists.txt").write_text(
-        "cmake_minimum_required(VERSION 3.21)\nproject(p CXX)\nadd_library(p SHARED a.cpp)\n"
-    )
-    return src
-
-
 def _fill_disk_then(mnt: Path, argv: list[str]) -> list[str]:
     """argv run in a private mount namespace with a tiny tmpfs at `mnt` that is already full
     but for a profile DB written before it filled up."""
@@ -364,7 +355,7 @@ def _fill_disk_then(mnt: Path, argv: list[str]) -> list[str]:
 def test_a_build_with_a_bad_profile_db_succeeds_and_says_so_once(
     tmp_path: Path, state: str
 ) -> None:
-    src = _small_project(tmp_path)
+    src = tiny_cmake_project(tmp_path)
     mnt = tmp_path / "mnt"
     db_path = {"corrupt": tmp_path / "profiles.sqlite",
                "cannot be created": tmp_path / "a-file" / "profiles.sqlite",
