@@ -182,6 +182,25 @@ def test_light_plateau_jobs_run_as_wide_as_the_budget_allows(
     assert first.makespan_s <= 1.25 * best, (first, best)
 
 
+def test_a_light_family_ramps_up_where_the_budget_is_ample(
+    db: ProfileDB, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ggml trace at 16 GiB, where memory does not bind (call G on the 16-core host): the
+    slow start alone ran two never-measured jobs for 18 s and took 1.41x plain -j16. Running
+    jobs that sit well under their reservation vouch for their family (policy.vouches), so the
+    first build ramps up within seconds: at most 1.25x plain -j16, with no freeze or kill."""
+    budget = 16 * GiB
+    plain, _ = fixed_j_makespan(16, GGML_TRACE)
+    first = replay(db, tmp_path / "first", budget=budget, trace_path=GGML_TRACE)
+    assert first.ok == 20 and first.kills == 0 and first.freezes == 0
+    assert first.peak_total <= budget
+    assert first.makespan_s <= 1.25 * plain, (first, plain)
+    monkeypatch.setattr("buildctl.govern.policy.RAMP_PER_VOUCH", 0)
+    slow = replay(ProfileDB(tmp_path / "slow.sqlite"), tmp_path / "slow", budget=budget,
+                  trace_path=GGML_TRACE)
+    assert slow.makespan_s > 1.3 * plain, "without the ramp it was not slow: proves nothing"
+
+
 def test_a_job_is_killed_at_most_once_and_its_rerun_is_protected(tmp_path: Path) -> None:
     """A budget far below what jobs need side by side: kills may happen, but never twice to
     one job, and every job still finishes (re-runs are protected)."""

@@ -346,6 +346,77 @@ def test_unknown_family_limit(slots: int, limit: int) -> None:
     assert policy.unknown_family_limit(slots) == limit
 
 
+@pytest.mark.parametrize(("slots", "vouching", "limit"),
+                         [(16, 0, 2), (16, 1, 5), (16, 2, 8), (64, 2, 14), (16, -1, 2)])
+def test_each_vouching_job_lets_more_of_its_family_start(slots: int, vouching: int,
+                                                         limit: int) -> None:
+    assert policy.unknown_family_limit(slots, vouching) == limit
+
+
+def _curve(*points: tuple[float, int]) -> policy.Curve:
+    return tuple((t, mb * MiB) for t, mb in points)
+
+
+# ggml-like: peaks at 330 MiB within 2 s, then sits lower (cicc) for the rest of its run.
+LIGHT = _curve((0.2, 57), (0.9, 207), (1.6, 330), (2.4, 202), (3.8, 175), (5.5, 176), (6.2, 176))
+RESERVED = 921 * MiB  # the capped prior at 16 GiB over 16 slots
+
+VOUCH_TABLE: list[tuple[str, policy.Curve, int, bool]] = [
+    ("light, quiet 4.6 s since its high", LIGHT, RESERVED, True),
+    ("light, but quiet only 3.9 s", LIGHT[:-1], RESERVED, False),
+    ("its high above half its reservation", LIGHT, 600 * MiB, False),
+    # nvcc-like: each phase drops and sets a new high within 2.8 s (j02 of the nvcc trace).
+    ("phase drop, then a new high", _curve((0.4, 95), (2.1, 231), (2.5, 39), (4.1, 226),
+                                           (4.5, 55), (4.9, 247), (6.2, 240)), RESERVED, False),
+    ("still climbing", _curve((1.0, 100), (3.0, 200), (5.0, 300), (7.0, 400)), RESERVED, False),
+    # Within RAMP_NEW_HIGH of its high is no new high: a flat top vouches.
+    ("flat at its high", _curve((1.0, 300), (3.0, 310), (5.5, 312)), RESERVED, True),
+    # Quiet for RAMP_QUIET_S is not enough late in a long run: 5 s of 17 is under 30 %.
+    ("long run, high 5 s ago", _curve((1.0, 100), (12.0, 300), (17.0, 280)), RESERVED, False),
+    ("long run, high 6 s ago", _curve((1.0, 100), (10.0, 300), (16.0, 280)), RESERVED, True),
+    ("no samples", (), RESERVED, False),
+    ("no memory seen", _curve((1.0, 0), (9.0, 0)), RESERVED, False),
+    ("no reservation", LIGHT, 0, False),
+]
+
+
+def test_vouches_counts_its_age_past_the_last_sample() -> None:
+    """A step curve (the simulator's) has no sample for every moment: its age comes apart."""
+    sparse = _curve((1.0, 300), (2.0, 150))
+    assert not policy.vouches(sparse, RESERVED)
+    assert not policy.vouches(sparse, RESERVED, 4.9)
+    assert policy.vouches(sparse, RESERVED, 5.0)
+
+
+@pytest.mark.parametrize(("case", "curve", "reserved", "expected"), VOUCH_TABLE,
+                         ids=[row[0] for row in VOUCH_TABLE])
+def test_vouches(case: str, curve: policy.Curve, reserved: int, expected: bool) -> None:
+    assert policy.vouches(curve, reserved) is expected
+
+
+def _prefixes(curve: list[list[float]]) -> list[policy.Curve]:
+    points = tuple((float(t), int(rss)) for t, rss in curve)
+    return [points[:k] for k in range(1, len(points) + 1)]
+
+
+def test_real_traces_vouch_for_light_families_only() -> None:
+    """On the recorded 16-core builds (bench/traces), at a 16 GiB budget over 16 slots: every
+    ggml template instance vouches for its family within 12 s; no prefix of any heavy nvcc
+    job (2.8-6.3 GiB at its peak) ever does."""
+    import json
+    from pathlib import Path
+
+    traces = Path(__file__).resolve().parent.parent / "bench" / "traces"
+    light = json.loads((traces / "ggml-cuda-sm90.json").read_text())["jobs"]
+    heavy = json.loads((traces / "nvcc-template-20.json").read_text())["jobs"]
+    for job in light:
+        first = next((p[-1][0] for p in _prefixes(job["rss"]) if policy.vouches(p, RESERVED)),
+                     None)
+        assert first is not None and first <= 12.0, (job["name"], first)
+    for job in heavy:
+        assert not any(policy.vouches(p, RESERVED) for p in _prefixes(job["rss"])), job["name"]
+
+
 def test_peaks_that_follow_one_another_within_the_horizon_are_not_summed() -> None:
     """Six jobs at their start, each with its own curve peaking at a different moment of the
     next two seconds (the ggml replay runs jobs 5x faster than the real host, so a 2 s horizon

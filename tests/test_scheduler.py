@@ -264,3 +264,23 @@ def test_a_job_grown_past_its_capped_prior_blocks_new_admissions() -> None:
     assert decide([w(3, 100)], running, budget=768 * M, slots=3).admit == ()
 
 
+
+
+def _unknown(i: int) -> Waiting:
+    return Waiting(i, 100 * M, float(i), unknown_group="g")
+
+
+def test_unknown_family_limit_per_family_overrides_the_default() -> None:
+    """Two jobs of an unmeasured family run; the default slow start (2) admits no third, a
+    family ramped to 5 (policy.unknown_family_limit with vouching jobs) admits three more,
+    and another family keeps the default."""
+    running = [Running(0, 100 * M, 50 * M, unknown_group="g"),
+               Running(1, 100 * M, 50 * M, unknown_group="g")]
+    waiting = [_unknown(i) for i in range(2, 8)]
+    slow = decide(waiting, running, 10_000 * M, 16, unknown_limit=2)
+    assert slow.admit == () and slow.reason.startswith("learning")
+    ramped = decide(waiting, running, 10_000 * M, 16, unknown_limit=2, unknown_limits={"g": 5})
+    assert ramped.admit == (2, 3, 4)
+    other = decide([Waiting(i, 100 * M, float(i), unknown_group="h") for i in range(2, 8)],
+                   running, 10_000 * M, 16, unknown_limit=2, unknown_limits={"g": 5})
+    assert other.admit == (2, 3)

@@ -7,6 +7,7 @@ import random
 
 import pytest
 
+from buildctl.govern import policy
 from buildctl.govern.profiles import ProfileEntry
 from buildctl.govern.simulate import (
     HostShape,
@@ -408,6 +409,21 @@ def test_jobs_on_a_prior_start_a_few_at_a_time() -> None:
     assert r.busy_peak_slots == 2 and r.makespan_s == 2.0
     known = [dataclasses.replace(j, unknown_group="") for j in jobs]
     assert simulate(known, HostShape(cores=4, budget_bytes=G), **EXACT).busy_peak_slots == 4
+
+
+def test_a_family_whose_running_jobs_vouch_ramps_up_as_the_governor_does() -> None:
+    # Light jobs that peak at 1 s and sit lower for 20 s: each running one vouches after
+    # policy.RAMP_QUIET_S of quiet, and each voucher lets RAMP_PER_VOUCH more start.
+    curve = ((0.5, 100 * M), (1.0, 300 * M), (2.0, 150 * M), (20.0, 150 * M))
+    jobs = [SimJob(f"CMakeFiles/t.dir/{i}.cu.o", "compile", 300 * M, 20.0, 20.0, "t",
+                   curve=curve, predicted_bytes=G, predicted_curve=(),
+                   unknown_group="compile|.cu") for i in range(16)]
+    r = simulate(jobs, HostShape(cores=16, budget_bytes=32 * G), **EXACT)
+    starts = sorted(start for start, _ in spans(r).values())
+    assert starts[:2] == [0.0, 0.0] and starts[2] > 0.0
+    assert r.busy_peak_slots == 16
+    assert starts[-1] <= 2 * (1.0 + policy.RAMP_QUIET_S) + 0.5
+    assert r.makespan_s < 40.0  # the slow start alone: 2 at a time, 160 s
 
 
 def test_reports_and_profiles_carry_curves() -> None:

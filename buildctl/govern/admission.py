@@ -205,6 +205,7 @@ class Admission(GovernorState):
                 now=now,
                 max_bypass_s=self.opts.max_bypass_s,
                 unknown_limit=policy.unknown_family_limit(self.opts.slots),
+                unknown_limits=self._unknown_limits(),
             )
             admit = decision.admit[:1] if self.paused and not running else decision.admit
             self.wait_reason = decision.reason or (f"paused: {self.paused}" if paused else "")
@@ -233,6 +234,19 @@ class Admission(GovernorState):
                 job.growth_at_freeze = 0.0
                 job.go.set()
                 self._admitted_any = True
+
+    def _unknown_limits(self) -> dict[str, int]:
+        """Each unmeasured family's slow-start limit, ramped by its running jobs that vouch
+        for it (policy.vouches; the caller holds the lock)."""
+        now = self.now()
+        vouching: dict[str, int] = {}
+        for job in self.jobs.values():
+            if job.state == "running" and job.unknown_group and not job.frozen:
+                vouching[job.unknown_group] = vouching.get(job.unknown_group, 0) + int(
+                    policy.vouches(tuple(job.curve), job.prediction.bytes, job.running_s(now))
+                )
+        return {group: policy.unknown_family_limit(self.opts.slots, count)
+                for group, count in vouching.items()}
 
     def _link_allowed(self) -> list[int]:
         """Waiting ids admission may consider: all of them, except device links beyond the cap

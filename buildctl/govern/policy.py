@@ -22,8 +22,9 @@ return; nothing here reads /proc, sends signals or touches the clock. Four decis
 - **Learning inside one build** (`sibling_prediction`, `unknown_family_limit`). A never-measured
   job is predicted from measured siblings in this build (same compiler and kind; the same
   target directory and source family first; scaled by source size), and while a family has no
-  finished job only a few of its jobs start at once: a first build converges after a few jobs
-  instead of running everything on a guess.
+  finished job only a few of its jobs start at once, more as running ones show a plateau well
+  under their reservation (`vouches`): a first build converges after a few jobs instead of
+  running everything on a guess, and a family of light jobs ramps up within seconds.
 """
 
 from __future__ import annotations
@@ -558,10 +559,41 @@ def sibling_prediction(job: Sibling, siblings: Sequence[Sibling]) -> tuple[int, 
 
 
 UNKNOWN_START_FRACTION = 0.125  # of the slots: jobs of an unmeasured family that may start at once
+# The ramp: a running job of an unmeasured family that has set no new high for a while, well
+# under its reservation, lets more of its family start. ggml's CUDA instances (0.30-0.36 GiB)
+# peak within 2-5 s and stay below that for the 10-35 s they run; the slow start alone ran 2 of
+# them for 18 s on a 16-core host with 16 GiB (1.41x plain -j16). A heavy nvcc job climbs for
+# 20-45 s (0.5 GiB at 5 s, 1.5 at 10 s, 4-6 at its peak); between its early phases its RSS
+# drops and sets a new high within 2.8 s at most (bench/traces/nvcc-template-20.json).
+RAMP_QUIET_S = 4.0  # no new high for at least this long...
+RAMP_QUIET_SHARE = 0.3  # ...and for at least this share of its run so far
+RAMP_NEW_HIGH = 0.05  # a new high: above the highest so far by more than this
+RAMP_HEADROOM = 2.0  # and its highest RSS at most its reservation / this
+RAMP_PER_VOUCH = 3  # more jobs of its family that may start, per job that vouches
 
 
-def unknown_family_limit(slots: int) -> int:
+def unknown_family_limit(slots: int, vouching: int = 0) -> int:
     """How many jobs of a family with nothing measured (no finished job in this build, no
     profile) may run at once: a slow start, so a first build learns from a few jobs before it
-    bets the whole budget on a guess."""
-    return max(2, math.ceil(slots * UNKNOWN_START_FRACTION))
+    bets the whole budget on a guess. Each running job of the family that `vouches` (sits on
+    a plateau well under its reservation) lets RAMP_PER_VOUCH more start: a family of light
+    jobs ramps up within seconds instead of waiting for its first job to finish."""
+    base = max(2, math.ceil(slots * UNKNOWN_START_FRACTION))
+    return base + RAMP_PER_VOUCH * max(0, vouching)
+
+
+def vouches(curve: Curve, reservation: int, age_s: float | None = None) -> bool:
+    """Whether a running job of an unmeasured family is evidence that its family is light: its
+    highest RSS is at most its reservation / RAMP_HEADROOM and it has set no new high (by more
+    than RAMP_NEW_HIGH) for RAMP_QUIET_S and RAMP_QUIET_SHARE of its run. A job still climbing,
+    or already near what admission reserved for it, does not vouch. `curve`: the job's
+    (running seconds, tree RSS) samples so far, oldest first; `age_s`: how long it has run
+    (None: until its last sample)."""
+    if not curve or reservation <= 0:
+        return False
+    age = curve[-1][0] if age_s is None else max(age_s, curve[-1][0])
+    highest = max(rss for _, rss in curve)
+    if highest <= 0 or highest * RAMP_HEADROOM > reservation:
+        return False
+    reached = next(t for t, rss in curve if rss * (1 + RAMP_NEW_HIGH) >= highest)
+    return age - reached >= max(RAMP_QUIET_S, RAMP_QUIET_SHARE * age)

@@ -17,7 +17,7 @@ jobs outgrow their admission (pause, freeze, kill) is policy.pressure_actions.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from buildctl.govern.policy import GRID_POINTS, Curve, Envelope, grid, horizon_of, waiting_envelope
@@ -101,6 +101,7 @@ def decide(
     now: float = 0.0,
     max_bypass_s: float = 60.0,
     unknown_limit: int | None = None,
+    unknown_limits: Mapping[str, int] | None = None,
 ) -> Decision:
     """Pick the jobs to admit now.
 
@@ -110,6 +111,8 @@ def decide(
     `paused` (host memory under the low-water mark, or the projected total near the budget)
     admits nothing. `max_bypass_s`: once the largest waiting job has waited this long, smaller
     jobs stop overtaking it, so it cannot starve behind a stream of small ones.
+    `unknown_limit`: at most this many jobs of one unmeasured family (`unknown_group`) run at
+    once; `unknown_limits` overrides it per family (the ramp, policy.unknown_family_limit).
     """
     if not waiting:
         return Decision((), (), "")
@@ -143,10 +146,11 @@ def decide(
                 return Decision((job.job_id,), (job.job_id,), "")
             # Drain: the oversized job needs the machine to itself.
             return Decision(tuple(admitted), (), reason or "draining for a job above the budget")
+        limit = (unknown_limits or {}).get(job.unknown_group, unknown_limit)
         if (
-            unknown_limit is not None
+            limit is not None
             and job.unknown_group
-            and unknown_running.get(job.unknown_group, 0) >= unknown_limit
+            and unknown_running.get(job.unknown_group, 0) >= limit
         ):
             reason = reason or "learning: a few jobs of an unmeasured family at a time"
             continue

@@ -433,6 +433,7 @@ def simulate(
                 now=t,
                 max_bypass_s=max_bypass_s,
                 unknown_limit=unknown_limit,
+                unknown_limits=_unknown_limits(predicted, running, starts, t, slots),
             )
             last_reason = decision.reason
             for index in decision.admit:
@@ -444,7 +445,10 @@ def simulate(
         next_end = ends[0][0] if ends else math.inf
         next_arrival = arriving[0][0] if arriving else math.inf
         next_tick = math.inf
-        if visible and any(_moves(predicted[i]) for i in running):
+        if visible and _ramping(predicted, visible, running):
+            # An unmeasured family's slow start ramps as its running jobs vouch for it.
+            next_tick = (math.floor(t / decide_step_s + 1e-9) + 1) * decide_step_s
+        elif visible and any(_moves(predicted[i]) for i in running):
             # The governor re-decides every sample; here at most every CURVE_BLUR of the
             # check's horizon (the blur it allows every curve anyway): each decision costs a
             # grid per waiting job, and plans of hundreds of jobs must stay quick.
@@ -543,6 +547,30 @@ def _moves(job: SimJob) -> bool:
     moves) or a live RSS above its prediction (its own curve); otherwise deciding again
     between events changes nothing."""
     return bool(job.prediction_curve) or policy.curve_peak(job.curve) > job.predicted
+
+
+def _unknown_limits(predicted: Sequence[SimJob], running: dict[int, bool],
+                    starts: dict[int, float], t: float, slots: int) -> dict[str, int]:
+    """Each unmeasured family's slow-start limit, ramped by its running jobs that vouch for it
+    on their curves so far (Admission._unknown_limits)."""
+    vouching: dict[str, int] = {}
+    for i in running:
+        job = predicted[i]
+        if not job.unknown_group or job.frozen_at(t - starts[i]):
+            continue
+        elapsed = job.running_s(t - starts[i])
+        so_far = tuple(point for point in job.curve if point[0] <= elapsed)
+        vouching[job.unknown_group] = vouching.get(job.unknown_group, 0) + int(
+            policy.vouches(so_far, job.predicted, elapsed))
+    return {group: policy.unknown_family_limit(slots, count) for group, count in vouching.items()}
+
+
+def _ramping(predicted: Sequence[SimJob], visible: dict[int, float],
+             running: dict[int, bool]) -> bool:
+    """Whether a waiting job's family is on its slow start with jobs running (which may vouch
+    for it as time passes, without any event)."""
+    groups = {predicted[i].unknown_group for i in running} - {""}
+    return any(predicted[i].unknown_group in groups for i in visible)
 
 
 def _waiting(job: SimJob, index: int, enqueued_at: float, share: float) -> scheduler.Waiting:
