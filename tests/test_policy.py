@@ -347,7 +347,7 @@ def test_unknown_family_limit(slots: int, limit: int) -> None:
 
 
 @pytest.mark.parametrize(("slots", "vouching", "limit"),
-                         [(16, 0, 2), (16, 1, 5), (16, 2, 8), (64, 2, 14), (16, -1, 2)])
+                         [(16, 0, 2), (16, 1, 9), (16, 2, 16), (64, 2, 22), (16, -1, 2)])
 def test_each_vouching_job_lets_more_of_its_family_start(slots: int, vouching: int,
                                                          limit: int) -> None:
     assert policy.unknown_family_limit(slots, vouching) == limit

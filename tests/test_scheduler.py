@@ -284,3 +284,14 @@ def test_unknown_family_limit_per_family_overrides_the_default() -> None:
     other = decide([Waiting(i, 100 * M, float(i), unknown_group="h") for i in range(2, 8)],
                    running, 10_000 * M, 16, unknown_limit=2, unknown_limits={"g": 5})
     assert other.admit == (2, 3)
+
+
+def test_the_longest_recorded_job_goes_first_then_the_largest() -> None:
+    """One slot, two recorded jobs: the 40 s one starts before a larger 10 s one (the longest
+    job bounds the build); jobs with no record follow, largest first."""
+    short_large = Waiting(1, 900 * M, 0.0, curve=((0.0, M), (10.0, 900 * M)))
+    long_small = Waiting(2, 300 * M, 1.0, curve=((0.0, M), (40.0, 300 * M)))
+    unknown_large = Waiting(3, 950 * M, 0.0)
+    assert decide([short_large, long_small, unknown_large], [], 4000 * M, 1).admit == (2,)
+    assert decide([short_large, long_small, unknown_large], [], 4000 * M, 3).admit == (2, 1, 3)
+    assert decide([unknown_large, w(4, 100)], [], 4000 * M, 1).admit == (3,)

@@ -569,7 +569,10 @@ RAMP_QUIET_S = 4.0  # no new high for at least this long...
 RAMP_QUIET_SHARE = 0.3  # ...and for at least this share of its run so far
 RAMP_NEW_HIGH = 0.05  # a new high: above the highest so far by more than this
 RAMP_HEADROOM = 2.0  # and its highest RSS at most its reservation / this
-RAMP_PER_VOUCH = 3  # more jobs of its family that may start, per job that vouches
+# More jobs of its family that may start, per job that vouches: when the first wave of a
+# 16-slot build (2 jobs) vouches, all slots fill in one round. A round takes RAMP_QUIET_S and
+# more (6.5 s for ggml on the 16-core host), so each round costs a first build time.
+RAMP_PER_VOUCH = 7
 
 
 def unknown_family_limit(slots: int, vouching: int = 0) -> int:

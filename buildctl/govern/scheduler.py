@@ -4,13 +4,15 @@ A job is admitted when `sum(reserved of running) + predicted(job) <= budget` and
 in the free slots, with `reserved = max(predicted, current tree RSS)`. A job's CPU share is 1 slot
 unless its profile shows it mostly waiting (`cpu_share`: on a CPU less than half the time it did
 not spend queueing for one), so jobs that hold memory while they wait do not keep a core idle.
-Among waiting jobs the largest predicted job that fits goes first (big jobs are the hard ones to
-place; small ones backfill). A job predicted above the whole budget runs alone: nothing new
-starts until it can start, and nothing starts beside it.
+Among waiting jobs the longest goes first where profiles say how long (its recorded curve's
+duration: the longest job bounds the build, as ninja's own critical-path order knows), then the
+largest predicted job that fits (big jobs are the hard ones to place; small ones backfill). A
+job predicted above the whole budget runs alone: nothing new starts until it can start, and
+nothing starts beside it.
 
 Two smaller policies live here too, so that they can be tested without processes:
 `gather_hold_s` (at start-up, wait a moment for the first launchers to register before the
-first admission, so largest-first applies from the first decision) and `capped_prior` (a guess
+first admission, so this order applies from the first decision) and `capped_prior` (a guess
 for a never-measured job is at most one slot's share of the budget). What happens when running
 jobs outgrow their admission (pause, freeze, kill) is policy.pressure_actions.
 """
@@ -20,7 +22,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from buildctl.govern.policy import GRID_POINTS, Curve, Envelope, grid, horizon_of, waiting_envelope
+from buildctl.govern.policy import (
+    GRID_POINTS,
+    Curve,
+    Envelope,
+    curve_duration,
+    grid,
+    horizon_of,
+    waiting_envelope,
+)
 
 # --- CPU shares --------------------------------------------------------------------------------
 
@@ -87,6 +97,13 @@ class Decision:
 _EPS = 1e-9
 
 
+def _priority(job: Waiting) -> tuple[float, int, float, int]:
+    """Longest first (a 16-core second build with memory to spare took 1.19x plain -j16
+    when two 40 s jobs started last, 0.96x when they started first), then largest first."""
+    duration = curve_duration(job.curve) if job.curve else 0.0
+    return (-round(duration, 1), -job.predicted, job.enqueued_at, job.job_id)
+
+
 def reserved_total(running: Sequence[Running]) -> int:
     return sum(job.reserved for job in running)
 
@@ -132,7 +149,7 @@ def decide(
     for job in running:
         if job.unknown_group:
             unknown_running[job.unknown_group] = unknown_running.get(job.unknown_group, 0) + 1
-    order = sorted(waiting, key=lambda w: (-w.predicted, w.enqueued_at, w.job_id))
+    order = sorted(waiting, key=_priority)
     admitted: list[int] = []
     reason = ""
     blocked_since: float | None = None  # enqueue time of the largest job that did not fit
