@@ -138,6 +138,23 @@ PRESSURE_TABLE = [
      [live(1, 6, 0, 0, cpu=100), live(2, 6, 0, 1, cpu=10, protected=True),
       live(3, 5, 0, 2, cpu=50)], True, (), (), 3),
     ("a lone job is never killed", [live(1, 17)], True, (), (), None),
+    # Eight frozen at 1.76 GiB of 1.81 on a real build, the oldest growing on: the kill came a
+    # sample after the budget was passed. Nothing left to freeze, live past the freeze mark,
+    # the projection over the budget: kill before the budget is passed.
+    ("nothing left to freeze, live past the mark, over within 0.5 s: kill before the budget",
+     [live(1, 6, 1000, 0, cpu=100), live(2, 5.6, 0, 1, cpu=10, frozen=True),
+      live(3, 4, 0, 2, cpu=50, frozen=True)], True, (), (), 2),
+    # Over within the 2 s projection, not within KILL_HORIZON_S: the nvcc trace at 16 GiB
+    # projected so and never passed the budget.
+    ("nothing left to freeze, over in 2 s but not in 0.5 s: no kill yet",
+     [live(1, 6, 600, 0, cpu=100), live(2, 5.6, 0, 1, cpu=10, frozen=True),
+      live(3, 4, 0, 2, cpu=50, frozen=True)], True, (), (), None),
+    ("nothing left to freeze, but live under the freeze mark: wait",
+     [live(1, 6, 900, 0, cpu=100), live(2, 5.4, 0, 1, cpu=10, frozen=True),
+      live(3, 4, 0, 2, cpu=50, frozen=True)], True, (), (), None),
+    ("past the mark, but the projection fits the budget: no kill",
+     [live(1, 6, 100, 0, cpu=100), live(2, 5.6, 0, 1, cpu=10, frozen=True),
+      live(3, 4, 0, 2, cpu=50, frozen=True)], True, (), (), None),
     ("frozen job thaws when the others shrank",
      [live(1, 2, -100, 0), live(2, 3, 0, 1, frozen=True, peak_ahead=5 * GiB)],
      False, (), (2,), None),
