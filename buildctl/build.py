@@ -35,13 +35,14 @@ how memory is governed:
   peak RSS of the running jobs plus its own fits the budget and a CPU slot is free (a job
   that its profile shows mostly waiting, on a CPU less than half the time, takes a fraction
   of a slot, at least a quarter; --whole-slots turns that off). Predictions come from
-  measured peaks of earlier builds (`buildctl profile show`); unknown jobs get a
-  conservative prior (--prior-rss; by default 1 GiB compile, 1.5 GiB link). A first build under
-  a small budget therefore runs few jobs at once; --share-priors predicts unknown jobs at
-  budget/slots instead (faster, but the total may pass the budget for a moment: a job that
-  outgrows its share is then killed and re-run later at the full prior). If host memory runs
-  low anyway, admission pauses; if it gets critical the job that loses least work is killed
-  and re-run later (only where that lifts the host back), so the kernel OOM killer never picks.
+  measured peaks of earlier builds (`buildctl profile show`), else from jobs of the same family
+  this build has finished. A job never measured at all is predicted at a prior (1 GiB compile,
+  1.5 GiB link) capped at budget/slots, and only 2 of its family start (more on many cores)
+  until one finishes, or until running ones sit well under their share for a few seconds (a
+  light family then fills the slots). --prior-rss sets the prior and turns the cap off.
+  A job that outgrows its prediction is frozen (SIGSTOP) while memory is short and resumed
+  when there is room; a job is killed only as the last step before the budget or host memory
+  runs out, at most once, and re-run protected. So the kernel OOM killer never picks.
 
 exit codes: 0 built, 1 build failed, 2 bad input, 130 interrupted.
 """

@@ -78,9 +78,8 @@ def add_governor_args(parser: argparse.ArgumentParser) -> None:
         "--share-priors",
         action="store_true",
         default=None,
-        help="first builds: predict never-measured jobs at most budget/slots, so they run in "
-        "parallel; the total may briefly pass the budget (the job that outgrew its share is "
-        "killed and re-run alone)",
+        help="kept for older scripts: never-measured jobs are predicted at most budget/slots "
+        "by default (unless --prior-rss is given)",
     )
     g.add_argument(
         "--whole-slots",
