@@ -214,6 +214,46 @@ def test_a_job_is_killed_at_most_once_and_its_rerun_is_protected(tmp_path: Path)
     assert result.max_kills_per_job <= 1
 
 
+def test_with_nothing_left_to_freeze_the_kill_comes_before_the_budget(
+    db: ProfileDB, tmp_path: Path
+) -> None:
+    """Call H4 on the 16-core host: every job but the oldest frozen near the budget, the oldest
+    climbing on, and the kill came when the live total had reached the budget (our sampler saw
+    it 1 MiB over). Here two jobs are frozen at once and the oldest climbs 40 MiB/s: the guard
+    kills while the live total is still under the budget, and nothing is killed twice."""
+    budget = 1000 * MiB
+    runner = FakeRunner({
+        "a.o": lambda t: int(300 * MiB + 40 * MiB * t),
+        "b.o": lambda t: int(300 * MiB + 5 * MiB * t),
+        "c.o": lambda t: int(300 * MiB + 5 * MiB * t),
+    })
+    clock = [100.0]
+    governor = fake_governor(db, tmp_path, clock=lambda: clock[0], runner=runner,
+                             budget_bytes=budget, slots=3, sample_interval_s=0.25)
+    for name in ("a.o", "b.o", "c.o"):
+        governor.enqueue(name, "compile", "g++ 12", fingerprint=name, source_bytes=100)
+    pid = start_admitted(governor, runner, 100)
+    assert pid == 103, "all three must run together for the case to mean anything"
+    live_at_kill = None
+    for _ in range(16):  # 4 s
+        clock[0] += 0.25
+        runner.advance(0.25)
+        governor.tick()
+        kills = [e for e in governor.events if e.kind == "oom-guard-kill"]
+        if kills and live_at_kill is None:
+            live_at_kill = kills[0].data["total_rss"]
+        for job in list(governor.jobs.values()):
+            proc = runner.processes.get(job.id)
+            if job.state == "running" and proc is not None and proc.killed:
+                governor._finish(job, {"rc": 137, "signal": 9, "cpu_s": proc.ran_s})
+        pid = start_admitted(governor, runner, pid)
+    assert [a for a, _ in runner.actions].count("freeze") >= 2
+    assert live_at_kill is not None, "no kill: the oldest would have passed the budget"
+    assert live_at_kill <= budget
+    assert governor.peak_total_rss <= budget
+    assert max(j.memory_kills for j in governor.jobs.values()) <= 1
+
+
 def test_a_thawed_job_resumes_its_climb_in_the_projection(db: ProfileDB, tmp_path: Path) -> None:
     """A thaw clears a job's samples; until new ones show a rate, the guard projects the climb
     it was frozen in, so thawing several jobs at once cannot walk the total past the budget
