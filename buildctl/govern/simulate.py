@@ -60,7 +60,9 @@ Approximations (each one is a knob or a documented limit, not a hidden guess):
   jobs count as one compiler and sizes do not scale), again whenever a job ends; before any
   sibling has finished, at its kind's recorded prior with its family's slow start
   (`policy.unknown_family_limit` for jobs with an `unknown_group`; the key leaves out the
-  compiler).
+  compiler), ramped as the governor ramps it: a running job of the family vouches on its
+  recorded curve up to where it is (`policy.vouches`), and while a family ramps decisions are
+  retaken every `decide_step_s`.
 - Not modelled either: admission pauses, a job running slower or longer than its record (its
   curve is never stretched), and ticks falling at other phases of the governor's sample clock.
   Where a learned prediction is below a job's real peak, the simulation overcommits as
