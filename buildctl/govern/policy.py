@@ -14,15 +14,16 @@ return; nothing here reads /proc, sends signals or touches the clock. Four decis
   steps count only near the budget), never on a sum of worst cases: (1) pause admission when the
   projected total nears the budget or the host runs low; (2) freeze (SIGSTOP) the growing job
   that costs least to hold, keeping the oldest job running so the build always progresses, and
-  thaw when memory returns; (3) only when the live total is over the budget (or
-  the host is at its critical mark) kill the job whose death loses the least work per byte freed.
+  thaw when memory returns; (3) only when the live total is over the budget, or about to pass
+  it with nothing left to freeze (or the host is at its critical mark), kill the job whose
+  death loses the least work per byte freed.
 - **Retry and censoring** (`after_memory_kill`, `censored_record`). A job is killed for memory at
   most once per build; its re-run is protected (never frozen or killed again) and reserved at
   least at what the killed run reached. A run cut short gives a lower bound, never a peak.
 - **Learning inside one build** (`sibling_prediction`, `unknown_family_limit`). A never-measured
   job is predicted from measured siblings in this build (same compiler and kind; the same
   target directory and source family first; scaled by source size), and while a family has no
-  finished job only a few of its jobs start at once, more as running ones show a plateau well
+  finished job only a few of its jobs start at once, more as running ones stop climbing well
   under their reservation (`vouches`): a first build converges after a few jobs instead of
   running everything on a guess, and a family of light jobs ramps up within seconds.
 """
@@ -359,8 +360,8 @@ def pressure_actions(
     Pause admission when the projected total nears the budget. Freeze growing jobs (cheapest
     to hold first: least RSS pinned) until the projected total fits, always keeping the oldest
     job running; kill only when the live total is over the budget, or past the freeze mark
-    with nothing left to freeze and the projection over the budget, or the host is at its
-    critical mark; thaw frozen jobs, earliest started first,
+    with nothing left to freeze and about to pass the budget (KILL_HORIZON_S at the current
+    climb), or the host is at its critical mark; thaw frozen jobs, earliest started first,
     when the total plus what each may still grow (its profile's remaining peak, else its
     growth rate before the freeze over THAW_HORIZON_S) fits under THAW_BELOW of the budget."""
     live = sum(job.rss for job in jobs)
@@ -412,20 +413,20 @@ def pressure_actions(
             freeze.append(job.job_id)
             after_freeze -= _growth(job, horizon_s, steps=near)
 
-    # The last step, on what is, never on a projection: the live total is over the budget,
-    # or the host is at its critical mark. A growth estimate is only good enough to freeze on.
+    # The last step, on what is, never on a 2 s projection: the live total is over the
+    # budget, or the host is at its critical mark. A growth estimate is only good enough to
+    # freeze on. One exception: freezing is exhausted. Live memory is past the freeze mark,
+    # every job that may be frozen is frozen (a freeze this tick goes first), and the jobs
+    # still running pass the budget within KILL_HORIZON_S at the rate they climb now: the
+    # kill comes now, not a sample after the budget is passed. On a real 16-core build eight
+    # jobs were frozen at 1.76 GiB of 1.81 while the oldest grew on, and the kill came when
+    # the budget had been passed by 1 MiB.
+    exhausted = (live > FREEZE_AT * budget and after_freeze > budget and not freeze
+                 and live + sum(_imminent_growth(job) for job in jobs) > budget)
     # A kill that cannot help is not made: when even the whole build's memory would not lift
     # the host above its critical mark, the pressure is not the build's (or the mark is above
     # what the host can give), and killing each job once (`--critical 100G --force`) only
     # throws work away.
-    # One exception to "on what is": freezing is exhausted. Live memory is past the freeze
-    # mark, every job that may be frozen is frozen (a freeze this tick goes first), and what
-    # still runs is projected past the budget: the kill comes now, not a sample after the
-    # budget is passed.
-    # On a real 16-core build eight jobs were frozen at 1.76 GiB of 1.81 while the oldest
-    # grew on, and the kill came when the budget had been passed by 1 MiB.
-    exhausted = (live > FREEZE_AT * budget and after_freeze > budget and not freeze
-                 and live + sum(_imminent_growth(job) for job in jobs) > budget)
     hopeless = (host_critical and live <= budget and host_available is not None
                 and host_available + live < critical)
     if hopeless:
@@ -605,9 +606,10 @@ RAMP_PER_VOUCH = 7
 def unknown_family_limit(slots: int, vouching: int = 0) -> int:
     """How many jobs of a family with nothing measured (no finished job in this build, no
     profile) may run at once: a slow start, so a first build learns from a few jobs before it
-    bets the whole budget on a guess. Each running job of the family that `vouches` (sits on
-    a plateau well under its reservation) lets RAMP_PER_VOUCH more start: a family of light
-    jobs ramps up within seconds instead of waiting for its first job to finish."""
+    bets the whole budget on a guess. Each running job of the family that `vouches` (has set
+    no new high for a while, well under its reservation) lets RAMP_PER_VOUCH more start: a
+    family of light jobs ramps up within seconds instead of waiting for its first job to
+    finish."""
     base = max(2, math.ceil(slots * UNKNOWN_START_FRACTION))
     return base + RAMP_PER_VOUCH * max(0, vouching)
 
