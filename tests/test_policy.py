@@ -477,3 +477,9 @@ def test_a_frozen_job_holds_what_it_will_still_reach() -> None:
     held = policy.held_envelope(moving)
     assert moving.at(2.0) == 0
     assert held.at(2.0) == held.at(100.0) == 491 * MiB
+
+
+def test_ramped_limits_count_only_the_jobs_that_vouch_per_family() -> None:
+    votes = [("cu", True), ("cu", False), ("cu", True), ("cpp", False)]
+    assert policy.ramped_limits(16, votes) == {"cu": 2 + 2 * policy.RAMP_PER_VOUCH, "cpp": 2}
+    assert policy.ramped_limits(16, []) == {}

@@ -239,14 +239,12 @@ class Admission(GovernorState):
         """Each unmeasured family's slow-start limit, ramped by its running jobs that vouch
         for it (policy.vouches; the caller holds the lock)."""
         now = self.now()
-        vouching: dict[str, int] = {}
-        for job in self.jobs.values():
-            if job.state == "running" and job.unknown_group and not job.frozen:
-                vouching[job.unknown_group] = vouching.get(job.unknown_group, 0) + int(
-                    policy.vouches(tuple(job.curve), job.prediction.bytes, job.running_s(now))
-                )
-        return {group: policy.unknown_family_limit(self.opts.slots, count)
-                for group, count in vouching.items()}
+        return policy.ramped_limits(self.opts.slots, (
+            (job.unknown_group,
+             policy.vouches(tuple(job.curve), job.prediction.bytes, job.running_s(now)))
+            for job in self.jobs.values()
+            if job.state == "running" and job.unknown_group and not job.frozen
+        ))
 
     def _link_allowed(self) -> list[int]:
         """Waiting ids admission may consider: all of them, except device links beyond the cap

@@ -31,7 +31,7 @@ return; nothing here reads /proc, sends signals or touches the clock. Four decis
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 Curve = tuple[tuple[float, int], ...]  # (seconds since the job started, tree RSS in bytes)
@@ -285,6 +285,13 @@ def _growth(job: LiveJob, horizon_s: float, *, steps: bool = False) -> int:
         # Its own record says what comes next; a compiler's phase steps are in it already,
         # and a rate would count each of them again as a trend.
         return max(0, job.soon - job.rss)
+    # A recorded curve may know a rise is coming before the rate shows it.
+    return max(_rate_growth(job, horizon_s, steps=steps), job.soon - job.rss)
+
+
+def _rate_growth(job: LiveJob, horizon_s: float, *, steps: bool) -> int:
+    """A running job's sustained rate (with `steps`: the faster of that and its last window's)
+    over the horizon, never past its ceiling (`_ceiling`)."""
     rate = job.growth_bps
     if steps and job.recent_bps is not None:
         rate = max(rate, job.recent_bps)
@@ -292,22 +299,14 @@ def _growth(job: LiveJob, horizon_s: float, *, steps: bool = False) -> int:
     ceiling = _ceiling(job)
     if ceiling is not None:
         grow = min(grow, max(0, ceiling - job.rss))
-    # A recorded curve may know a rise is coming before the rate shows it.
-    return int(max(grow, job.soon - job.rss))
+    return int(grow)
 
 
 def _imminent_growth(job: LiveJob) -> int:
     """What a running job adds within KILL_HORIZON_S at the rate it climbs now (steps
     included), never past its ceiling: what a kill ahead of the budget goes by. Not its curve's
     next 2 s: on the nvcc trace that projection passed a 16 GiB budget the build never did."""
-    if job.frozen:
-        return 0
-    rate = max(job.growth_bps, job.recent_bps or 0.0)
-    grow = max(0.0, rate) * KILL_HORIZON_S
-    ceiling = _ceiling(job)
-    if ceiling is not None:
-        grow = min(grow, max(0, ceiling - job.rss))
-    return int(grow)
+    return 0 if job.frozen else _rate_growth(job, KILL_HORIZON_S, steps=True)
 
 
 def _follows_path(job: LiveJob, steps: bool) -> bool:
@@ -612,6 +611,14 @@ def unknown_family_limit(slots: int, vouching: int = 0) -> int:
     finish."""
     base = max(2, math.ceil(slots * UNKNOWN_START_FRACTION))
     return base + RAMP_PER_VOUCH * max(0, vouching)
+
+
+def ramped_limits(slots: int, votes: Iterable[tuple[str, bool]]) -> dict[str, int]:
+    """Each unmeasured family's limit from its running jobs' votes ((family, vouches) each)."""
+    vouching: dict[str, int] = {}
+    for family, vouched in votes:
+        vouching[family] = vouching.get(family, 0) + int(vouched)
+    return {family: unknown_family_limit(slots, count) for family, count in vouching.items()}
 
 
 def vouches(curve: Curve, reservation: int, age_s: float | None = None) -> bool:

@@ -555,16 +555,15 @@ def _unknown_limits(predicted: Sequence[SimJob], running: dict[int, bool],
                     starts: dict[int, float], t: float, slots: int) -> dict[str, int]:
     """Each unmeasured family's slow-start limit, ramped by its running jobs that vouch for it
     on their curves so far (Admission._unknown_limits)."""
-    vouching: dict[str, int] = {}
+    votes = []
     for i in running:
         job = predicted[i]
         if not job.unknown_group or job.frozen_at(t - starts[i]):
             continue
         elapsed = job.running_s(t - starts[i])
         so_far = tuple(point for point in job.curve if point[0] <= elapsed)
-        vouching[job.unknown_group] = vouching.get(job.unknown_group, 0) + int(
-            policy.vouches(so_far, job.predicted, elapsed))
-    return {group: policy.unknown_family_limit(slots, count) for group, count in vouching.items()}
+        votes.append((job.unknown_group, policy.vouches(so_far, job.predicted, elapsed)))
+    return policy.ramped_limits(slots, votes)
 
 
 def _ramping(predicted: Sequence[SimJob], visible: dict[int, float],
