@@ -61,6 +61,7 @@ from _harness import (
 )
 
 from buildctl import host
+from buildctl.settings_checks import SAMPLE_INTERVAL_RANGE, SAMPLE_INTERVAL_S
 
 TRACES = ROOT / "bench" / "traces"
 REPLAYCC = ROOT / "bench" / "replaycc.py"
@@ -387,12 +388,14 @@ def buildctl_flags(command: list[str]) -> set[str]:
 
 def buildctl_argv(command: list[str], source: Path, build: Path, wrapper: Path, budget: int,
                   prior: int, cores: int, report: Path, flags: set[str], extra: list[str],
-                  *more: str) -> list[str]:
+                  *more: str, sample_interval: float | None = None) -> list[str]:
     argv = [*command, "build", "--source", str(source),
             "--build-dir", str(build), "--mem-budget", f"{budget // MiB}M",
             "--report", str(report)]
     optional = [("--plain", []), ("--jobs", [str(cores)]),
                 ("--prior-rss", [f"{max(1, prior // MiB)}M"]), ("--whole-slots", [])]
+    if sample_interval is not None:
+        optional.append(("--sample-interval", [f"{sample_interval:g}s"]))
     for flag, values in optional:
         if flag in flags:
             argv += [flag, *values]
@@ -495,6 +498,11 @@ def main() -> int:
     parser.add_argument("--timeout", type=float,
                         help="seconds any one method may take (default: 1.2 x the serial "
                         "build's replay time + 30)")
+    parser.add_argument("--sample-interval", type=float,
+                        help="buildctl's sampling period in replay seconds (default: its "
+                        "0.25 s on the traced host, x time-scale, at least 0.02: a compressed "
+                        "replay sampled at the real period sees jobs climb faster than any real "
+                        "one does)")
     parser.add_argument("--buildctl-arg", action="append", default=[],
                         help="extra argument for `buildctl build` (repeatable)")
     parser.add_argument("--buildctl-commit", metavar="REV",
@@ -546,6 +554,14 @@ def main() -> int:
     command, which = buildctl_command(args.buildctl_commit, work)
     flags = buildctl_flags(command)
     print(f"buildctl: {which}", flush=True)
+    sample_interval = (args.sample_interval if args.sample_interval is not None
+                       else max(SAMPLE_INTERVAL_RANGE[0], SAMPLE_INTERVAL_S * ts))
+    if "--sample-interval" in flags:
+        print(f"buildctl samples every {sample_interval:g} s (replay time)", flush=True)
+    else:
+        print(f"this buildctl has no --sample-interval: it samples every 0.25 s (replay time), "
+              f"{0.25 / ts:g} s on the traced host's clock", flush=True)
+        sample_interval = None
     env = dict(os.environ, BUILDCTL_PROFILE_DB=str(work / "profiles.sqlite"))
     Path(env["BUILDCTL_PROFILE_DB"]).unlink(missing_ok=True)
     gov_dir, plain_dir = work / "gov", work / "plain"
@@ -554,7 +570,7 @@ def main() -> int:
 
     def gov_argv(*more: str) -> list[str]:
         return buildctl_argv(command, source, gov_dir, wrapper, budget, prior, cores, report,
-                             flags, args.buildctl_arg, *more)
+                             flags, args.buildctl_arg, *more, sample_interval=sample_interval)
 
     # Configure both trees once, untimed: every method below times the build from clean objects.
     if gov_dir.exists():
@@ -638,7 +654,7 @@ def main() -> int:
         "settings": {**settings, "cores": cores, "budget_trace": args.budget,
                      "budget_bytes": budget, "prior_bytes": prior, "timeout_s": timeout,
                      "heuristic_jobs": heur, "buildctl_args": args.buildctl_arg,
-                     "buildctl": which},
+                     "buildctl": which, "sample_interval_s": sample_interval},
         "bounds_trace_s": bounds, "plan_fixed_replay_s": {n: e * ts for n, (e, _) in plan.items()},
         "best_fixed": best.key if best else None,
         "heuristic": heuristic.key if heuristic else None,

@@ -117,6 +117,14 @@ def add_governor_args(parser: argparse.ArgumentParser) -> None:
         "90s/10m/1h, at least 1s (default 10m; a busy silent compile is never stalled)",
     )
     g.add_argument(
+        "--sample-interval",
+        type=_duration,
+        metavar="DURATION",
+        help="how often every running job's memory is read, 0.02s to 5s (default 0.25s); "
+        "shorter catches faster allocation bursts before they pass the budget and costs more "
+        "CPU",
+    )
+    g.add_argument(
         "--retries",
         type=int,
         metavar="N",

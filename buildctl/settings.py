@@ -74,6 +74,8 @@ class GovernSettings(Settings):
     hang_after: Seconds = setting(600.0, env="BUILDCTL_HANG_AFTER",
                                   help="stalled after this long without progress")
     retries: int = setting(1, env="BUILDCTL_RETRIES", help="re-runs of a stalled/crashed job")
+    sample_interval: Seconds = setting(SAMPLE_INTERVAL_S, env="BUILDCTL_SAMPLE_INTERVAL",
+                                       help="how often every job's memory is read")
     executor: Literal["local", "ray"] = setting("local", env="BUILDCTL_EXECUTOR",
                                                 help="local or ray")
     ray_address: str | None = setting(None, env="BUILDCTL_RAY_ADDRESS", help="HOST:PORT")
@@ -96,7 +98,7 @@ class GovernSettings(Settings):
             cpu_shares=not self.whole_slots, plain=self.plain, title=title,
             low_water_bytes=self.low_water, critical_bytes=self.critical,
             hang_after_s=self.hang_after, retries=self.retries,
-            sample_interval_s=SAMPLE_INTERVAL_S, command=list(sys.argv), source_dir=source_dir,
+            sample_interval_s=self.sample_interval, command=list(sys.argv), source_dir=source_dir,
             executor=executor, project=project, console=console,
             device_link_job_bytes=device_link_job_bytes, max_device_links=max_device_links,
         )

@@ -14,7 +14,10 @@ if TYPE_CHECKING:
     from buildctl.settings import BuildSettings, Capacity, GovernSettings, PlanSettings
 
 MIN_BUDGET = 64 * 1024**2  # a C++ compile needs ~100 MB and up
-SAMPLE_INTERVAL_S = 0.25  # the governor's sampling period
+SAMPLE_INTERVAL_S = 0.25  # the governor's default sampling period
+# One sampling round reads /proc for every process of every running job: under 20 ms it would
+# take a core of its own on a 16-job build; past 5 s a compile's allocation burst is unseen.
+SAMPLE_INTERVAL_RANGE = (0.02, 5.0)
 # ninja reads -j into a C int and starts max(4 x slots, 16) launchers (build.ninja_width): far
 # more slots than any host or cluster has, and ninja still takes the width.
 MAX_JOBS = 65536
@@ -63,14 +66,19 @@ def check_govern(s: GovernSettings, capacity: Capacity) -> None:
                 f"({host.format_size(low_water)}): jobs would be killed before admission pauses",
                 "pass --critical below --low-water, leave it out (half the low-water mark), "
                 "or add --force")
-    floor = max(1.0, 3 * SAMPLE_INTERVAL_S)
+    low, high = SAMPLE_INTERVAL_RANGE
+    if not math.isfinite(s.sample_interval) or not low <= s.sample_interval <= high:
+        raise BadInput(f"{s.where('sample_interval')} is not a sampling period from "
+                       f"{low:g} s to {high:g} s",
+                       f"pass e.g. --sample-interval 0.1s (default {SAMPLE_INTERVAL_S:g}s)")
+    floor = max(1.0, 3 * s.sample_interval)
     if not math.isfinite(s.hang_after):  # a config file's nan/inf: nan never ends a wait
         raise BadInput(f"{s.where('hang_after')} is not a duration",
                        "pass seconds or a unit, e.g. --hang-after 10m (default 10m)")
     if s.hang_after < floor:
         raise BadInput(
             f"{s.where('hang_after')} s is shorter than {floor:g} s (and 3 sampling periods of "
-            f"{SAMPLE_INTERVAL_S:g} s): a busy job would be killed as stalled",
+            f"{s.sample_interval:g} s): a busy job would be killed as stalled",
             "pass --hang-after 1s or more (default 10m)")
     if s.retries < 0:
         raise BadInput(f"{s.where('retries')} is not a number of re-runs",

@@ -222,6 +222,16 @@ def test_host_low_water_pauses_without_killing() -> None:
     assert actions.pause and actions.kill is None and not actions.freeze
 
 
+@pytest.mark.parametrize(("kill_horizon_s", "kills"), [(0.1, False), (0.5, False), (2.0, True)])
+def test_the_kill_ahead_looks_as_far_as_it_is_given(kill_horizon_s: float, kills: bool) -> None:
+    """Two sampling periods: a shorter period sees the climb later, and so may wait longer; a
+    longer one must kill earlier, or the climb passes the budget between two samples."""
+    jobs = [live(1, 6, 600, 0, cpu=100), live(2, 5.6, 0, 1, cpu=10, frozen=True),
+            live(3, 4, 0, 2, cpu=50, frozen=True)]  # 15.6 of 16 GiB, 600 MiB/s climbing
+    actions = policy.pressure_actions(jobs, B, kill_horizon_s=kill_horizon_s)
+    assert (actions.kill == 2) is kills, actions
+
+
 def test_without_freezing_nothing_is_frozen() -> None:
     jobs = [live(1, 6, 500, 0), live(2, 5, 500, 1), live(3, 4, 500, 2)]
     assert policy.pressure_actions(jobs, B, can_freeze=False).freeze == ()

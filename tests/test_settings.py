@@ -168,6 +168,14 @@ CHECKS = [
     ({"hang_after": 1.0}, HOST, None),
     ({"hang_after": float("nan")}, HOST, "is not a duration"),  # a config file's `nan`
     ({"hang_after": float("inf")}, HOST, "is not a duration"),
+    ({"sample_interval": 0.25}, HOST, None),
+    ({"sample_interval": 0.02}, HOST, None),
+    ({"sample_interval": 5.0}, HOST, None),
+    ({"sample_interval": 0.01}, HOST, "not a sampling period from 0.02 s to 5 s"),
+    ({"sample_interval": 6.0}, HOST, "not a sampling period"),
+    ({"sample_interval": float("nan")}, HOST, "not a sampling period"),
+    ({"sample_interval": 0.5, "hang_after": 1.0}, HOST, "shorter than 1.5 s"),
+    ({"sample_interval": 0.5, "hang_after": 1.5}, HOST, None),
     ({"jobs": 65536}, HOST, None),
     ({"jobs": 10**20}, HOST, "more CPU slots than ninja can start"),
     ({"retries": -1}, HOST, "not a number of re-runs"),
@@ -209,10 +217,13 @@ def test_session_and_governor_options_come_from_the_settings(tmp_path: Path) -> 
     from buildctl.govern.session import governor_options
 
     s = govern(tmp_path, flags={"mem_budget": 3 * GiB, "jobs": 2, "hang_after": 30.0,
-                                "share_priors": True, "whole_slots": True, "low_water": GiB})
+                                "share_priors": True, "whole_slots": True, "low_water": GiB},
+               env={"BUILDCTL_SAMPLE_INTERVAL": "0.1s"})
     opts = s.session_options(tmp_path / "b", "t", "/src", project="proj")
     gov = governor_options(opts, tmp_path / "s.sock", tmp_path / "b")
     assert (gov.budget_bytes, gov.slots, gov.hang_after_s) == (3 * GiB, 2, 30.0)
+    assert gov.sample_interval_s == 0.1 and s.origins["sample_interval"] == (
+        "BUILDCTL_SAMPLE_INTERVAL")
     assert gov.cap_priors and not gov.cpu_shares and gov.low_water_bytes == GiB
     assert getattr(gov, "project", "proj") == "proj"
 

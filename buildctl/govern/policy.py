@@ -224,7 +224,8 @@ FREEZE_AT = 0.97  # projected total / budget that freezes a growing job
 FREEZE_LIVE_AT = 0.85  # live total / budget from which a step in RSS counts as growth
 THAW_BELOW = 0.85  # a frozen job resumes when the total plus what it may still grow fits this
 PREDICTION_SLACK = 1.05  # a job this far above its predicted peak has outgrown its profile
-KILL_HORIZON_S = 0.5  # a kill ahead of the budget looks this far: two samples at the default rate
+KILL_SAMPLES = 2  # a kill ahead of the budget looks this many sampling periods ahead
+KILL_HORIZON_S = 0.5  # ... which is this far at the default period (0.25 s)
 THAW_HORIZON_S = 10.0  # an unprofiled frozen job may grow this long at its rate before the freeze
 
 
@@ -302,11 +303,11 @@ def _rate_growth(job: LiveJob, horizon_s: float, *, steps: bool) -> int:
     return int(grow)
 
 
-def _imminent_growth(job: LiveJob) -> int:
-    """What a running job adds within KILL_HORIZON_S at the rate it climbs now (steps
+def _imminent_growth(job: LiveJob, horizon_s: float = KILL_HORIZON_S) -> int:
+    """What a running job adds within the kill horizon at the rate it climbs now (steps
     included), never past its ceiling: what a kill ahead of the budget goes by. Not its curve's
     next 2 s: on the nvcc trace that projection passed a 16 GiB budget the build never did."""
-    return 0 if job.frozen else _rate_growth(job, KILL_HORIZON_S, steps=True)
+    return 0 if job.frozen else _rate_growth(job, horizon_s, steps=True)
 
 
 def _follows_path(job: LiveJob, steps: bool) -> bool:
@@ -352,6 +353,7 @@ def pressure_actions(
     low_water: int = 0,
     critical: int = 0,
     horizon_s: float = GROWTH_HORIZON_S,
+    kill_horizon_s: float = KILL_HORIZON_S,
     can_freeze: bool = True,
 ) -> PressureActions:
     """What to do about memory now.
@@ -359,10 +361,11 @@ def pressure_actions(
     Pause admission when the projected total nears the budget. Freeze growing jobs (cheapest
     to hold first: least RSS pinned) until the projected total fits, always keeping the oldest
     job running; kill only when the live total is over the budget, or past the freeze mark
-    with nothing left to freeze and about to pass the budget (KILL_HORIZON_S at the current
-    climb), or the host is at its critical mark; thaw frozen jobs, earliest started first,
-    when the total plus what each may still grow (its profile's remaining peak, else its
-    growth rate before the freeze over THAW_HORIZON_S) fits under THAW_BELOW of the budget."""
+    with nothing left to freeze and about to pass the budget (`kill_horizon_s`, two sampling
+    periods, at the current climb), or the host is at its critical mark; thaw frozen jobs,
+    earliest started first, when the total plus what each may still grow (its profile's
+    remaining peak, else its growth rate before the freeze over THAW_HORIZON_S) fits under
+    THAW_BELOW of the budget."""
     live = sum(job.rss for job in jobs)
     # What the jobs add next: a job with its own curve grows as the curve says, others at their
     # sustained rate; a step (a new compiler phase, one late sample) is no trend and counts only
@@ -421,7 +424,7 @@ def pressure_actions(
     # jobs were frozen at 1.76 GiB of 1.81 while the oldest grew on, and the kill came when
     # the budget had been passed by 1 MiB.
     exhausted = (live > FREEZE_AT * budget and after_freeze > budget and not freeze
-                 and live + sum(_imminent_growth(job) for job in jobs) > budget)
+                 and live + sum(_imminent_growth(job, kill_horizon_s) for job in jobs) > budget)
     # A kill that cannot help is not made: when even the whole build's memory would not lift
     # the host above its critical mark, the pressure is not the build's (or the mark is above
     # what the host can give), and killing each job once (`--critical 100G --force`) only
