@@ -60,6 +60,8 @@ OBJ_DIR = "src/ggml-cuda/CMakeFiles/ggml-cuda.dir"
 POOL_FAMILIES = ("mmq-instance-*", "fattn-mma-f16-instance-*", "fattn-tile-instance-*",
                  "mmf-instance-*", "fattn-vec-instance-*")
 TRACE_INTERVAL_S = 0.2
+BUILDCTL_LABELS = {"buildctl-first": "buildctl, first build (empty profile DB)",
+                   "buildctl-second": "buildctl, second build (profiles of the first)"}
 # CMake code loaded right after project(ggml): where the toolkit lacks cuBLAS or the driver
 # library (a compile-only machine), give ggml-cuda header-only targets so it configures. Only
 # object files are built here, never linked, so nothing else changes. On a full toolkit it does
@@ -814,7 +816,9 @@ def main() -> int:
                                 "why": f"not run (time): {remaining:.0f} s left"})
                 save()
                 continue
-            report = args.work / f"report-{step.kind}.json"
+            # One report per run: a second `buildctl-second` must not overwrite the first's.
+            runs_of_kind = sum(1 for r in runs if r.method == BUILDCTL_LABELS[step.kind])
+            report = args.work / f"report-{step.kind}-{runs_of_kind + 1}.json"
             env = dict(os.environ, BUILDCTL_PROFILE_DB=str(first_db),
                        PYTHONPATH=os.pathsep.join(
                            p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p))
@@ -833,8 +837,7 @@ def main() -> int:
                 gov_configured = True
             subprocess.run([ninja, "-C", str(gov_dir), "-t", "clean"], check=True,
                            capture_output=True)
-            label = ("buildctl, first build (empty profile DB)" if step.kind == "buildctl-first"
-                     else "buildctl, second build (profiles of the first)")
+            label = BUILDCTL_LABELS[step.kind]
             argv = buildctl_argv(source, gov_dir, budget, cores, first_db, report, targets,
                                  defines, args.buildctl_arg)
             run, _ = measure_run(label, argv, build_dir=gov_dir, targets=targets, budget=budget,
