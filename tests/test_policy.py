@@ -232,6 +232,13 @@ def test_the_kill_ahead_looks_as_far_as_it_is_given(kill_horizon_s: float, kills
     assert (actions.kill == 2) is kills, actions
 
 
+@pytest.mark.parametrize(("interval", "horizon"), [(0.02, 0.04), (0.05, 0.1), (0.25, 0.5),
+                                                   (0.5, 0.5), (5.0, 0.5)])
+def test_the_kill_horizon_is_two_periods_at_most_half_a_second(interval: float,
+                                                               horizon: float) -> None:
+    assert policy.kill_horizon(interval) == pytest.approx(horizon)
+
+
 def test_without_freezing_nothing_is_frozen() -> None:
     jobs = [live(1, 6, 500, 0), live(2, 5, 500, 1), live(3, 4, 500, 2)]
     assert policy.pressure_actions(jobs, B, can_freeze=False).freeze == ()

@@ -72,7 +72,7 @@ class Guard(GovernorState):
             host_available=avail,
             low_water=self.low_water,
             critical=self.critical,
-            kill_horizon_s=policy.KILL_SAMPLES * self.opts.sample_interval_s,
+            kill_horizon_s=policy.kill_horizon(self.opts.sample_interval_s),
             can_freeze=self.opts.freeze and self.opts.executor is None,
         )
         reason = actions.pause

@@ -224,8 +224,15 @@ FREEZE_AT = 0.97  # projected total / budget that freezes a growing job
 FREEZE_LIVE_AT = 0.85  # live total / budget from which a step in RSS counts as growth
 THAW_BELOW = 0.85  # a frozen job resumes when the total plus what it may still grow fits this
 PREDICTION_SLACK = 1.05  # a job this far above its predicted peak has outgrown its profile
-KILL_SAMPLES = 2  # a kill ahead of the budget looks this many sampling periods ahead
-KILL_HORIZON_S = 0.5  # ... which is this far at the default period (0.25 s)
+KILL_SAMPLES = 2  # a kill ahead of the budget looks this many sampling periods ahead...
+KILL_HORIZON_S = 0.5  # ...but never further: the default period's two. A current climb is no
+# forecast for longer: at 1 s (0.5 s samples) the nvcc trace's replay killed a job at 16 GiB
+# that the budget never needed.
+
+
+def kill_horizon(sample_interval_s: float) -> float:
+    """How far the kill ahead of the budget looks: two sampling periods, at most 0.5 s."""
+    return min(KILL_HORIZON_S, KILL_SAMPLES * sample_interval_s)
 THAW_HORIZON_S = 10.0  # an unprofiled frozen job may grow this long at its rate before the freeze
 
 
@@ -361,8 +368,8 @@ def pressure_actions(
     Pause admission when the projected total nears the budget. Freeze growing jobs (cheapest
     to hold first: least RSS pinned) until the projected total fits, always keeping the oldest
     job running; kill only when the live total is over the budget, or past the freeze mark
-    with nothing left to freeze and about to pass the budget (`kill_horizon_s`, two sampling
-    periods, at the current climb), or the host is at its critical mark; thaw frozen jobs,
+    with nothing left to freeze and about to pass the budget (`kill_horizon_s`, see
+    `kill_horizon`, at the current climb), or the host is at its critical mark; thaw frozen jobs,
     earliest started first, when the total plus what each may still grow (its profile's
     remaining peak, else its growth rate before the freeze over THAW_HORIZON_S) fits under
     THAW_BELOW of the budget."""
