@@ -559,8 +559,8 @@ def main() -> int:
     if "--sample-interval" in flags:
         print(f"buildctl samples every {sample_interval:g} s (replay time)", flush=True)
     else:
-        print(f"this buildctl has no --sample-interval: it samples every 0.25 s (replay time), "
-              f"{0.25 / ts:g} s on the traced host's clock", flush=True)
+        print(f"this buildctl has no --sample-interval: it samples every {SAMPLE_INTERVAL_S:g} s "
+              f"(replay time), {SAMPLE_INTERVAL_S / ts:g} s on the traced host's clock", flush=True)
         sample_interval = None
     env = dict(os.environ, BUILDCTL_PROFILE_DB=str(work / "profiles.sqlite"))
     Path(env["BUILDCTL_PROFILE_DB"]).unlink(missing_ok=True)

@@ -228,12 +228,12 @@ KILL_SAMPLES = 2  # a kill ahead of the budget looks this many sampling periods 
 KILL_HORIZON_S = 0.5  # ...but never further: the default period's two. A current climb is no
 # forecast for longer: at 1 s (0.5 s samples) the nvcc trace's replay killed a job at 16 GiB
 # that the budget never needed.
+THAW_HORIZON_S = 10.0  # an unprofiled frozen job may grow this long at its rate before the freeze
 
 
 def kill_horizon(sample_interval_s: float) -> float:
     """How far the kill ahead of the budget looks: two sampling periods, at most 0.5 s."""
     return min(KILL_HORIZON_S, KILL_SAMPLES * sample_interval_s)
-THAW_HORIZON_S = 10.0  # an unprofiled frozen job may grow this long at its rate before the freeze
 
 
 @dataclass(frozen=True)
